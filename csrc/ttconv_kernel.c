@@ -1,0 +1,270 @@
+/* ttconv kernel: dtype conversion, row permutation, transposes and msgpack
+ * float32 encoding/decoding for the converter's hot loops. */
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "ttconv_kernel.h"
+
+#define TRANSPOSE_BLOCK 32
+
+static uint32_t f16_to_f32_bits(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exponent = (h >> 10) & 0x1fu;
+    uint32_t mantissa = h & 0x3ffu;
+
+    if (exponent == 0) {
+        if (mantissa == 0)
+            return sign;
+        /* subnormal half: normalise into a float32 exponent */
+        exponent = 113;
+        while (!(mantissa & 0x400u)) {
+            mantissa <<= 1;
+            exponent--;
+        }
+        mantissa &= 0x3ffu;
+        return sign | (exponent << 23) | (mantissa << 13);
+    }
+    if (exponent == 31)
+        return sign | 0x7f800000u | (mantissa << 13);
+    return sign | ((exponent + 112) << 23) | (mantissa << 13);
+}
+
+static uint32_t source_bits(const void *src, int dtype, size_t i)
+{
+    uint32_t bits;
+    switch (dtype) {
+    case TT_DTYPE_F16:
+        return f16_to_f32_bits(((const uint16_t *)src)[i]);
+    case TT_DTYPE_BF16:
+        return (uint32_t)((const uint16_t *)src)[i] << 16;
+    default:
+        memcpy(&bits, (const float *)src + i, 4);
+        return bits;
+    }
+}
+
+static void put_float32(uint8_t *out, uint32_t bits)
+{
+    out[0] = 0xca;
+    out[1] = (uint8_t)(bits >> 24);
+    out[2] = (uint8_t)(bits >> 16);
+    out[3] = (uint8_t)(bits >> 8);
+    out[4] = (uint8_t)bits;
+}
+
+static int valid_dtype(int dtype)
+{
+    return dtype == TT_DTYPE_F32 || dtype == TT_DTYPE_F16 || dtype == TT_DTYPE_BF16;
+}
+
+static int is_nonfinite(uint32_t bits)
+{
+    return (bits & 0x7f800000u) == 0x7f800000u;
+}
+
+/* Encodes n values from index first; returns how many were NaN or infinite. */
+static size_t encode_run(const void *src, int dtype, size_t first, size_t n, uint8_t *out)
+{
+    size_t i, nonfinite = 0;
+    if (dtype == TT_DTYPE_F32) {
+        const uint8_t *p = (const uint8_t *)src + first * 4;
+        for (i = 0; i < n; i++, p += 4, out += 5) {
+            uint32_t bits;
+            memcpy(&bits, p, 4);
+            nonfinite += is_nonfinite(bits);
+            put_float32(out, bits);
+        }
+        return nonfinite;
+    }
+    for (i = 0; i < n; i++, out += 5) {
+        uint32_t bits = source_bits(src, dtype, first + i);
+        nonfinite += is_nonfinite(bits);
+        put_float32(out, bits);
+    }
+    return nonfinite;
+}
+
+static long long clamp_count(size_t n)
+{
+    return n > (size_t)0x7fffffffffffffffLL ? 0x7fffffffffffffffLL : (long long)n;
+}
+
+long long tt_encode(const void *src, int dtype, size_t n, uint8_t *out)
+{
+    if (!valid_dtype(dtype))
+        return TT_E_BAD_ARGUMENT;
+    return clamp_count(encode_run(src, dtype, 0, n, out));
+}
+
+long long tt_encode_rope(const void *src, int dtype, size_t n_heads, size_t head_dim,
+                         size_t cols, uint8_t *out)
+{
+    size_t head, i, half = head_dim / 2, nonfinite = 0;
+    if (!valid_dtype(dtype) || head_dim % 2 != 0)
+        return TT_E_BAD_ARGUMENT;
+    for (head = 0; head < n_heads; head++) {
+        size_t base = head * head_dim;
+        for (i = 0; i < half; i++) {
+            uint8_t *even = out + (base + 2 * i) * cols * 5;
+            nonfinite += encode_run(src, dtype, (base + i) * cols, cols, even);
+            nonfinite += encode_run(src, dtype, (base + half + i) * cols, cols, even + cols * 5);
+        }
+    }
+    return clamp_count(nonfinite);
+}
+
+long long tt_encode_transposed(const void *src, int dtype, size_t rows, size_t cols, uint8_t *out)
+{
+    size_t r0, c0, r, c, nonfinite = 0;
+    if (!valid_dtype(dtype))
+        return TT_E_BAD_ARGUMENT;
+    for (r0 = 0; r0 < rows; r0 += TRANSPOSE_BLOCK) {
+        size_t r1 = r0 + TRANSPOSE_BLOCK < rows ? r0 + TRANSPOSE_BLOCK : rows;
+        for (c0 = 0; c0 < cols; c0 += TRANSPOSE_BLOCK) {
+            size_t c1 = c0 + TRANSPOSE_BLOCK < cols ? c0 + TRANSPOSE_BLOCK : cols;
+            for (c = c0; c < c1; c++)
+                for (r = r0; r < r1; r++) {
+                    uint32_t bits = source_bits(src, dtype, r * cols + c);
+                    nonfinite += is_nonfinite(bits);
+                    put_float32(out + (c * rows + r) * 5, bits);
+                }
+        }
+    }
+    return clamp_count(nonfinite);
+}
+
+/* Size in bytes of the msgpack number starting with tag, or 0 if it is not a number. */
+static size_t number_size(uint8_t tag)
+{
+    if (tag <= 0x7f || tag >= 0xe0)
+        return 1;
+    switch (tag) {
+    case 0xcc: case 0xd0:
+        return 2;
+    case 0xcd: case 0xd1:
+        return 3;
+    case 0xca: case 0xce: case 0xd2:
+        return 5;
+    case 0xcb: case 0xcf: case 0xd3:
+        return 9;
+    default:
+        return 0;
+    }
+}
+
+static uint64_t load_be(const uint8_t *p, size_t n)
+{
+    uint64_t v = 0;
+    size_t i;
+    for (i = 0; i < n; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static float number_value(const uint8_t *p)
+{
+    uint8_t tag = p[0];
+    uint32_t bits32;
+    uint64_t bits64;
+    float f;
+    double d;
+
+    if (tag <= 0x7f)
+        return (float)tag;
+    if (tag >= 0xe0)
+        return (float)(int8_t)tag;
+    switch (tag) {
+    case 0xca:
+        bits32 = (uint32_t)load_be(p + 1, 4);
+        memcpy(&f, &bits32, 4);
+        return f;
+    case 0xcb:
+        bits64 = load_be(p + 1, 8);
+        memcpy(&d, &bits64, 8);
+        return (float)d;
+    case 0xcc: return (float)p[1];
+    case 0xcd: return (float)(uint16_t)load_be(p + 1, 2);
+    case 0xce: return (float)(uint32_t)load_be(p + 1, 4);
+    case 0xcf: return (float)load_be(p + 1, 8);
+    case 0xd0: return (float)(int8_t)p[1];
+    case 0xd1: return (float)(int16_t)(uint16_t)load_be(p + 1, 2);
+    case 0xd2: return (float)(int32_t)(uint32_t)load_be(p + 1, 4);
+    default:   return (float)(int64_t)load_be(p + 1, 8);
+    }
+}
+
+static int walk_numbers(const uint8_t *buf, size_t len, size_t max_count, float *out,
+                        size_t *n_done, size_t *bytes_done)
+{
+    size_t pos = 0, n = 0;
+    int status = TT_OK;
+
+    while (n < max_count && pos < len) {
+        size_t size = number_size(buf[pos]);
+        if (size == 0) {
+            status = TT_E_NOT_A_NUMBER;
+            break;
+        }
+        if (size > len - pos)
+            break;
+        if (out)
+            out[n] = number_value(buf + pos);
+        pos += size;
+        n++;
+    }
+    *n_done = n;
+    *bytes_done = pos;
+    return status;
+}
+
+int tt_scan_numbers(const uint8_t *buf, size_t len, size_t max_count,
+                    size_t *n_done, size_t *bytes_done)
+{
+    return walk_numbers(buf, len, max_count, NULL, n_done, bytes_done);
+}
+
+int tt_decode_numbers(const uint8_t *buf, size_t len, size_t max_count, float *out,
+                      size_t *n_done, size_t *bytes_done)
+{
+    return walk_numbers(buf, len, max_count, out, n_done, bytes_done);
+}
+
+int tt_rope_rows_f32(const float *src, size_t n_heads, size_t head_dim, size_t cols,
+                     int inverse, float *out)
+{
+    size_t head, i, half = head_dim / 2, row_bytes = cols * sizeof(float);
+    if (head_dim % 2 != 0)
+        return TT_E_BAD_ARGUMENT;
+    for (head = 0; head < n_heads; head++) {
+        size_t base = head * head_dim;
+        for (i = 0; i < half; i++) {
+            size_t split_first = (base + i) * cols, split_second = (base + half + i) * cols;
+            size_t inter_first = (base + 2 * i) * cols, inter_second = (base + 2 * i + 1) * cols;
+            if (inverse) {
+                memcpy(out + split_first, src + inter_first, row_bytes);
+                memcpy(out + split_second, src + inter_second, row_bytes);
+            } else {
+                memcpy(out + inter_first, src + split_first, row_bytes);
+                memcpy(out + inter_second, src + split_second, row_bytes);
+            }
+        }
+    }
+    return TT_OK;
+}
+
+int tt_transpose_f32(const float *src, size_t rows, size_t cols, float *out)
+{
+    size_t r0, c0, r, c;
+    for (r0 = 0; r0 < rows; r0 += TRANSPOSE_BLOCK) {
+        size_t r1 = r0 + TRANSPOSE_BLOCK < rows ? r0 + TRANSPOSE_BLOCK : rows;
+        for (c0 = 0; c0 < cols; c0 += TRANSPOSE_BLOCK) {
+            size_t c1 = c0 + TRANSPOSE_BLOCK < cols ? c0 + TRANSPOSE_BLOCK : cols;
+            for (r = r0; r < r1; r++)
+                for (c = c0; c < c1; c++)
+                    out[c * rows + r] = src[r * cols + c];
+        }
+    }
+    return TT_OK;
+}

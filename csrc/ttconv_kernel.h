@@ -1,0 +1,41 @@
+/* Flat C API of the ttconv kernel. Every function returns TT_OK (the tt_encode*
+ * functions: the number of NaN or infinite values met) or a negative TT_E* code;
+ * callers check shapes and buffer sizes before calling. This file
+ * is also the cffi cdef, so it holds only declarations cffi can parse. */
+
+#define TT_OK 0
+#define TT_E_TRUNCATED -1
+#define TT_E_NOT_A_NUMBER -2
+#define TT_E_BAD_ARGUMENT -3
+
+#define TT_DTYPE_F32 0
+#define TT_DTYPE_F16 1
+#define TT_DTYPE_BF16 2
+
+/* Encode n source values (F32, F16 or BF16) as msgpack float32: 0xca + 4 big-endian bytes. */
+long long tt_encode(const void *src, int dtype, size_t n, uint8_t *out);
+
+/* Interleave the rows of each head (new row 2i = old row i, new row 2i+1 = old row
+ * head_dim/2 + i) of an [n_heads * head_dim, cols] matrix while encoding it. */
+long long tt_encode_rope(const void *src, int dtype, size_t n_heads, size_t head_dim,
+                         size_t cols, uint8_t *out);
+
+/* Encode the transpose of a [rows, cols] matrix: cols * rows values, row-major. */
+long long tt_encode_transposed(const void *src, int dtype, size_t rows, size_t cols, uint8_t *out);
+
+/* Walk msgpack numbers (ints, float32, float64) from buf. Stops after max_count
+ * values or before a value that does not fit in len bytes; reports how many values
+ * and bytes were consumed. TT_E_NOT_A_NUMBER when a value is not a number. */
+int tt_scan_numbers(const uint8_t *buf, size_t len, size_t max_count,
+                    size_t *n_done, size_t *bytes_done);
+
+/* Like tt_scan_numbers, also storing each value as float32 in out. */
+int tt_decode_numbers(const uint8_t *buf, size_t len, size_t max_count, float *out,
+                      size_t *n_done, size_t *bytes_done);
+
+/* Row permutation of tt_encode_rope on float32 data; inverse != 0 undoes it. */
+int tt_rope_rows_f32(const float *src, size_t n_heads, size_t head_dim, size_t cols,
+                     int inverse, float *out);
+
+/* Cache-blocked transpose of a [rows, cols] float32 matrix into [cols, rows]. */
+int tt_transpose_f32(const float *src, size_t rows, size_t cols, float *out);

@@ -1,0 +1,36 @@
+"""Builds the optional C kernel with cffi; without a compiler ttconv installs and uses jax.numpy."""
+import warnings
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+
+class OptionalBuildExt(build_ext):
+    """build_ext that warns instead of failing when the C kernel cannot be compiled."""
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as exc:  # any compiler or toolchain failure
+            self._fallback_warning(exc)
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # any compiler or toolchain failure
+            self._fallback_warning(exc)
+
+    @staticmethod
+    def _fallback_warning(exc):
+        warnings.warn(
+            f"ttconv: the C kernel could not be built ({exc}); ttconv will run on the "
+            "slower jax.numpy fallback",
+            stacklevel=1,
+        )
+        print(f"WARNING: ttconv C kernel not built ({exc}); using the jax.numpy fallback")
+
+
+setup(
+    cffi_modules=["ttconv/_build_kernel.py:ffibuilder"],
+    cmdclass={"build_ext": OptionalBuildExt},
+)

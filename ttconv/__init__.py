@@ -1,0 +1,28 @@
+"""ttconv: convert Hugging Face Llama and GPT-2 checkpoints into tt-train msgpack weight files.
+
+Python API (the command line uses the same functions):
+
+>>> import ttconv
+>>> ttconv.convert_llama("examples/llama-mini/init.msgpack", "examples/llama-mini",
+...                      "out/llama.msgpack")                       # doctest: +SKIP
+>>> ttconv.convert_gpt2("init.msgpack", "gpt2", "out/gpt2.msgpack")  # doctest: +SKIP
+>>> ttconv.export_tokenizer("llama", "examples/llama-mini", "out/tokenizer.json")  # doctest: +SKIP
+>>> ttconv.to_hf("llama", "out/llama.msgpack", "examples/llama-mini", "out/hf")     # doctest: +SKIP
+"""
+__version__ = "0.1.0"
+
+__all__ = ["convert_llama", "convert_gpt2", "export_tokenizer", "to_hf", "TtconvError", "__version__"]
+
+_API = {
+    "convert_llama": "api", "convert_gpt2": "api", "to_hf": "api",
+    "export_tokenizer": "tokenizer", "TtconvError": "errors",
+}
+
+
+def __getattr__(name):
+    # Imported on first use so that `ttconv --help` and error reporting start fast.
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
+    raise AttributeError(f"module 'ttconv' has no attribute {name!r}")

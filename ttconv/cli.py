@@ -1,0 +1,193 @@
+"""Command line: python -m ttconv {llama,gpt2,inspect,to-hf} ..."""
+import argparse
+import logging
+import signal
+import sys
+
+from . import __version__
+from .errors import TtconvError
+
+log = logging.getLogger("ttconv")
+
+EXIT_ERROR = 1
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+DESCRIPTION = """\
+Convert Hugging Face Llama and GPT-2 checkpoints (safetensors) into tt-train msgpack
+weight files, without torch. The output has exactly the keys of the tt-train init file
+you give, in its order; weights come from the checkpoint as float32."""
+
+LLAMA_HELP = """\
+Fill a tt-train Llama init file with the weights of a Llama-family checkpoint
+(TinyLlama, Llama 2/3/3.x and same-shaped models). Same flags as llama_export.py.
+With only -t, just the tokenizer is written; with -t and explicit -i and -o, both."""
+
+GPT2_HELP = """\
+Fill a tt-train GPT-2 init file with the weights of a GPT-2-family checkpoint
+(gpt2, gpt2-medium/large/xl, distilgpt2). Same usage as gpt2_export.py:
+INPUT_FILE OUTPUT_FILE, or -i/-o."""
+
+
+class Terminated(BaseException):
+    """Raised from the SIGTERM handler so that output clean-up runs."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _common(parser):
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks and details on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, notices or summary")
+
+
+def _hf_options(parser, default_model):
+    parser.add_argument("--hf_model", default=default_model,
+                        help=f"checkpoint folder or Hugging Face hub id (default: {default_model})")
+    parser.add_argument("--revision", help="hub revision (branch, tag or commit) when --hf_model is a hub id")
+    parser.add_argument("-t", "--dump_tokenizer_path", metavar="DUMP_TOKENIZER_PATH",
+                        help="also (or, without explicit input/output, only) write the tokenizer.json "
+                             "that tt-train reads to this path")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan (tt key <- checkpoint tensors) and write nothing")
+
+
+def build_parser():
+    from . import kernels
+
+    parser = argparse.ArgumentParser(prog="ttconv", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version",
+                        version=f"ttconv {__version__} (backend: {kernels.BACKEND})")
+    _common(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    llama = sub.add_parser("llama", help="convert a Llama-family checkpoint", description=LLAMA_HELP,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    llama.add_argument("-i", "--input_path", metavar="INPUT_PATH",
+                       help="tt-train init file to fill (default: data/tinyllama_init.msgpack)")
+    llama.add_argument("-o", "--output_path", metavar="OUTPUT_PATH",
+                       help="output file (default: data/tinyllama_exported.msgpack)")
+    _hf_options(llama, "TinyLlama/TinyLlama_v1.1")
+    llama.add_argument("--meta_style", action="store_true",
+                       help="q/k rows are already interleaved (Meta style): skip the RoPE row permutation")
+    _common(llama)
+
+    gpt2 = sub.add_parser("gpt2", help="convert a GPT-2-family checkpoint", description=GPT2_HELP,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    gpt2.add_argument("input_pos", nargs="?", metavar="INPUT_FILE", help="tt-train init file to fill")
+    gpt2.add_argument("output_pos", nargs="?", metavar="OUTPUT_FILE", help="output file")
+    gpt2.add_argument("-i", "--input_file", help="same as INPUT_FILE")
+    gpt2.add_argument("-o", "--output_file", help="same as OUTPUT_FILE")
+    _hf_options(gpt2, "gpt2")
+    _common(gpt2)
+
+    inspect = sub.add_parser("inspect", help="list the parameters of a tt-train msgpack file",
+                             description="List every parameter of a tt-train msgpack file (init files, "
+                                         "ttconv output, upstream float64 output) with shape, size, data "
+                                         "type, variant index and flags, then totals.")
+    inspect.add_argument("file", metavar="FILE")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _common(inspect)
+
+    to_hf = sub.add_parser("to-hf", help="write a Hugging Face checkpoint from a tt-train file",
+                           description="Turn a tt-train file back into a Hugging Face checkpoint folder "
+                                       "(model.safetensors, config.json, tokenizer files), undoing the "
+                                       "RoPE permutation, transposes, kv concatenation, padding and tying.")
+    to_hf.add_argument("family", choices=["llama", "gpt2"])
+    to_hf.add_argument("-i", "--input_path", required=True, metavar="TT_FILE", help="tt-train weights file")
+    to_hf.add_argument("--hf_model", required=True,
+                       help="the original checkpoint (folder or hub id): config and tokenizer come from it")
+    to_hf.add_argument("-o", "--output_dir", required=True, metavar="OUT_DIR", help="folder to write")
+    to_hf.add_argument("--dtype", choices=["f32", "bf16", "f16"], default="f32",
+                       help="dtype of the written tensors (bf16/f16 round to nearest even; default f32)")
+    to_hf.add_argument("--meta_style", action="store_true", help="do not undo the RoPE permutation")
+    to_hf.add_argument("--revision", help="hub revision when --hf_model is a hub id")
+    _common(to_hf)
+    return parser
+
+
+def _setup_logging(quiet):
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("ttconv: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+def _conversion(args, family):
+    from .convert import open_checkpoint, run_conversion
+    from .tokenizer import export_tokenizer
+
+    if family == "llama":
+        given_in, given_out = args.input_path, args.output_path
+        init_path = given_in or "data/tinyllama_init.msgpack"
+        output_path = given_out or "data/tinyllama_exported.msgpack"
+    else:
+        given_in, given_out = args.input_file or args.input_pos, args.output_file or args.output_pos
+        init_path, output_path = given_in, given_out
+    tokenizer_only = args.dump_tokenizer_path and not (given_in and given_out)
+    if family == "gpt2" and not tokenizer_only and not (init_path and output_path):
+        raise TtconvError("gpt2 needs INPUT_FILE and OUTPUT_FILE (or -i and -o), or -t for the tokenizer only")
+    ckpt = open_checkpoint(args.hf_model, args.revision)
+    try:
+        if args.dump_tokenizer_path and not args.dry_run:
+            export_tokenizer(family, ckpt.directory, args.dump_tokenizer_path)
+            log.info("wrote tokenizer to %s", args.dump_tokenizer_path)
+        if tokenizer_only:
+            return 0
+        meta_style = getattr(args, "meta_style", False)
+        report = run_conversion(family, init_path, ckpt, output_path, meta_style, args.dry_run, args.quiet)
+    finally:
+        ckpt.close()
+    if args.dry_run:
+        from .inspect import print_plan
+
+        print_plan(report)
+    else:
+        log.info("wrote %s: %s", output_path, report.summary())
+    return 0
+
+
+def _run(args):
+    if args.command in ("llama", "gpt2"):
+        return _conversion(args, args.command)
+    if args.command == "inspect":
+        from .inspect import inspect_file
+
+        return inspect_file(args.file, as_json=args.json)
+    from .export_hf import export_hf
+
+    written = export_hf(args.family, args.input_path, args.hf_model, args.output_dir, args.dtype,
+                        args.meta_style, args.revision)
+    log.info("wrote %s", written)
+    return 0
+
+
+def main(argv=None):
+    """Entry point of `ttconv` and `python -m ttconv`; returns the exit status."""
+    try:
+        parser = build_parser()
+    except TtconvError as exc:
+        print(f"ttconv: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    args = parser.parse_args(argv)
+    _setup_logging(args.quiet)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _run(args)
+    except TtconvError as exc:
+        if args.verbose:
+            raise
+        print(f"ttconv: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("ttconv: interrupted; no output was written", file=sys.stderr)
+        return EXIT_SIGINT
+    except Terminated:
+        print("ttconv: terminated; no output was written", file=sys.stderr)
+        return EXIT_SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)

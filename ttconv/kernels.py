@@ -1,0 +1,256 @@
+"""The one module that knows which backend runs the hot loops.
+
+The C kernel (ttconv._kernel, built with cffi from csrc/) is used when it loads;
+otherwise the same operations run as jax.numpy reshapes and transposes.
+TTCONV_BACKEND=c or TTCONV_BACKEND=jax forces one. jax is imported only when the
+fallback actually runs, because importing it takes longer than most conversions.
+
+Source arrays are float32 (F32), float16 (F16) or uint16 holding bfloat16 bits (BF16).
+"""
+import os
+
+import numpy as np
+
+from .errors import BackendError
+
+BACKEND_ENV = "TTCONV_BACKEND"
+
+_DTYPE_CODES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, np.dtype(np.uint16): 2}
+
+
+def _choose_backend():
+    forced = os.environ.get(BACKEND_ENV, "").strip().lower()
+    if forced not in ("", "c", "jax"):
+        raise BackendError(f"{BACKEND_ENV} must be 'c' or 'jax', not {forced!r}")
+    if forced == "jax":
+        return "jax", None
+    try:
+        from . import _kernel
+    except ImportError as exc:
+        if forced == "c":
+            raise BackendError(
+                f"{BACKEND_ENV}=c but the C kernel is not built ({exc}); reinstall with a C compiler"
+            ) from None
+        return "jax", None
+    return "c", _kernel
+
+
+BACKEND, _kernel = _choose_backend()
+
+
+def _dtype_code(array):
+    try:
+        return _DTYPE_CODES[array.dtype]
+    except KeyError:
+        raise ValueError(f"unsupported source dtype {array.dtype}") from None
+
+
+def _check_rope(array, n_heads):
+    if array.ndim != 2 or n_heads <= 0 or array.shape[0] % n_heads:
+        raise ValueError(f"cannot split {array.shape} rows into {n_heads} heads")
+    head_dim = array.shape[0] // n_heads
+    if head_dim % 2:
+        raise ValueError(f"head dimension {head_dim} is odd")
+    return head_dim
+
+
+def _jnp():
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")
+    import jax.numpy as jnp
+
+    return jnp
+
+
+def _f32_bits(array):
+    """float32 bit patterns (uint32) of a source array, exact for every value and NaN."""
+    code = _dtype_code(array)
+    if code == 0:
+        return array.view(np.uint32)
+    if code == 2:
+        return array.astype(np.uint32) << 16
+    bits = array.astype(np.float32).view(np.uint32)
+    halves = array.view(np.uint16)
+    nan = ((halves & 0x7C00) == 0x7C00) & ((halves & 0x03FF) != 0)
+    if nan.any():
+        wide = halves.astype(np.uint32)
+        bits = np.where(nan, ((wide & 0x8000) << 16) | 0x7F800000 | ((wide & 0x03FF) << 13), bits)
+    return bits
+
+
+def _encode_bits(bits):
+    flat = np.ascontiguousarray(bits, dtype=np.uint32).reshape(-1)
+    out = np.empty((flat.size, 5), dtype=np.uint8)
+    out[:, 0] = 0xCA
+    out[:, 1:] = flat.astype(">u4").view(np.uint8).reshape(-1, 4)
+    nonfinite = int(np.count_nonzero((flat & 0x7F800000) == 0x7F800000))
+    return out.reshape(-1), nonfinite
+
+
+def _out_buffer(n_values):
+    return np.empty(n_values * 5, dtype=np.uint8)
+
+
+def _ptr(array, ctype="uint8_t *"):
+    # The pointer stays valid while the caller holds the numpy array that owns the memory.
+    return _kernel.ffi.cast(ctype, _kernel.ffi.from_buffer(array))
+
+
+def encode(array):
+    """msgpack float32 encoding (0xca + big-endian) of a source array: (uint8 buffer, NaN/Inf count)."""
+    array = np.ascontiguousarray(array)
+    _dtype_code(array)
+    if _kernel is None:
+        return _encode_bits(_f32_bits(array))
+    out = _out_buffer(array.size)
+    return out, _kernel.lib.tt_encode(_ptr(array), _dtype_code(array), array.size, _ptr(out))
+
+
+def encode_rope(array, n_heads):
+    """Encode a [n_heads * head_dim, cols] matrix with each head's rows interleaved: (buffer, NaN/Inf count)."""
+    array = np.ascontiguousarray(array)
+    head_dim = _check_rope(array, n_heads)
+    if _kernel is None:
+        jnp = _jnp()
+        rows, cols = array.shape
+        permuted = (
+            jnp.asarray(_f32_bits(array))
+            .reshape(n_heads, 2, head_dim // 2, cols)
+            .transpose(0, 2, 1, 3)
+            .reshape(rows, cols)
+        )
+        return _encode_bits(np.asarray(permuted))
+    out = _out_buffer(array.size)
+    nonfinite = _kernel.lib.tt_encode_rope(
+        _ptr(array), _dtype_code(array), n_heads, head_dim, array.shape[1], _ptr(out)
+    )
+    return out, nonfinite
+
+
+def encode_transposed(array):
+    """Encode the transpose of a 2-D source matrix: (buffer, NaN/Inf count)."""
+    array = np.ascontiguousarray(array)
+    if array.ndim != 2:
+        raise ValueError(f"transpose needs a matrix, got shape {array.shape}")
+    if _kernel is None:
+        jnp = _jnp()
+        return _encode_bits(np.asarray(jnp.asarray(_f32_bits(array)).T))
+    out = _out_buffer(array.size)
+    nonfinite = _kernel.lib.tt_encode_transposed(
+        _ptr(array), _dtype_code(array), array.shape[0], array.shape[1], _ptr(out)
+    )
+    return out, nonfinite
+
+
+def rope_rows(matrix, n_heads, inverse=False):
+    """Interleave (or, with inverse, de-interleave) each head's rows of a float32 matrix."""
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    head_dim = _check_rope(matrix, n_heads)
+    rows, cols = matrix.shape
+    if _kernel is None:
+        jnp = _jnp()
+        bits = jnp.asarray(matrix.view(np.uint32))
+        if inverse:
+            bits = bits.reshape(n_heads, head_dim // 2, 2, cols).transpose(0, 2, 1, 3)
+        else:
+            bits = bits.reshape(n_heads, 2, head_dim // 2, cols).transpose(0, 2, 1, 3)
+        return np.asarray(bits.reshape(rows, cols)).view(np.float32)
+    out = np.empty_like(matrix)
+    _kernel.lib.tt_rope_rows_f32(
+        _ptr(matrix, "float *"), n_heads, head_dim, cols, int(inverse),
+        _ptr(out, "float *"),
+    )
+    return out
+
+
+def transpose(matrix):
+    """Transpose a float32 matrix into a new contiguous array."""
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    if matrix.ndim != 2:
+        raise ValueError(f"transpose needs a matrix, got shape {matrix.shape}")
+    if _kernel is None:
+        jnp = _jnp()
+        return np.asarray(jnp.asarray(matrix.view(np.uint32)).T).view(np.float32)
+    rows, cols = matrix.shape
+    out = np.empty((cols, rows), dtype=np.float32)
+    _kernel.lib.tt_transpose_f32(
+        _ptr(matrix, "float *"), rows, cols, _ptr(out, "float *")
+    )
+    return out
+
+
+# Size of each msgpack number by its first byte; 0 for anything that is not a number.
+_NUMBER_SIZE = np.zeros(256, dtype=np.int64)
+_NUMBER_SIZE[0x00:0x80] = 1
+_NUMBER_SIZE[0xE0:0x100] = 1
+for _tags, _size in (((0xCC, 0xD0), 2), ((0xCD, 0xD1), 3), ((0xCA, 0xCE, 0xD2), 5), ((0xCB, 0xCF, 0xD3), 9)):
+    _NUMBER_SIZE[list(_tags)] = _size
+
+_PAYLOAD_DTYPE = {
+    0xCA: ">f4", 0xCB: ">f8", 0xCC: ">u1", 0xCD: ">u2", 0xCE: ">u4", 0xCF: ">u8",
+    0xD0: ">i1", 0xD1: ">i2", 0xD2: ">i4", 0xD3: ">i8",
+}
+
+
+def _walk_numbers_numpy(buf, max_count, want_values):
+    """Fallback walk over msgpack numbers: vectorised over runs of same-tagged values."""
+    length = buf.size
+    pos = done = 0
+    window = 256
+    values = []
+    while done < max_count and pos < length:
+        tag = int(buf[pos])
+        size = int(_NUMBER_SIZE[tag])
+        if size == 0:
+            return done, pos, True, values
+        limit = min(max_count - done, (length - pos) // size, window)
+        if limit == 0:
+            break
+        if size == 1:
+            run_tags = buf[pos:pos + limit]
+            same = _NUMBER_SIZE[run_tags] == 1
+        else:
+            run_tags = buf[pos:pos + limit * size:size]
+            same = run_tags == tag
+        run = limit if same.all() else int(np.argmin(same))
+        if want_values:
+            if size == 1:
+                values.append(buf[pos:pos + run].view(np.int8).astype(np.float32))
+            else:
+                payload = buf[pos:pos + run * size].reshape(run, size)[:, 1:]
+                values.append(payload.copy().view(_PAYLOAD_DTYPE[tag]).reshape(-1).astype(np.float32))
+        window = window * 2 if run == limit else 256
+        pos += run * size
+        done += run
+    return done, pos, False, values
+
+
+def scan_numbers(buf, max_count):
+    """Walk up to max_count msgpack numbers at the start of a uint8 buffer.
+
+    Returns (values walked, bytes walked, stopped_at_non_number). The walk also stops
+    before a number that does not fit in the buffer.
+    """
+    if _kernel is None:
+        done, nbytes, bad, _ = _walk_numbers_numpy(buf, max_count, False)
+        return done, nbytes, bad
+    n_done = _kernel.ffi.new("size_t *")
+    bytes_done = _kernel.ffi.new("size_t *")
+    status = _kernel.lib.tt_scan_numbers(_ptr(buf), buf.size, max_count, n_done, bytes_done)
+    return n_done[0], bytes_done[0], status == _kernel.lib.TT_E_NOT_A_NUMBER
+
+
+def decode_numbers(buf, max_count):
+    """Like scan_numbers, returning the values as float32: (values, bytes walked, stopped_at_non_number)."""
+    if _kernel is None:
+        done, nbytes, bad, values = _walk_numbers_numpy(buf, max_count, True)
+        out = np.concatenate(values) if values else np.empty(0, dtype=np.float32)
+        return out, nbytes, bad
+    out = np.empty(min(max_count, buf.size), dtype=np.float32)
+    n_done = _kernel.ffi.new("size_t *")
+    bytes_done = _kernel.ffi.new("size_t *")
+    status = _kernel.lib.tt_decode_numbers(
+        _ptr(buf), buf.size, max_count, _ptr(out, "float *"), n_done, bytes_done
+    )
+    return out[:n_done[0]], bytes_done[0], status == _kernel.lib.TT_E_NOT_A_NUMBER

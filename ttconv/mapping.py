@@ -1,0 +1,242 @@
+"""Hugging Face -> tt-train name mapping, as tables, and the conversion plan built from them.
+
+Each table line: the tt name under the file's parameter prefix, its checkpoint
+source(s) and the row rule. Sources: "a | b" means a, or b when a is absent;
+"x + y" stacks the rows of x then y; a ":rope_q", ":rope_kv" or ":T" suffix applies
+the RoPE row permutation (with query or key/value heads) or a transpose. Row rules:
+"pad" zero-pads rows up to the tt row count, "crop" keeps the first tt rows.
+"""
+import re
+from dataclasses import dataclass, field
+
+from .errors import MappingError, TtFileError
+
+LLAMA_TABLE = (
+    # tt name                                        checkpoint source(s)                                                                      rows
+    ("tok_emb/weight",                               "model.embed_tokens.weight",                                                              "pad"),
+    ("fc/weight",                                    "lm_head.weight | model.embed_tokens.weight",                                             "pad"),
+    ("ln_fc/gamma",                                  "model.norm.weight",                                                                      ""),
+    ("llama_block_{i}/attention_norm/gamma",         "model.layers.{i}.input_layernorm.weight",                                                ""),
+    ("llama_block_{i}/mlp_norm/gamma",               "model.layers.{i}.post_attention_layernorm.weight",                                       ""),
+    ("llama_block_{i}/attention/q_linear/weight",    "model.layers.{i}.self_attn.q_proj.weight:rope_q",                                        ""),
+    ("llama_block_{i}/attention/kv_linear/weight",   "model.layers.{i}.self_attn.k_proj.weight:rope_kv + model.layers.{i}.self_attn.v_proj.weight", ""),
+    ("llama_block_{i}/attention/out_linear/weight",  "model.layers.{i}.self_attn.o_proj.weight",                                               ""),
+    ("llama_block_{i}/mlp/w1/weight",                "model.layers.{i}.mlp.gate_proj.weight",                                                  ""),
+    ("llama_block_{i}/mlp/w2/weight",                "model.layers.{i}.mlp.down_proj.weight",                                                  ""),
+    ("llama_block_{i}/mlp/w3/weight",                "model.layers.{i}.mlp.up_proj.weight",                                                    ""),
+)
+LLAMA_IGNORED = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)
+
+GPT2_TABLE = (
+    # tt name                                        checkpoint source(s)             rows
+    ("tok_emb/weight",                               "wte.weight",                    "pad"),
+    ("fc/weight",                                    "lm_head.weight | wte.weight",   "pad"),
+    ("pos_emb/weight",                               "wpe.weight",                    "crop"),
+    ("ln_fc/gamma",                                  "ln_f.weight",                   ""),
+    ("ln_fc/beta",                                   "ln_f.bias",                     ""),
+    ("gpt_block_{i}/ln1/gamma",                      "h.{i}.ln_1.weight",             ""),
+    ("gpt_block_{i}/ln1/beta",                       "h.{i}.ln_1.bias",               ""),
+    ("gpt_block_{i}/attention/qkv_linear/weight",    "h.{i}.attn.c_attn.weight:T",    ""),
+    ("gpt_block_{i}/attention/qkv_linear/bias",      "h.{i}.attn.c_attn.bias",        ""),
+    ("gpt_block_{i}/attention/out_linear/weight",    "h.{i}.attn.c_proj.weight:T",    ""),
+    ("gpt_block_{i}/attention/out_linear/bias",      "h.{i}.attn.c_proj.bias",        ""),
+    ("gpt_block_{i}/ln2/gamma",                      "h.{i}.ln_2.weight",             ""),
+    ("gpt_block_{i}/ln2/beta",                       "h.{i}.ln_2.bias",               ""),
+    ("gpt_block_{i}/mlp/fc1/weight",                 "h.{i}.mlp.c_fc.weight:T",       ""),
+    ("gpt_block_{i}/mlp/fc1/bias",                   "h.{i}.mlp.c_fc.bias",           ""),
+    ("gpt_block_{i}/mlp/fc2/weight",                 "h.{i}.mlp.c_proj.weight:T",     ""),
+    ("gpt_block_{i}/mlp/fc2/bias",                   "h.{i}.mlp.c_proj.bias",         ""),
+)
+GPT2_IGNORED = (r"h\.\d+\.attn\.bias", r"h\.\d+\.attn\.masked_bias")
+GPT2_CHECKPOINT_PREFIX = "transformer."
+
+LAYER_PATTERN = {"llama": re.compile(r"llama_block_(\d+)/"), "gpt2": re.compile(r"gpt_block_(\d+)/")}
+TRANSFORM_NAMES = {"": "copy", "rope_q": "rope", "rope_kv": "rope", "T": "transpose"}
+HINTS = {
+    "tok_emb/weight": "vocab_size or hidden_size",
+    "fc/weight": "vocab_size or hidden_size",
+    "pos_emb/weight": "n_positions or n_embd",
+    "kv_linear": "num_key_value_heads or head_dim",
+    "q_linear": "num_attention_heads or head_dim",
+    "mlp": "intermediate_size",
+}
+
+
+@dataclass
+class Piece:
+    """Rows that one checkpoint tensor contributes to a tt tensor."""
+
+    tensor: object
+    transform: str
+    heads: int = 0
+    rows: int = 0
+
+    def describe(self):
+        how = {"copy": "", "rope": f" (RoPE interleave, {self.heads} heads)", "transpose": " (transposed)"}
+        return f"{self.tensor.name}{how[self.transform]}"
+
+
+@dataclass
+class Target:
+    """One tt tensor to write: its parameter, source pieces and zero rows to append."""
+
+    param: object
+    pieces: list
+    pad_rows: int = 0
+    notes: list = field(default_factory=list)
+
+    @property
+    def n_values(self):
+        return self.param.rows * self.param.cols
+
+    def describe(self):
+        text = " + ".join(p.describe() for p in self.pieces)
+        if self.pad_rows:
+            text += f" + {self.pad_rows} zero rows"
+        return text
+
+
+@dataclass
+class Plan:
+    """What a conversion does: targets by data key, entries left alone, tensors unused."""
+
+    family: str
+    prefix: str
+    targets: dict
+    untouched: list
+    unused: list
+    notices: list
+
+
+def expand(table, n_layers):
+    """Expand {i} once per layer: {tt name: (source spec, row rule)}."""
+    rows = {}
+    for tt_name, sources, rule in table:
+        layers = range(n_layers) if "{i}" in tt_name else [None]
+        for i in layers:
+            rows[tt_name.format(i=i)] = (sources.format(i=i) if i is not None else sources, rule)
+    return rows
+
+
+def find_prefix(params, family, path):
+    """The parameter prefix of a tt file (llama/llama, transformer/transformer, ...)."""
+    block = "llama_block_0/" if family == "llama" else "gpt_block_0/"
+    prefixes = sorted({name[: -len("/fc/weight")] for name in params if name.endswith("/fc/weight")})
+    prefixes = [p for p in prefixes if any(n.startswith(f"{p}/{block}") for n in params)] or prefixes
+    if len(prefixes) != 1:
+        found = ", ".join(prefixes) if prefixes else "no <prefix>/fc/weight tensor"
+        other = "gpt2" if family == "llama" else "llama"
+        raise TtFileError(
+            f"{path}: no recognisable tt-train {family} parameters ({found}); "
+            f"is it an init file of a {family} model, not of a {other} one?"
+        )
+    return prefixes[0]
+
+
+def count_tt_layers(params, prefix, family):
+    pattern = LAYER_PATTERN[family]
+    indices = {int(m.group(1)) for name in params if name.startswith(prefix + "/")
+               for m in [pattern.match(name[len(prefix) + 1:])] if m}
+    return max(indices) + 1 if indices else 0
+
+
+def _hint(tt_name):
+    for fragment, hint in HINTS.items():
+        if fragment in tt_name:
+            return hint
+    return "hidden_size or number of layers"
+
+
+def _source_shape(piece):
+    rows, cols = piece.tensor.matrix_shape()
+    return (cols, rows) if piece.transform == "transpose" else (rows, cols)
+
+
+def _resolve(spec, lookup, tt_key, heads):
+    pieces = []
+    for part in spec.split(" + "):
+        names, _, transform = part.partition(":")
+        for name in (n.strip() for n in names.split("|")):
+            if name in lookup:
+                kind = TRANSFORM_NAMES[transform]
+                pieces.append(Piece(lookup[name], kind, heads.get(transform, 0)))
+                break
+        else:
+            raise MappingError(f"checkpoint has no tensor {names.strip()} (needed for {tt_key})")
+    return pieces
+
+
+def _fit_rows(target, rule, tt_name, shapes):
+    param = target.param
+    tt_shape = [param.rows, param.cols]
+    total = sum(rows for rows, _ in shapes)
+    given = " + ".join(f"{list(shape)} {p.tensor.name}" for shape, p in zip(shapes, target.pieces))
+    mismatch = f"shape mismatch for {param.data.key}: init file has {tt_shape}, checkpoint gives {given}"
+    if any(cols != param.cols for _, cols in shapes):
+        raise MappingError(f"{mismatch}; was the init file dumped for another config ({_hint(tt_name)})?")
+    if rule == "pad" and total <= param.rows:
+        target.pad_rows = param.rows - total
+    elif rule == "crop" and total >= param.rows:
+        if total > param.rows:
+            target.pieces[0].rows = param.rows
+            target.notes.append(
+                f"{param.data.key}: tt-train context is {param.rows} positions, checkpoint has {total}; "
+                f"keeping the first {param.rows} rows"
+            )
+    elif total != param.rows:
+        cause = {
+            "pad": "the checkpoint vocabulary is larger than the tt model's",
+            "crop": "the tt model's context is longer than the checkpoint's n_positions",
+        }.get(rule, f"was the init file dumped for another config ({_hint(tt_name)})?")
+        raise MappingError(f"{mismatch}; {cause}")
+
+
+def build_plan(family, tt, params, tensors, layout, meta_style=False):
+    """Match tt parameters with checkpoint tensors.
+
+    layout: dict with "n_layers" and, for Llama, the head counts "rope_q"/"rope_kv" and "head_dim".
+    tensors: {checkpoint name (as used in the table): TensorInfo}.
+    """
+    table = LLAMA_TABLE if family == "llama" else GPT2_TABLE
+    ignored = LLAMA_IGNORED if family == "llama" else GPT2_IGNORED
+    prefix = find_prefix(params, family, tt.path)
+    tt_layers = count_tt_layers(params, prefix, family)
+    if tt_layers != layout["n_layers"]:
+        raise MappingError(
+            f"{tt.path} has {tt_layers} {family} blocks but the checkpoint has {layout['n_layers']} layers; "
+            "dump the init file with this model's config"
+        )
+    rows = expand(table, layout["n_layers"])
+    heads = {} if meta_style else {k: layout[k] for k in ("rope_q", "rope_kv") if k in layout}
+    targets, untouched, used, notices = {}, [], set(), []
+    for name, param in params.items():
+        tt_name = name[len(prefix) + 1:] if name.startswith(prefix + "/") else None
+        if tt_name not in rows:
+            untouched.append(param.data.key)
+            continue
+        spec, rule = rows[tt_name]
+        target = Target(param, _resolve(spec, tensors, param.data.key, heads))
+        shapes = [_source_shape(piece) for piece in target.pieces]
+        for piece, shape in zip(target.pieces, shapes):
+            piece.rows = shape[0]
+            if piece.transform == "rope":
+                _check_heads(piece, param.data.key, layout["head_dim"])
+        _fit_rows(target, rule, tt_name, shapes)
+        notices.extend(target.notes)
+        used.update(p.tensor.name for p in target.pieces)
+        targets[param.data.key] = target
+    if not targets:
+        raise TtFileError(f"{tt.path}: no tt-train {family} weights found under prefix {prefix}")
+    skip = re.compile("|".join(ignored))
+    unused = sorted(n for n, t in tensors.items() if t.name not in used and not skip.fullmatch(n))
+    return Plan(family, prefix, targets, untouched, unused, notices)
+
+
+def _check_heads(piece, tt_key, head_dim):
+    rows = piece.tensor.matrix_shape()[0]
+    if rows != piece.heads * head_dim or head_dim % 2:
+        raise MappingError(
+            f"cannot apply the RoPE permutation for {tt_key}: {piece.tensor.name} has {rows} rows, "
+            f"config.json says {piece.heads} heads x head_dim {head_dim} = {piece.heads * head_dim}; "
+            "check num_attention_heads, num_key_value_heads and head_dim"
+        )

@@ -1,0 +1,110 @@
+"""Tokenizer export (-t): the tokenizer.json form that tt-train's C++ tokenizer reads."""
+import json
+import os
+import shutil
+
+from .errors import TokenizerError
+from .output import atomic_output
+
+STRIP_DECODER = {"type": "Strip", "content": " ", "start": 1, "stop": 0}
+SPECIAL_GPT2_TOKEN = "<|endoftext|>"
+
+
+def _check_loads(text, source):
+    from tokenizers import Tokenizer
+
+    try:
+        Tokenizer.from_str(text)
+    except Exception as exc:  # tokenizers raises plain Exception subclasses from Rust
+        raise TokenizerError(f"{source}: not a usable tokenizer ({str(exc).splitlines()[0]})") from None
+
+
+def _read_text(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except UnicodeDecodeError:
+        raise TokenizerError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise TokenizerError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def tt_train_llama_tokenizer(tokenizer):
+    """Apply the tt-train tweak to a parsed Llama tokenizer.json (returns a new dict)."""
+    tokenizer = json.loads(json.dumps(tokenizer))
+    decoder = tokenizer.get("decoder")
+    if decoder == STRIP_DECODER:
+        tokenizer["decoder"] = None
+    elif isinstance(decoder, dict) and isinstance(decoder.get("decoders"), list):
+        decoder["decoders"] = [d for d in decoder["decoders"] if d != STRIP_DECODER]
+    model = tokenizer.get("model")
+    if not isinstance(model, dict):
+        raise TokenizerError("tokenizer.json has no model section")
+    model.pop("ignore_merges", None)
+    if "merges" in model:
+        model["merges"] = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    return tokenizer
+
+
+def llama_tokenizer_text(model_dir):
+    """tokenizer.json text for tt-train from a Llama checkpoint folder."""
+    path = os.path.join(model_dir, "tokenizer.json")
+    if not os.path.isfile(path):
+        raise TokenizerError(f"{model_dir}: no tokenizer.json (tt-train needs the fast tokenizer file)")
+    text = _read_text(path)
+    _check_loads(text, path)
+    text = json.dumps(tt_train_llama_tokenizer(json.loads(text)), ensure_ascii=False)
+    _check_loads(text, f"{path} (after the tt-train tweak)")
+    return text
+
+
+def gpt2_tokenizer_text(model_dir):
+    """tokenizer.json text from a GPT-2 folder: tokenizer.json as is, or built from vocab.json + merges.txt."""
+    path = os.path.join(model_dir, "tokenizer.json")
+    if os.path.isfile(path):
+        text = _read_text(path)
+        _check_loads(text, path)
+        return text
+    vocab, merges = os.path.join(model_dir, "vocab.json"), os.path.join(model_dir, "merges.txt")
+    if not (os.path.isfile(vocab) and os.path.isfile(merges)):
+        raise TokenizerError(f"{model_dir}: no tokenizer.json, and no vocab.json + merges.txt to build one from")
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    try:
+        tokenizer = Tokenizer(models.BPE.from_file(vocab, merges))
+    except Exception as exc:  # tokenizers raises plain Exception subclasses from Rust
+        raise TokenizerError(f"{model_dir}: vocab.json/merges.txt unusable ({str(exc).splitlines()[0]})") from None
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    if tokenizer.token_to_id(SPECIAL_GPT2_TOKEN) is not None:
+        tokenizer.add_special_tokens([AddedToken(SPECIAL_GPT2_TOKEN, special=True, normalized=False)])
+    return tokenizer.to_str()
+
+
+def export_tokenizer(family, model_dir, output_path):
+    """Write the tokenizer of a checkpoint folder in the form tt-train reads.
+
+    family is "llama" (Strip decoder removed, ignore_merges deleted, merges as "a b"
+    strings) or "gpt2" (tokenizer.json unchanged, or built from vocab.json + merges.txt).
+
+    >>> export_tokenizer("llama", "examples/llama-mini", "out/tokenizer.json")  # doctest: +SKIP
+    """
+    if family not in ("llama", "gpt2"):
+        raise ValueError(f"family must be 'llama' or 'gpt2', not {family!r}")
+    text = llama_tokenizer_text(model_dir) if family == "llama" else gpt2_tokenizer_text(model_dir)
+    with atomic_output(output_path, [os.path.join(model_dir, "tokenizer.json")]) as out:
+        out.write(text.encode("utf-8"))
+    return output_path
+
+
+def copy_tokenizer_files(model_dir, out_dir):
+    """Copy the tokenizer files of a checkpoint folder (for to-hf); returns the names copied."""
+    copied = []
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                 "tokenizer.model", "generation_config.json"):
+        source = os.path.join(model_dir, name)
+        if os.path.isfile(source):
+            shutil.copyfile(source, os.path.join(out_dir, name))
+            copied.append(name)
+    return copied

@@ -1,0 +1,387 @@
+"""Streaming reader and writer for tt-train msgpack weight files.
+
+A tt-train file is one msgpack map of ``key -> [variant_index, value]``. The reader
+indexes it (key, variant index, byte ranges) without turning weight arrays into
+Python objects; the writer copies untouched entries byte for byte and streams new
+float32 arrays in, in the input's order.
+"""
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from . import kernels
+from .errors import TtFileError
+
+HEADER_WINDOW = 1 << 16
+SCAN_WINDOW = 1 << 24
+MAX_NESTING = 16
+MAX_SMALL_VALUE = 1 << 12
+
+DATA_SUFFIX = "/value/data"
+SHAPE_SUFFIX = "/value/shape"
+
+
+@dataclass
+class Entry:
+    """One map entry: where its key, variant index and value lie in the file."""
+
+    key: str
+    start: int
+    value_start: int
+    end: int
+    variant: int
+    kind: str
+    n_elements: int = 0
+    numeric: bool = False
+    small_value: Optional[bytes] = field(default=None, repr=False)
+
+
+@dataclass
+class Parameter:
+    """A tensor of the file: NAME with its NAME/value/data entry and 2-D shape."""
+
+    name: str
+    data: Entry
+    dims: tuple
+
+    @property
+    def rows(self):
+        return self.dims[-2] if len(self.dims) > 1 else 1
+
+    @property
+    def cols(self):
+        return self.dims[-1]
+
+
+class _Cursor:
+    """Forward reader over a file with bounds checks against its size."""
+
+    def __init__(self, handle, size, path):
+        self.handle = handle
+        self.size = size
+        self.path = path
+        self.pos = 0
+        self._buf = b""
+        self._buf_start = 0
+
+    def fail(self, message, at=None):
+        where = self.pos if at is None else at
+        raise TtFileError(f"{self.path}: {message} (at byte {where})")
+
+    def require(self, n, what):
+        if n > self.size - self.pos:
+            self.fail(f"file ends inside {what}: {n} bytes needed, {self.size - self.pos} left")
+
+    def take(self, n, what):
+        self.require(n, what)
+        offset = self.pos - self._buf_start
+        if offset < 0 or offset + n > len(self._buf):
+            self.handle.seek(self.pos)
+            self._buf = self.handle.read(max(n, HEADER_WINDOW))
+            self._buf_start = self.pos
+            offset = 0
+        self.pos += n
+        return self._buf[offset:offset + n]
+
+    def byte(self, what):
+        return self.take(1, what)[0]
+
+    def uint(self, n, what):
+        return int.from_bytes(self.take(n, what), "big")
+
+    def skip(self, n, what):
+        self.require(n, what)
+        self.pos += n
+
+    def skip_numbers(self, count, what):
+        """Skip up to count msgpack numbers; returns how many were numbers."""
+        window = np.empty(min(SCAN_WINDOW, max(count * 9, 9)), dtype=np.uint8)
+        done = 0
+        while done < count:
+            if self.pos >= self.size:
+                self.fail(f"file ends inside {what} after {done} of {count} values")
+            self.handle.seek(self.pos)
+            n = self.handle.readinto(memoryview(window)[: min(window.size, self.size - self.pos)])
+            walked, nbytes, bad = kernels.scan_numbers(window[:n], count - done)
+            done += walked
+            self.pos += nbytes
+            if bad:
+                return done
+            if walked == 0:
+                self.fail(f"file ends inside {what} after {done} of {count} values")
+        return done
+
+
+_FIXED_SIZES = {0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8,
+                0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8, 0xCA: 4, 0xCB: 8}
+_EXT_FIXED = {0xD4: 1, 0xD5: 2, 0xD6: 4, 0xD7: 8, 0xD8: 16}
+
+
+def _read_header(cur, what):
+    """Read one msgpack type header: (kind, length or value). Payload not consumed for str/bin/ext."""
+    tag = cur.byte(what)
+    if tag <= 0x7F:
+        return "int", tag
+    if tag >= 0xE0:
+        return "int", tag - 0x100
+    if 0x80 <= tag <= 0x8F:
+        return "map", tag & 0x0F
+    if 0x90 <= tag <= 0x9F:
+        return "array", tag & 0x0F
+    if 0xA0 <= tag <= 0xBF:
+        return "str", tag & 0x1F
+    if tag in (0xD9, 0xDA, 0xDB):
+        return "str", cur.uint(1 << (tag - 0xD9), what)
+    if tag in (0xC4, 0xC5, 0xC6):
+        return "bin", cur.uint(1 << (tag - 0xC4), what)
+    if tag in (0xDC, 0xDD):
+        return "array", cur.uint(2 if tag == 0xDC else 4, what)
+    if tag in (0xDE, 0xDF):
+        return "map", cur.uint(2 if tag == 0xDE else 4, what)
+    if tag in (0xC7, 0xC8, 0xC9):
+        length = cur.uint(1 << (tag - 0xC7), what)
+        return "ext", length + 1
+    if tag in _EXT_FIXED:
+        return "ext", _EXT_FIXED[tag] + 1
+    if tag in (0xC2, 0xC3):
+        return "bool", tag == 0xC3
+    if tag == 0xC0:
+        return "nil", None
+    if tag in (0xCA, 0xCB):
+        cur.skip(_FIXED_SIZES[tag], what)
+        return "float", None
+    if tag in (0xCC, 0xCD, 0xCE, 0xCF):
+        return "int", cur.uint(_FIXED_SIZES[tag], what)
+    if tag in (0xD0, 0xD1, 0xD2, 0xD3):
+        size = _FIXED_SIZES[tag]
+        return "int", int.from_bytes(cur.take(size, what), "big", signed=True)
+    cur.fail(f"byte 0x{tag:02x} is not valid msgpack in {what}", at=cur.pos - 1)
+
+
+def _skip_value(cur, kind, length, what, depth):
+    if depth > MAX_NESTING:
+        cur.fail(f"{what} is nested more than {MAX_NESTING} levels deep")
+    if kind in ("str", "bin", "ext"):
+        cur.skip(length, what)
+    elif kind in ("array", "map"):
+        items = length * (2 if kind == "map" else 1)
+        cur.require(items, what)
+        for _ in range(items):
+            _skip_value(cur, *_read_header(cur, what), what, depth + 1)
+
+
+def _skip_array(cur, count, what):
+    """Skip an array's elements; returns True when all of them were numbers."""
+    cur.require(count, what)
+    done = cur.skip_numbers(count, what)
+    if done == count:
+        return True
+    for _ in range(count - done):
+        _skip_value(cur, *_read_header(cur, what), what, 1)
+    return False
+
+
+class TtFile:
+    """Index of a tt-train msgpack file: entries in file order, looked up by key."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self.entries = []
+        self.by_key = {}
+        try:
+            handle = open(self.path, "rb")
+        except OSError as exc:
+            raise TtFileError(f"{self.path}: cannot open: {exc.strerror}") from None
+        with handle:
+            self.size = os.fstat(handle.fileno()).st_size
+            if self.size == 0:
+                raise TtFileError(f"{self.path}: file is empty, expected a tt-train msgpack map")
+            cur = _Cursor(handle, self.size, self.path)
+            self._index(cur)
+
+    def _index(self, cur):
+        kind, count = _read_header(cur, "the file header")
+        if kind != "map":
+            cur.fail(f"file starts with a msgpack {kind}, expected the map of a tt-train file", at=0)
+        self.header_end = cur.pos
+        self.declared_entries = count
+        cur.require(count * 4, f"a map of {count} entries")
+        for number in range(count):
+            self._read_entry(cur, number)
+        if cur.pos != self.size:
+            cur.fail(f"{self.size - cur.pos} bytes follow the end of the map")
+
+    def _read_entry(self, cur, number):
+        start = cur.pos
+        kind, length = _read_header(cur, f"the key of entry {number}")
+        if kind != "str":
+            cur.fail(f"key of entry {number} is a msgpack {kind}, expected a string", at=start)
+        raw_key = cur.take(length, f"the key of entry {number}")
+        try:
+            key = raw_key.decode("utf-8")
+        except UnicodeDecodeError:
+            cur.fail(f"key of entry {number} is not UTF-8", at=start)
+        what = f"the value of {key!r}"
+        kind, length = _read_header(cur, what)
+        if kind != "array" or length != 2:
+            cur.fail(f"{what} is not a [variant_index, value] pair")
+        kind, variant = _read_header(cur, what)
+        if kind != "int" or variant < 0:
+            cur.fail(f"variant index of {key!r} is not a non-negative integer")
+        value_start = cur.pos
+        kind, length = _read_header(cur, what)
+        entry = Entry(key, start, value_start, 0, variant, kind)
+        if kind == "array":
+            entry.n_elements = length
+            entry.numeric = _skip_array(cur, length, what)
+        elif kind in ("str", "bin") and length <= MAX_SMALL_VALUE:
+            entry.small_value = cur.take(length, what)
+        else:
+            _skip_value(cur, kind, length, what, 1)
+        entry.end = cur.pos
+        if key in self.by_key:
+            cur.fail(f"key {key!r} appears twice", at=start)
+        self.entries.append(entry)
+        self.by_key[key] = entry
+
+    def parameters(self):
+        """Tensors of the file by name: every NAME with NAME/value/data and NAME/value/shape."""
+        params = {}
+        for entry in self.entries:
+            if not entry.key.endswith(DATA_SUFFIX):
+                continue
+            name = entry.key[: -len(DATA_SUFFIX)]
+            shape_entry = self.by_key.get(name + SHAPE_SUFFIX)
+            if shape_entry is None:
+                raise TtFileError(f"{self.path}: {entry.key} has no {name}{SHAPE_SUFFIX} entry")
+            params[name] = Parameter(name, entry, self._dims(shape_entry, entry))
+        return params
+
+    def _dims(self, shape_entry, data_entry):
+        raw = shape_entry.small_value
+        if shape_entry.kind not in ("bin", "str") or raw is None or len(raw) % 4 or not raw:
+            raise TtFileError(
+                f"{self.path}: {shape_entry.key} is not a list of little-endian uint32 dims "
+                f"(msgpack {shape_entry.kind}, {len(raw) if raw is not None else '?'} bytes)"
+            )
+        dims = struct.unpack(f"<{len(raw) // 4}I", raw)
+        if any(d != 1 for d in dims[:-2]):
+            raise TtFileError(f"{self.path}: {shape_entry.key} is {list(dims)}, expected [1, 1, rows, cols]")
+        if data_entry.kind != "array" or not data_entry.numeric:
+            raise TtFileError(f"{self.path}: {data_entry.key} is not an array of numbers")
+        if int(np.prod(dims, dtype=np.int64)) != data_entry.n_elements:
+            raise TtFileError(
+                f"{self.path}: {data_entry.key} holds {data_entry.n_elements} values "
+                f"but its shape {list(dims)} says {int(np.prod(dims, dtype=np.int64))}"
+            )
+        return dims
+
+    def read_values(self, entry):
+        """Decode a numeric array entry into float32 (the whole array in memory)."""
+        with open(self.path, "rb") as handle:
+            cur = _Cursor(handle, self.size, self.path)
+            cur.pos = entry.value_start
+            kind, count = _read_header(cur, entry.key)
+            out = np.empty(count, dtype=np.float32)
+            done = 0
+            window = np.empty(min(SCAN_WINDOW, max(count * 9, 9)), dtype=np.uint8)
+            while done < count:
+                handle.seek(cur.pos)
+                n = handle.readinto(memoryview(window)[: min(window.size, entry.end - cur.pos)])
+                values, nbytes, bad = kernels.decode_numbers(window[:n], count - done)
+                if bad or not values.size:
+                    cur.fail(f"{entry.key} is not an array of numbers")
+                out[done:done + values.size] = values
+                done += values.size
+                cur.pos += nbytes
+        return out
+
+
+def array_header(count):
+    """msgpack array header for count elements."""
+    if count < 16:
+        return bytes([0x90 | count])
+    if count < 1 << 16:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
+
+
+class TtWriter:
+    """Writes a tt-train file in the order of a source TtFile.
+
+    Call ``begin()`` once, then for every source entry, in order, either
+    ``copy_entry(entry)`` or ``start_value(entry, count)`` followed by ``write()``
+    calls that supply exactly ``count`` encoded float32 values, then ``finish()``.
+    """
+
+    COPY_CHUNK = 1 << 22
+
+    def __init__(self, source, out):
+        self.source = source
+        self.out = out
+        self._next = 0
+        self._pending = 0
+        self._begun = False
+        self._src = open(source.path, "rb")
+        self.bytes_written = 0
+
+    def close(self):
+        self._src.close()
+
+    def _emit(self, data):
+        self.out.write(data)
+        self.bytes_written += len(data) if isinstance(data, bytes) else data.nbytes
+
+    def _copy_range(self, start, end):
+        self._src.seek(start)
+        while start < end:
+            chunk = self._src.read(min(self.COPY_CHUNK, end - start))
+            if not chunk:
+                raise TtFileError(f"{self.source.path}: file shrank while being read")
+            self._emit(chunk)
+            start += len(chunk)
+
+    def _expect(self, entry):
+        if not self._begun:
+            raise RuntimeError("TtWriter.begin() must be called first")
+        if self._pending:
+            raise RuntimeError(f"{self._pending} values of the previous entry were not written")
+        if self._next >= len(self.source.entries) or self.source.entries[self._next] is not entry:
+            raise RuntimeError(f"entries must be written in file order; got {entry.key!r} out of turn")
+        self._next += 1
+
+    def begin(self):
+        if self._begun:
+            raise RuntimeError("TtWriter.begin() called twice")
+        self._begun = True
+        self._copy_range(0, self.source.header_end)
+
+    def copy_entry(self, entry):
+        """Copy an entry byte for byte."""
+        self._expect(entry)
+        self._copy_range(entry.start, entry.end)
+
+    def start_value(self, entry, count):
+        """Copy the entry's key and variant index, then open a float array of count values."""
+        self._expect(entry)
+        self._copy_range(entry.start, entry.value_start)
+        self._emit(array_header(count))
+        self._pending = count
+
+    def write(self, encoded):
+        """Write encoded float32 values (5 bytes each) of the open array."""
+        count = len(encoded) // 5
+        if count > self._pending:
+            raise RuntimeError(f"{count} values written where {self._pending} remain")
+        self._pending -= count
+        self._emit(encoded)
+
+    def finish(self):
+        if self._pending or self._next != len(self.source.entries):
+            raise RuntimeError(
+                f"finish() after {self._next} of {len(self.source.entries)} entries "
+                f"with {self._pending} values pending"
+            )
