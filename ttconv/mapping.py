@@ -159,6 +159,8 @@ def _resolve(spec, lookup, tt_key, heads):
         for name in (n.strip() for n in names.split("|")):
             if name in lookup:
                 kind = TRANSFORM_NAMES[transform]
+                if kind == "rope" and transform not in heads:
+                    kind = "copy"  # --meta_style: rows are already interleaved
                 pieces.append(Piece(lookup[name], kind, heads.get(transform, 0)))
                 break
         else:
