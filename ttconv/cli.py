@@ -118,7 +118,9 @@ def _setup_logging(quiet):
 
 
 def _conversion(args, family):
-    from .convert import open_checkpoint, run_conversion
+    from .checkpoint import Checkpoint
+    from .convert import run_conversion
+    from .hub import resolve_model
     from .tokenizer import export_tokenizer
 
     if family == "llama":
@@ -131,13 +133,14 @@ def _conversion(args, family):
     tokenizer_only = args.dump_tokenizer_path and not (given_in and given_out)
     if family == "gpt2" and not tokenizer_only and not (init_path and output_path):
         raise TtconvError("gpt2 needs INPUT_FILE and OUTPUT_FILE (or -i and -o), or -t for the tokenizer only")
-    ckpt = open_checkpoint(args.hf_model, args.revision)
+    model_dir = resolve_model(args.hf_model, args.revision)
+    if args.dump_tokenizer_path and not args.dry_run:
+        export_tokenizer(family, model_dir, args.dump_tokenizer_path)
+        log.info("wrote tokenizer to %s", args.dump_tokenizer_path)
+    if tokenizer_only:
+        return 0
+    ckpt = Checkpoint(model_dir)
     try:
-        if args.dump_tokenizer_path and not args.dry_run:
-            export_tokenizer(family, ckpt.directory, args.dump_tokenizer_path)
-            log.info("wrote tokenizer to %s", args.dump_tokenizer_path)
-        if tokenizer_only:
-            return 0
         meta_style = getattr(args, "meta_style", False)
         report = run_conversion(family, init_path, ckpt, output_path, meta_style, args.dry_run, args.quiet)
     finally:
