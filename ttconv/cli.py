@@ -1,6 +1,7 @@
 """Command line: python -m ttconv {llama,gpt2,inspect,to-hf} ..."""
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -146,7 +147,7 @@ def _conversion(args, family):
     finally:
         ckpt.close()
     if args.dry_run:
-        from .inspect import print_plan
+        from .inspection import print_plan
 
         print_plan(report)
     else:
@@ -158,7 +159,7 @@ def _run(args):
     if args.command in ("llama", "gpt2"):
         return _conversion(args, args.command)
     if args.command == "inspect":
-        from .inspect import inspect_file
+        from .inspection import inspect_file
 
         return inspect_file(args.file, as_json=args.json)
     from .export_hf import export_hf
@@ -192,5 +193,9 @@ def main(argv=None):
     except Terminated:
         print("ttconv: terminated; no output was written", file=sys.stderr)
         return EXIT_SIGTERM
+    except BrokenPipeError:
+        # stdout went away (e.g. piped into head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -71,6 +71,12 @@ class Piece:
     heads: int = 0
     rows: int = 0
 
+    @property
+    def shape(self):
+        """Shape of the rows this tensor gives the tt tensor, before any crop."""
+        rows, cols = self.tensor.matrix_shape()
+        return (cols, rows) if self.transform == "transpose" else (rows, cols)
+
     def describe(self):
         how = {"copy": "", "rope": f" (RoPE interleave, {self.heads} heads)", "transpose": " (transposed)"}
         return f"{self.tensor.name}{how[self.transform]}"
@@ -147,11 +153,6 @@ def _hint(tt_name):
     return "hidden_size or number of layers"
 
 
-def _source_shape(piece):
-    rows, cols = piece.tensor.matrix_shape()
-    return (cols, rows) if piece.transform == "transpose" else (rows, cols)
-
-
 def _resolve(spec, lookup, tt_key, heads):
     pieces = []
     for part in spec.split(" + "):
@@ -218,7 +219,7 @@ def build_plan(family, tt, params, tensors, layout, meta_style=False):
             continue
         spec, rule = rows[tt_name]
         target = Target(param, _resolve(spec, tensors, param.data.key, heads))
-        shapes = [_source_shape(piece) for piece in target.pieces]
+        shapes = [piece.shape for piece in target.pieces]
         for piece, shape in zip(target.pieces, shapes):
             piece.rows = shape[0]
             if piece.transform == "rope":

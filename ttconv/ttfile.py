@@ -37,6 +37,7 @@ class Entry:
     n_elements: int = 0
     numeric: bool = False
     small_value: Optional[bytes] = field(default=None, repr=False)
+    scalar: object = None
 
 
 @dataclass
@@ -239,6 +240,8 @@ class TtFile:
             entry.numeric = _skip_array(cur, length, what)
         elif kind in ("str", "bin") and length <= MAX_SMALL_VALUE:
             entry.small_value = cur.take(length, what)
+        elif kind in ("int", "bool"):
+            entry.scalar = length
         else:
             _skip_value(cur, kind, length, what, 1)
         entry.end = cur.pos

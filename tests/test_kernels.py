@@ -1,0 +1,131 @@
+"""Kernel operations on both backends against plain numpy references."""
+import ml_dtypes
+import msgpack
+import numpy as np
+import pytest
+
+from ttconv import kernels
+
+
+def f32_bits_reference(array):
+    """Exact float32 bits of a source array, via ml_dtypes/numpy casts plus NaN payloads."""
+    if array.dtype == np.uint16:
+        return array.view(ml_dtypes.bfloat16).astype(np.float32).view(np.uint32)
+    bits = array.astype(np.float32).view(np.uint32).copy()
+    if array.dtype == np.float16:
+        h = array.view(np.uint16).astype(np.uint32)
+        nan = ((h & 0x7C00) == 0x7C00) & ((h & 0x3FF) != 0)
+        bits[nan] = ((h & 0x8000) << 16 | 0x7F800000 | (h & 0x3FF) << 13)[nan]
+    return bits
+
+
+def msgpack_reference(bits):
+    """Each value packed by msgpack-python as a float32, from its bits."""
+    return b"".join(b"\xca" + int(b).to_bytes(4, "big") for b in bits.reshape(-1))
+
+
+def sources(rows, cols, seed=0):
+    rng = np.random.default_rng(seed)
+    f32 = rng.standard_normal((rows, cols)).astype(np.float32)
+    if f32.size >= 5:
+        f32.reshape(-1)[:4] = [np.inf, -np.inf, 0.0, -0.0]
+        f32.view(np.uint32).reshape(-1)[4] = 0x7FA00001  # signalling NaN with payload
+    f16 = rng.integers(0, 1 << 16, (rows, cols), dtype=np.uint16).view(np.float16)  # every class incl. subnormals
+    bf16 = rng.integers(0, 1 << 16, (rows, cols), dtype=np.uint16)
+    return {"f32": f32, "f16": f16, "bf16": bf16}
+
+
+@pytest.mark.parametrize("kind", ["f32", "f16", "bf16"])
+def test_encode_matches_msgpack(backend, kind):
+    src = sources(6, 10)[kind]
+    encoded, nonfinite = kernels.encode(src)
+    bits = f32_bits_reference(src)
+    assert encoded.tobytes() == msgpack_reference(bits)
+    assert nonfinite == int(np.count_nonzero((bits & 0x7F800000) == 0x7F800000))
+
+
+def test_encode_float32_roundtrips_through_msgpack(backend):
+    src = np.random.default_rng(3).standard_normal(1000).astype(np.float32)
+    encoded, _ = kernels.encode(src)
+    unpacked = msgpack.unpackb(b"\xdc" + (1000).to_bytes(2, "big") + encoded.tobytes())
+    np.testing.assert_array_equal(np.float32(unpacked), src)
+
+
+@pytest.mark.parametrize("kind", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("heads,head_dim,cols", [(1, 2, 1), (4, 8, 5), (3, 16, 33)])
+def test_encode_rope_interleaves_each_head(backend, kind, heads, head_dim, cols):
+    src = sources(heads * head_dim, cols, seed=heads)[kind]
+    encoded, _ = kernels.encode_rope(src, heads)
+    bits = f32_bits_reference(src)
+    order = [h * head_dim + (i // 2 if i % 2 == 0 else head_dim // 2 + i // 2)
+             for h in range(heads) for i in range(head_dim)]
+    assert encoded.tobytes() == msgpack_reference(bits[order])
+
+
+@pytest.mark.parametrize("kind", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("rows,cols", [(1, 1), (7, 3), (33, 65), (64, 32)])
+def test_encode_transposed(backend, kind, rows, cols):
+    src = sources(rows, cols, seed=rows)[kind]
+    encoded, _ = kernels.encode_transposed(src)
+    assert encoded.tobytes() == msgpack_reference(f32_bits_reference(src).T.copy())
+
+
+@pytest.mark.parametrize("heads,head_dim,cols", [(2, 4, 3), (5, 6, 8)])
+def test_rope_rows_and_its_inverse(backend, heads, head_dim, cols):
+    w = np.random.default_rng(1).standard_normal((heads * head_dim, cols)).astype(np.float32)
+    expected = w.reshape(heads, 2, head_dim // 2, cols).transpose(0, 2, 1, 3).reshape(w.shape)
+    forward = kernels.rope_rows(w, heads)
+    np.testing.assert_array_equal(forward, expected)
+    np.testing.assert_array_equal(kernels.rope_rows(forward, heads, inverse=True), w)
+
+
+def test_transpose(backend):
+    w = np.random.default_rng(2).standard_normal((37, 70)).astype(np.float32)
+    np.testing.assert_array_equal(kernels.transpose(w), w.T)
+
+
+def test_rope_rejects_bad_head_splits(backend):
+    with pytest.raises(ValueError):
+        kernels.encode_rope(np.zeros((10, 4), np.float32), 3)
+    with pytest.raises(ValueError):
+        kernels.encode_rope(np.zeros((6, 4), np.float32), 2)  # head_dim 3 is odd
+
+
+NUMBERS = [0, 1, 127, -1, -32, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63, -33, -128, -129,
+           -32768, -32769, -2**31, -2**31 - 1, -2**63, 0.5, -2.25, 1e-30, 3.4e38]
+
+
+def packed_numbers():
+    parts = [msgpack.packb(v, use_single_float=True) for v in NUMBERS]
+    parts += [msgpack.packb(v, use_single_float=False) for v in (0.1, -1e-300, 1e300)]
+    values = NUMBERS + [0.1, -1e-300, 1e300]
+    return parts, values
+
+
+def test_scan_and_decode_every_number_encoding(backend):
+    parts, values = packed_numbers()
+    buf = np.frombuffer(b"".join(parts), dtype=np.uint8)
+    n, nbytes, bad = kernels.scan_numbers(buf, len(values))
+    assert (n, nbytes, bad) == (len(values), buf.size, False)
+    decoded, nbytes, bad = kernels.decode_numbers(buf, len(values))
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(decoded, np.array(values, dtype=np.float64).astype(np.float32))
+
+
+def test_scan_stops_at_count_at_non_numbers_and_before_cut_values(backend):
+    buf = np.frombuffer(msgpack.packb(1.5, use_single_float=True) * 3 + b"\xa1x", dtype=np.uint8)
+    assert kernels.scan_numbers(buf, 2) == (2, 10, False)
+    assert kernels.scan_numbers(buf, 10) == (3, 15, True)
+    assert kernels.scan_numbers(buf[:13], 10) == (2, 10, False)
+
+
+def test_scan_long_mixed_runs(backend):
+    rng = np.random.default_rng(5)
+    values = rng.standard_normal(20000).astype(np.float32).astype(object)
+    values[rng.integers(0, 20000, 300)] = 0
+    values[:500] = 1
+    items = [int(v) if float(v).is_integer() else float(v) for v in values]
+    buf = np.frombuffer(msgpack.packb(items, use_single_float=True)[3:], dtype=np.uint8)
+    decoded, nbytes, bad = kernels.decode_numbers(buf, len(items))
+    assert nbytes == buf.size and not bad
+    np.testing.assert_array_equal(decoded, np.float32(items))
