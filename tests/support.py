@@ -116,13 +116,13 @@ def init_file_bytes(shapes, prefix="llama/llama", seed=0, shape_as="bin", float_
 def read_tt(path):
     """{key: [variant, value]} of a msgpack file, read with msgpack-python."""
     with open(path, "rb") as f:
-        return msgpack.unpackb(f.read(), raw=False, strict_map_key=False)
+        return msgpack.unpackb(f.read(), raw=False, strict_map_key=False, unicode_errors="surrogateescape")
 
 
 def tt_raw_entries(path):
     """[(key, raw bytes of the [variant, value] pair)] in file order, using msgpack-python offsets."""
     data = open(path, "rb").read()
-    unpacker = msgpack.Unpacker(raw=False)
+    unpacker = msgpack.Unpacker(raw=False, unicode_errors="surrogateescape")
     unpacker.feed(data)
     count = unpacker.read_map_header()
     out = []

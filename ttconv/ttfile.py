@@ -209,7 +209,7 @@ class TtFile:
             cur.fail(f"file starts with a msgpack {kind}, expected the map of a tt-train file", at=0)
         self.header_end = cur.pos
         self.declared_entries = count
-        cur.require(count * 4, f"a map of {count} entries")
+        cur.require(count * 2, f"a map of {count} entries")
         for number in range(count):
             self._read_entry(cur, number)
         if cur.pos != self.size:
