@@ -124,19 +124,27 @@ def expand(table, n_layers):
     return rows
 
 
+BLOCK_0 = {"llama": "llama_block_0/", "gpt2": "gpt_block_0/"}
+
+
 def find_prefix(params, family, path):
     """The parameter prefix of a tt file (llama/llama, transformer/transformer, ...)."""
-    block = "llama_block_0/" if family == "llama" else "gpt_block_0/"
-    prefixes = sorted({name[: -len("/fc/weight")] for name in params if name.endswith("/fc/weight")})
-    prefixes = [p for p in prefixes if any(n.startswith(f"{p}/{block}") for n in params)] or prefixes
-    if len(prefixes) != 1:
-        found = ", ".join(prefixes) if prefixes else "no <prefix>/fc/weight tensor"
-        other = "gpt2" if family == "llama" else "llama"
-        raise TtFileError(
-            f"{path}: no recognisable tt-train {family} parameters ({found}); "
-            f"is it an init file of a {family} model, not of a {other} one?"
-        )
-    return prefixes[0]
+    heads = sorted({name[: -len("/fc/weight")] for name in params if name.endswith("/fc/weight")})
+
+    def with_blocks(kind):
+        return [p for p in heads if any(n.startswith(f"{p}/{BLOCK_0[kind]}") for n in params)]
+
+    prefixes = with_blocks(family)
+    if len(prefixes) == 1:
+        return prefixes[0]
+    other = "gpt2" if family == "llama" else "llama"
+    if not prefixes and with_blocks(other):
+        hint = f"it looks like a {other} init file; use 'ttconv {other}'"
+    elif prefixes:
+        hint = f"several candidate prefixes: {', '.join(prefixes)}"
+    else:
+        hint = f"no <prefix>/fc/weight with <prefix>/{BLOCK_0[family]}... found"
+    raise TtFileError(f"{path}: no recognisable tt-train {family} parameters ({hint})")
 
 
 def count_tt_layers(params, prefix, family):

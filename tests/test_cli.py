@@ -1,0 +1,335 @@
+"""Command line behaviour: flags, one-line errors, exit codes, atomic output, signals."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import support
+from ttconv import kernels
+
+LLAMA_MINI = os.path.join(support.FIXTURES, "llama-mini")
+GPT2_MINI = os.path.join(support.FIXTURES, "gpt2-mini")
+LLAMA_ARGS = ["llama", "-i", f"{LLAMA_MINI}/init.msgpack", "--hf_model", LLAMA_MINI]
+
+
+@pytest.fixture(autouse=True)
+def offline_hub(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def one_error_line(err):
+    lines = err.strip("\n").split("\n")
+    return len(lines) == 1 and lines[0].startswith("ttconv: error: ") and "Traceback" not in err
+
+
+def leftovers(directory):
+    return [n for n in os.listdir(directory) if n.endswith(".partial")]
+
+
+def test_version_names_backend(cli):
+    with pytest.raises(SystemExit) as exit_:
+        cli("--version")
+    assert exit_.value.code == 0
+
+
+def test_version_output(capsys):
+    from ttconv.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert f"backend: {kernels.BACKEND}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command,flags", [
+    ("llama", ["--input_path", "--output_path", "--hf_model", "--meta_style", "--dump_tokenizer_path", "-i", "-o",
+               "-t", "--dry-run", "--revision", "--quiet", "--verbose"]),
+    ("gpt2", ["INPUT_FILE", "OUTPUT_FILE", "--input_file", "--output_file", "--hf_model", "-t", "--dry-run"]),
+    ("inspect", ["FILE", "--json"]),
+    ("to-hf", ["--hf_model", "--output_dir", "--dtype", "--input_path"]),
+])
+def test_help_lists_flags(capsys, command, flags):
+    from ttconv.cli import main
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    for flag in flags:
+        assert flag in text
+
+
+def test_long_flag_forms(cli, tmp_path):
+    out = tmp_path / "o.msgpack"
+    status, _, err = cli("llama", "--input_path", f"{LLAMA_MINI}/init.msgpack", "--output_path", out,
+                         "--hf_model", LLAMA_MINI, "--dump_tokenizer_path", tmp_path / "t.json")
+    assert status == 0, err
+    assert out.exists() and (tmp_path / "t.json").exists()
+    assert "tensors" in err and "MB/s" in err  # the summary line
+
+
+def test_llama_default_paths(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "tinyllama_init.msgpack").write_bytes(open(f"{LLAMA_MINI}/init.msgpack", "rb").read())
+    status, _, err = cli("llama", "--hf_model", LLAMA_MINI)
+    assert status == 0, err
+    assert (tmp_path / "data" / "tinyllama_exported.msgpack").exists()
+
+
+def test_default_hub_model_offline_is_one_line(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    status, _, err = cli("llama")
+    assert status == 1 and one_error_line(err)
+    assert "TinyLlama/TinyLlama_v1.1" in err and "HF_HUB_OFFLINE" in err
+
+
+def test_gpt2_needs_files(cli):
+    status, _, err = cli("gpt2", "--hf_model", GPT2_MINI)
+    assert status == 1 and one_error_line(err) and "INPUT_FILE and OUTPUT_FILE" in err
+
+
+@pytest.mark.parametrize("case", ["missing init", "init is a directory", "init not msgpack", "wrong family",
+                                  "gpt2 checkpoint for llama", "missing tensor", "shape mismatch",
+                                  "kv heads wrong", "vocab too large"])
+def test_user_errors_are_one_line_without_output(cli, tmp_path, case):
+    ckpt, init = tmp_path / "ckpt", tmp_path / "init.msgpack"
+    cfg = support.llama_config()
+    tensors = support.llama_tensors(cfg)
+    shapes = support.llama_tt_shapes(cfg, 96)
+    expect = {"missing init": "cannot open", "init is a directory": "init.msgpack",
+              "init not msgpack": "expected the map", "wrong family": "no recognisable tt-train llama",
+              "gpt2 checkpoint for llama": "use 'ttconv gpt2'", "missing tensor": "has no tensor",
+              "shape mismatch": "shape mismatch", "kv heads wrong": "num_key_value_heads",
+              "vocab too large": "vocabulary is larger"}[case]
+    if case == "missing tensor":
+        del tensors["model.layers.1.mlp.up_proj.weight"]
+    if case == "shape mismatch":
+        shapes["llama_block_0/mlp/w1/weight"] = (40, 32)
+    if case == "kv heads wrong":
+        cfg = dict(cfg, num_key_value_heads=4)
+    if case == "vocab too large":
+        shapes["fc/weight"] = shapes["tok_emb/weight"] = (64, 32)
+    support.write_checkpoint(ckpt, cfg, tensors)
+    init.write_bytes(support.init_file_bytes(shapes))
+    if case == "init is a directory":
+        init.unlink()
+        init.mkdir()
+    if case == "missing init":
+        init.unlink()
+    if case == "init not msgpack":
+        init.write_bytes(b"[1, 2, 3]\n")
+    if case == "wrong family":
+        init.write_bytes(open(f"{GPT2_MINI}/init.msgpack", "rb").read())
+    if case == "gpt2 checkpoint for llama":
+        ckpt = GPT2_MINI
+    before = init.read_bytes() if init.is_file() else None
+    out = tmp_path / "out.msgpack"
+    status, _, err = cli("llama", "-i", init, "-o", out, "--hf_model", ckpt)
+    assert status == 1 and one_error_line(err), err
+    assert expect in err
+    assert not out.exists() and not leftovers(tmp_path)
+    if before is not None:
+        assert init.read_bytes() == before
+
+
+def test_shape_mismatch_names_key_shapes_and_cause(cli, tmp_path):
+    cfg = support.llama_config()
+    shapes = support.llama_tt_shapes(cfg, 96)
+    shapes["llama_block_1/attention/kv_linear/weight"] = (64, 32)
+    support.write_checkpoint(tmp_path / "ckpt", cfg, support.llama_tensors(cfg))
+    (tmp_path / "init.msgpack").write_bytes(support.init_file_bytes(shapes))
+    status, _, err = cli("llama", "-i", tmp_path / "init.msgpack", "-o", tmp_path / "o", "--hf_model",
+                         tmp_path / "ckpt")
+    assert "llama/llama/llama_block_1/attention/kv_linear/weight" in err
+    assert "[64, 32]" in err and "[16, 32]" in err and "num_key_value_heads" in err
+
+
+def test_verbose_shows_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "ttconv", "llama", "-i", tmp_path / "nope", "-o",
+                             tmp_path / "o", "--hf_model", LLAMA_MINI, "--verbose"], capture_output=True, text=True)
+    assert result.returncode != 0 and "Traceback" in result.stderr and "TtFileError" in result.stderr
+
+
+def test_existing_output_survives_a_failed_run(cli, tmp_path):
+    out = tmp_path / "out.msgpack"
+    out.write_bytes(b"precious")
+    bad_init = tmp_path / "bad.msgpack"
+    bad_init.write_bytes(open(f"{LLAMA_MINI}/init.msgpack", "rb").read()[:-10])
+    status, _, err = cli("llama", "-i", bad_init, "-o", out, "--hf_model", LLAMA_MINI)
+    assert status == 1 and one_error_line(err)
+    assert out.read_bytes() == b"precious" and not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("link", ["same", "symlink", "hardlink"])
+def test_output_onto_input_is_refused(cli, tmp_path, link):
+    init = tmp_path / "init.msgpack"
+    init.write_bytes(open(f"{LLAMA_MINI}/init.msgpack", "rb").read())
+    before = init.read_bytes()
+    out = init if link == "same" else tmp_path / "alias.msgpack"
+    if link == "symlink":
+        out.symlink_to(init)
+    if link == "hardlink":
+        os.link(init, out)
+    status, _, err = cli("llama", "-i", init, "-o", out, "--hf_model", LLAMA_MINI)
+    assert status == 1 and one_error_line(err) and "same file as input" in err
+    assert init.read_bytes() == before and not leftovers(tmp_path)
+
+
+def test_output_onto_checkpoint_is_refused(cli, tmp_path, fixture_copy):
+    model = fixture_copy("llama-mini")
+    before = (model / "model.safetensors").read_bytes()
+    status, _, err = cli("llama", "-i", model / "init.msgpack", "-o", model / "model.safetensors",
+                         "--hf_model", model)
+    assert status == 1 and "same file as input" in err
+    assert (model / "model.safetensors").read_bytes() == before
+
+
+def test_full_disk_leaves_nothing(cli, tmp_path, monkeypatch):
+    import errno
+
+    real_write = os.write
+    written = []
+
+    def full_after_a_while(fd, data):
+        written.append(len(data))
+        if len(written) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr("ttconv.output.BUFFER_BYTES", 4096)
+    monkeypatch.setattr(os, "write", full_after_a_while)
+    out = tmp_path / "out.msgpack"
+    status, _, err = cli(*LLAMA_ARGS, "-o", out)
+    monkeypatch.undo()
+    assert status == 1 and one_error_line(err) and "no space left on device" in err
+    assert not out.exists() and not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_mid_conversion_leaves_nothing(cli, tmp_path, monkeypatch, signum, status):
+    real_encode = kernels.encode
+    calls = []
+
+    def encode_then_signal(array):
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signum)
+        return real_encode(array)
+
+    monkeypatch.setattr(kernels, "encode", encode_then_signal)
+    out = tmp_path / "out.msgpack"
+    code, _, err = cli(*LLAMA_ARGS, "-o", out)
+    assert code == status and "no output was written" in err
+    assert not out.exists() and not leftovers(tmp_path)
+
+
+SLOW_CONVERSION = """
+import sys, time
+from ttconv import kernels
+from ttconv.cli import main
+real = kernels.encode
+def slow(array):
+    time.sleep(0.05)
+    return real(array)
+kernels.encode = slow
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_real_signal_to_a_running_process(tmp_path, signum, status):
+    out = tmp_path / "out.msgpack"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_CONVERSION, *LLAMA_ARGS, "-o", str(out)],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while not any(n.endswith(".partial") for n in os.listdir(tmp_path)) and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == status, err
+    assert not out.exists() and not leftovers(tmp_path)
+
+
+def test_nan_and_inf_are_kept_and_named(cli, tmp_path):
+    cfg = support.llama_config()
+    tensors = support.llama_tensors(cfg)
+    tensors["model.layers.0.mlp.up_proj.weight"][0, :3] = [np.nan, np.inf, -np.inf]
+    support.write_checkpoint(tmp_path / "ckpt", cfg, tensors)
+    shapes = support.llama_tt_shapes(cfg, 96)
+    (tmp_path / "init.msgpack").write_bytes(support.init_file_bytes(shapes))
+    out = tmp_path / "out.msgpack"
+    status, _, err = cli("llama", "-i", tmp_path / "init.msgpack", "-o", out, "--hf_model", tmp_path / "ckpt")
+    assert status == 0
+    assert "NaN or Inf" in err and "llama/llama/llama_block_0/mlp/w3/weight/value/data (3)" in err
+    w3 = support.tt_tensor(support.read_tt(out), "llama/llama", "llama_block_0/mlp/w3/weight")
+    assert np.isnan(w3[0, 0]) and w3[0, 1] == np.inf and w3[0, 2] == -np.inf
+
+
+def test_same_inputs_give_identical_bytes(cli, tmp_path):
+    for name in ("a", "b"):
+        assert cli(*LLAMA_ARGS, "-o", tmp_path / name)[0] == 0
+    assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()
+
+
+def test_quiet_keeps_summary_off_and_errors_on(cli, tmp_path):
+    status, out, err = cli(*LLAMA_ARGS, "-o", tmp_path / "o", "--quiet")
+    assert status == 0 and err == "" and out == ""
+
+
+def test_dry_run_writes_nothing_and_lists_plan(cli, tmp_path):
+    out = tmp_path / "out.msgpack"
+    status, text, _ = cli(*LLAMA_ARGS, "-o", out, "--dry-run")
+    assert status == 0 and not out.exists()
+    assert "llama/llama/llama_block_0/attention/kv_linear/weight/value/data [64, 64] <- " \
+           "model.layers.0.self_attn.k_proj.weight (RoPE interleave, 2 heads) + " \
+           "model.layers.0.self_attn.v_proj.weight" in text
+
+
+def test_dry_run_plan_matches_real_conversion(cli, tmp_path):
+    cfg = support.llama_config(vocab=70)
+    shapes = support.llama_tt_shapes(cfg, 96)
+    tensors = support.llama_tensors(cfg)
+    tensors["model.layers.0.self_attn.q_proj.bias"] = np.ones(32, np.float32)
+    support.write_checkpoint(tmp_path / "ckpt", cfg, tensors)
+    import msgpack
+    extra = [("llama/llama/extra/weight/value/shape", msgpack.packb([12, np.array([1, 1, 1, 2], "<u4").tobytes()])),
+             ("llama/llama/extra/weight/value/data", msgpack.packb([10, [1, 2]]))]
+    init = tmp_path / "init.msgpack"
+    init.write_bytes(support.init_file_bytes(shapes, extra_entries=extra))
+    args = ["llama", "-i", init, "--hf_model", tmp_path / "ckpt", "-o", tmp_path / "out.msgpack"]
+    status, plan_text, _ = cli(*args, "--dry-run")
+    planned = {line.split()[0] for line in plan_text.splitlines() if line.startswith("  ")}
+    status, _, err = cli(*args)
+    before, after = dict(support.tt_raw_entries(init)), dict(support.tt_raw_entries(tmp_path / "out.msgpack"))
+    changed = {k for k in before if before[k] != after[k]}
+    assert changed == planned
+    assert "left unchanged (no checkpoint source): llama/llama/extra/weight/value/data" in plan_text
+    assert "checkpoint tensors not used: model.layers.0.self_attn.q_proj.bias" in plan_text
+    assert "model.layers.0.self_attn.q_proj.bias" in err
+
+
+def test_inputs_never_modified(cli, tmp_path, fixture_copy):
+    model = fixture_copy("llama-mini")
+    snapshot = {p: p.read_bytes() for p in model.rglob("*") if p.is_file()}
+    mtimes = {p: p.stat().st_mtime_ns for p in snapshot}
+    assert cli("llama", "-i", model / "init.msgpack", "-o", tmp_path / "o", "--hf_model", model,
+               "-t", tmp_path / "t.json")[0] == 0
+    for p, data in snapshot.items():
+        assert p.read_bytes() == data and p.stat().st_mtime_ns == mtimes[p]
+
+
+def test_console_script_equals_module(tmp_path):
+    script = os.path.join(os.path.dirname(sys.executable), "ttconv")
+    if not os.path.exists(script):
+        pytest.fail("the ttconv console script is not installed next to the interpreter")
+    a = subprocess.run([script, "inspect", f"{LLAMA_MINI}/init.msgpack", "--json"], capture_output=True, text=True)
+    b = subprocess.run([sys.executable, "-m", "ttconv", "inspect", f"{LLAMA_MINI}/init.msgpack", "--json"],
+                       capture_output=True, text=True)
+    assert a.returncode == b.returncode == 0 and a.stdout == b.stdout
+    assert json.loads(a.stdout)["total_parameters"] == 19
