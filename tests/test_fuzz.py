@@ -1,0 +1,102 @@
+"""Fuzzing the two readers: every input parses or raises ttconv's own error class.
+
+TTCONV_FUZZ_EXAMPLES raises the number of examples for a longer local run."""
+import os
+import tempfile
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import support
+from ttconv.checkpoint import Checkpoint, read_safetensors_header
+from ttconv.errors import CheckpointError, TtFileError
+from ttconv.ttfile import TtFile
+
+EXAMPLES = int(os.environ.get("TTCONV_FUZZ_EXAMPLES", "400"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+
+SEED_INIT = support.init_file_bytes({"w/weight": (3, 5), "g/gamma": (1, 5)}, prefix="p", seed=4)
+_tmp = tempfile.mkdtemp(prefix="ttconv-fuzz-")
+support.write_checkpoint(_tmp, {}, {"a": np.arange(12, dtype=np.float32).reshape(3, 4),
+                                    "b": np.ones(5, np.float32)}, dtype="BF16")
+SEED_SAFETENSORS = open(os.path.join(_tmp, "model.safetensors"), "rb").read()
+
+
+@st.composite
+def mutated(draw, seed):
+    data = bytearray(seed)
+    for _ in range(draw(st.integers(1, 6))):
+        op = draw(st.sampled_from(["flip", "insert", "delete", "truncate", "splice"]))
+        pos = draw(st.integers(0, max(0, len(data) - 1)))
+        if op == "flip" and data:
+            data[pos] = draw(st.integers(0, 255))
+        elif op == "insert":
+            data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
+        elif op == "delete":
+            del data[pos:pos + draw(st.integers(1, 8))]
+        elif op == "truncate":
+            del data[pos:]
+        else:
+            data[pos:pos + 4] = draw(st.sampled_from([b"\xff\xff\xff\xff", b"\xdd\xff\xff\xff", b"\xdf\x00\x00\xff",
+                                                      b"\xdb\x7f\xff\xff", b"\x00\x00\x00\x00"]))
+    return bytes(data)
+
+
+def write(data, name):
+    path = os.path.join(_tmp, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def read_init(data):
+    try:
+        tt = TtFile(write(data, "init.msgpack"))
+        for param in tt.parameters().values():
+            tt.read_values(param.data)
+    except TtFileError:
+        pass
+
+
+def read_checkpoint(data):
+    write(data, "model.safetensors")
+    try:
+        ckpt = Checkpoint(_tmp)
+        for info in ckpt.tensors.values():
+            ckpt.read_rows(info)
+        ckpt.close()
+    except CheckpointError:
+        pass
+
+
+@FUZZ
+@given(mutated(SEED_INIT))
+def test_init_reader_mutations(data):
+    read_init(data)
+
+
+@FUZZ
+@given(st.binary(max_size=200))
+def test_init_reader_random_bytes(data):
+    read_init(data)
+
+
+@FUZZ
+@given(mutated(SEED_SAFETENSORS))
+def test_checkpoint_reader_mutations(data):
+    read_checkpoint(data)
+
+
+@FUZZ
+@given(st.binary(max_size=200))
+def test_safetensors_header_random_bytes(data):
+    try:
+        read_safetensors_header(write(data, "random.safetensors"))
+    except CheckpointError:
+        pass
+
+
+def test_seeds_are_valid():
+    assert len(TtFile(write(SEED_INIT, "seed.msgpack")).parameters()) == 2
+    assert sorted(read_safetensors_header(write(SEED_SAFETENSORS, "seed.safetensors"))) == ["a", "b"]
