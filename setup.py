@@ -24,10 +24,9 @@ class OptionalBuildExt(build_ext):
     def _fallback_warning(exc):
         warnings.warn(
             f"ttconv: the C kernel could not be built ({exc}); ttconv will run on the "
-            "slower jax.numpy fallback",
+            "slower jax.numpy fallback (see `python -m ttconv --version`)",
             stacklevel=1,
         )
-        print(f"WARNING: ttconv C kernel not built ({exc}); using the jax.numpy fallback")
 
 
 setup(

@@ -78,8 +78,7 @@ def gpt2_tensors(c):
 
 def values(base, n, offset):
     """n float32 values cycled from a fixed random block, starting at offset."""
-    reps = -(-(n + offset) // base.size)
-    return np.tile(base, reps)[offset:offset + n] if reps < 64 else np.resize(np.roll(base, -offset), n)
+    return np.resize(np.roll(base, -offset), n)
 
 
 def write_safetensors(path, tensors, base, dtype, first_offset):
@@ -175,10 +174,13 @@ def generate(case, out_dir):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("cases", nargs="*", default=list(CASES), choices=list(CASES))
+    parser.add_argument("cases", nargs="*", metavar="CASE", help=f"cases to write (default: all of {', '.join(CASES)})")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
     args = parser.parse_args()
-    for case in args.cases:
+    unknown = [c for c in args.cases if c not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    for case in args.cases or CASES:
         print(generate(case, args.out))
 
 

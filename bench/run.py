@@ -112,15 +112,18 @@ def kernel_bench(rows=4096, cols=4096, heads=32):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("cases", nargs="*", default=list(CASES), choices=list(CASES))
+    parser.add_argument("cases", nargs="*", metavar="CASE", help=f"cases to run (default: all of {', '.join(CASES)})")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"),
                         help="folder for generated inputs and outputs (kept between runs)")
     parser.add_argument("--repeat", type=int, default=2, help="runs per case; the best time of each side counts")
     parser.add_argument("--backend", default="c", choices=["c", "jax"])
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
+    unknown = [c for c in args.cases if c not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
 
-    rows = [bench_case(case, args.out, args.repeat, args.backend) for case in args.cases]
+    rows = [bench_case(case, args.out, args.repeat, args.backend) for case in args.cases or CASES]
     print(f"| case | input MB | output MB | ttconv s | I/O floor s | ratio | peak RSS MB | MB/s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:

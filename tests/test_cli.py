@@ -277,9 +277,10 @@ def test_same_inputs_give_identical_bytes(cli, tmp_path):
     assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()
 
 
-def test_quiet_keeps_summary_off_and_errors_on(cli, tmp_path):
-    status, out, err = cli(*LLAMA_ARGS, "-o", tmp_path / "o", "--quiet")
-    assert status == 0 and err == "" and out == ""
+def test_quiet_leaves_only_the_summary_line(cli, tmp_path):
+    status, out, err = cli(*LLAMA_ARGS, "-t", tmp_path / "t.json", "-o", tmp_path / "o", "--quiet")
+    assert status == 0 and out == ""
+    assert err.count("\n") == 1 and err.startswith("ttconv: wrote ") and "119,104 parameters" in err
 
 
 def test_dry_run_writes_nothing_and_lists_plan(cli, tmp_path):

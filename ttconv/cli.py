@@ -40,7 +40,8 @@ def _on_sigterm(signum, frame):
 
 def _common(parser):
     parser.add_argument("--verbose", action="store_true", help="show tracebacks and details on errors")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, notices or summary")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bar or notices; warnings and the closing summary line remain")
 
 
 def _hf_options(parser, default_model):
@@ -119,6 +120,7 @@ def _setup_logging(quiet):
 
 
 def _conversion(args, family):
+    from . import kernels
     from .checkpoint import Checkpoint
     from .convert import run_conversion
     from .hub import resolve_model
@@ -140,6 +142,8 @@ def _conversion(args, family):
         log.info("wrote tokenizer to %s", args.dump_tokenizer_path)
     if tokenizer_only:
         return 0
+    if kernels.BACKEND == "jax" and not kernels.FALLBACK_BY_CHOICE:
+        log.info("the C kernel is not built; using the slower jax.numpy fallback (reinstall with a C compiler)")
     ckpt = Checkpoint(model_dir)
     try:
         meta_style = getattr(args, "meta_style", False)
@@ -151,7 +155,7 @@ def _conversion(args, family):
 
         print_plan(report)
     else:
-        log.info("wrote %s: %s", output_path, report.summary())
+        print(f"ttconv: wrote {output_path}: {report.summary()}", file=sys.stderr)
     return 0
 
 

@@ -163,7 +163,9 @@ def write_converted(plan, tt, ckpt, out, progress):
 def run_conversion(family, init_path, ckpt, output_path, meta_style=False, dry_run=False, quiet=True):
     """Convert (or plan, with dry_run) one checkpoint against one init file."""
     started = time.perf_counter()
-    tt = TtFile(init_path)
+    size = os.path.getsize(init_path) if os.path.isfile(init_path) else 0
+    with Progress(size, "reading init file", quiet) as progress:
+        tt = TtFile(init_path, progress.advance)
     plan = plan_conversion(family, tt, ckpt, meta_style)
     report = Report(plan, output_path)
     report.tensors = len(plan.targets)

@@ -36,6 +36,7 @@ def _choose_backend():
 
 
 BACKEND, _kernel = _choose_backend()
+FALLBACK_BY_CHOICE = os.environ.get(BACKEND_ENV, "").strip().lower() == "jax"
 
 
 def _dtype_code(array):

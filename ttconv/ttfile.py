@@ -60,10 +60,11 @@ class Parameter:
 class _Cursor:
     """Forward reader over a file with bounds checks against its size."""
 
-    def __init__(self, handle, size, path):
+    def __init__(self, handle, size, path, on_bytes=None):
         self.handle = handle
         self.size = size
         self.path = path
+        self.on_bytes = on_bytes
         self.pos = 0
         self._buf = b""
         self._buf_start = 0
@@ -109,6 +110,8 @@ class _Cursor:
             walked, nbytes, bad = kernels.scan_numbers(window[:n], count - done)
             done += walked
             self.pos += nbytes
+            if self.on_bytes is not None:
+                self.on_bytes(nbytes)
             if bad:
                 return done
             if walked == 0:
@@ -188,7 +191,8 @@ def _skip_array(cur, count, what):
 class TtFile:
     """Index of a tt-train msgpack file: entries in file order, looked up by key."""
 
-    def __init__(self, path):
+    def __init__(self, path, on_bytes=None):
+        """Index the file; on_bytes(n) is called as weight arrays are scanned (for progress)."""
         self.path = os.fspath(path)
         self.entries = []
         self.by_key = {}
@@ -200,7 +204,7 @@ class TtFile:
             self.size = os.fstat(handle.fileno()).st_size
             if self.size == 0:
                 raise TtFileError(f"{self.path}: file is empty, expected a tt-train msgpack map")
-            cur = _Cursor(handle, self.size, self.path)
+            cur = _Cursor(handle, self.size, self.path, on_bytes)
             self._index(cur)
 
     def _index(self, cur):
