@@ -76,7 +76,8 @@ MALFORMED = {
                       + msgpack.packb([2, 1]), "appears twice"),
     "trailing bytes": (msgpack.packb({"k": [2, 1]}) + b"\x00", "follow the end of the map"),
     "huge array claim": (b"\x81\xa1k\x92\x0a\xdd\xff\xff\xff\xff\xca", "file ends inside"),
-    "huge map claim": (b"\xdf\xff\xff\xff\xff\xa1k", "file ends inside"),
+    "huge map claim": (b"\xdf\xff\xff\xff\xff\xa1k", "more than the 1,048,576"),
+    "map longer than file": (b"\xdf\x00\x0f\xff\xff\xa1k", "file ends inside"),
     "huge str claim": (b"\x81\xdb\xff\xff\xff\xf0abc", "file ends inside"),
     "deep nesting": (b"\x81\xa1k\x92\x09" + b"\x91" * 5000 + b"\x00", "nested more than"),
 }

@@ -120,10 +120,7 @@ def _setup_logging(quiet):
 
 
 def _conversion(args, family):
-    from . import kernels
-    from .checkpoint import Checkpoint
-    from .convert import run_conversion
-    from .hub import resolve_model
+    from . import api, kernels
     from .tokenizer import export_tokenizer
 
     if family == "llama":
@@ -136,20 +133,18 @@ def _conversion(args, family):
     tokenizer_only = args.dump_tokenizer_path and not (given_in and given_out)
     if family == "gpt2" and not tokenizer_only and not (init_path and output_path):
         raise TtconvError("gpt2 needs INPUT_FILE and OUTPUT_FILE (or -i and -o), or -t for the tokenizer only")
-    model_dir = resolve_model(args.hf_model, args.revision)
     if args.dump_tokenizer_path and not args.dry_run:
-        export_tokenizer(family, model_dir, args.dump_tokenizer_path)
+        export_tokenizer(family, args.hf_model, args.dump_tokenizer_path, args.revision)
         log.info("wrote tokenizer to %s", args.dump_tokenizer_path)
     if tokenizer_only:
         return 0
     if kernels.BACKEND == "jax" and not kernels.FALLBACK_BY_CHOICE:
         log.info("the C kernel is not built; using the slower jax.numpy fallback (reinstall with a C compiler)")
-    ckpt = Checkpoint(model_dir)
-    try:
-        meta_style = getattr(args, "meta_style", False)
-        report = run_conversion(family, init_path, ckpt, output_path, meta_style, args.dry_run, args.quiet)
-    finally:
-        ckpt.close()
+    options = dict(revision=args.revision, dry_run=args.dry_run, quiet=args.quiet)
+    if family == "llama":
+        report = api.convert_llama(init_path, args.hf_model, output_path, meta_style=args.meta_style, **options)
+    else:
+        report = api.convert_gpt2(init_path, args.hf_model, output_path, **options)
     if args.dry_run:
         from .inspection import print_plan
 
@@ -166,10 +161,10 @@ def _run(args):
         from .inspection import inspect_file
 
         return inspect_file(args.file, as_json=args.json)
-    from .export_hf import export_hf
+    from .api import to_hf
 
-    written = export_hf(args.family, args.input_path, args.hf_model, args.output_dir, args.dtype,
-                        args.meta_style, args.revision)
+    written = to_hf(args.family, args.input_path, args.hf_model, args.output_dir, args.dtype, args.meta_style,
+                    args.revision)
     log.info("wrote %s", written)
     return 0
 

@@ -4,6 +4,7 @@ import os
 import shutil
 
 from .errors import TokenizerError
+from .hub import resolve_model
 from .output import atomic_output
 
 STRIP_DECODER = {"type": "Strip", "content": " ", "start": 1, "stop": 0}
@@ -82,8 +83,8 @@ def gpt2_tokenizer_text(model_dir):
     return tokenizer.to_str()
 
 
-def export_tokenizer(family, model_dir, output_path):
-    """Write the tokenizer of a checkpoint folder in the form tt-train reads.
+def export_tokenizer(family, hf_model, output_path, revision=None):
+    """Write the tokenizer of a checkpoint (folder or hub id) in the form tt-train reads.
 
     family is "llama" (Strip decoder removed, ignore_merges deleted, merges as "a b"
     strings) or "gpt2" (tokenizer.json unchanged, or built from vocab.json + merges.txt).
@@ -92,6 +93,7 @@ def export_tokenizer(family, model_dir, output_path):
     """
     if family not in ("llama", "gpt2"):
         raise ValueError(f"family must be 'llama' or 'gpt2', not {family!r}")
+    model_dir = resolve_model(hf_model, revision)
     text = llama_tokenizer_text(model_dir) if family == "llama" else gpt2_tokenizer_text(model_dir)
     with atomic_output(output_path, [os.path.join(model_dir, "tokenizer.json")]) as out:
         out.write(text.encode("utf-8"))
@@ -99,12 +101,13 @@ def export_tokenizer(family, model_dir, output_path):
 
 
 def copy_tokenizer_files(model_dir, out_dir):
-    """Copy the tokenizer files of a checkpoint folder (for to-hf); returns the names copied."""
+    """Copy the tokenizer files of a checkpoint folder (for to-hf), each atomically; returns their names."""
     copied = []
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                  "tokenizer.model", "generation_config.json"):
         source = os.path.join(model_dir, name)
         if os.path.isfile(source):
-            shutil.copyfile(source, os.path.join(out_dir, name))
+            with open(source, "rb") as src, atomic_output(os.path.join(out_dir, name), [source]) as out:
+                shutil.copyfileobj(src, out)
             copied.append(name)
     return copied

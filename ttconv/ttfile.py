@@ -19,12 +19,13 @@ HEADER_WINDOW = 1 << 16
 SCAN_WINDOW = 1 << 24
 MAX_NESTING = 16
 MAX_SMALL_VALUE = 1 << 12
+MAX_ENTRIES = 1 << 20
 
 DATA_SUFFIX = "/value/data"
 SHAPE_SUFFIX = "/value/shape"
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     """One map entry: where its key, variant index and value lie in the file."""
 
@@ -212,7 +213,9 @@ class TtFile:
         if kind != "map":
             cur.fail(f"file starts with a msgpack {kind}, expected the map of a tt-train file", at=0)
         self.header_end = cur.pos
-        self.declared_entries = count
+        if count > MAX_ENTRIES:
+            cur.fail(f"map claims {count:,} entries, more than the {MAX_ENTRIES:,} a tt-train weights file can have",
+                     at=0)
         cur.require(count * 2, f"a map of {count} entries")
         for number in range(count):
             self._read_entry(cur, number)
