@@ -45,13 +45,23 @@ static uint32_t source_bits(const void *src, int dtype, size_t i)
     }
 }
 
-static void put_float32(uint8_t *out, uint32_t bits)
+static inline uint32_t to_big_endian(uint32_t bits)
 {
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return __builtin_bswap32(bits);
+#else
+    uint8_t b[4] = {(uint8_t)(bits >> 24), (uint8_t)(bits >> 16), (uint8_t)(bits >> 8), (uint8_t)bits};
+    uint32_t be;
+    memcpy(&be, b, 4);
+    return be;
+#endif
+}
+
+static inline void put_float32(uint8_t *out, uint32_t bits)
+{
+    uint32_t be = to_big_endian(bits);
     out[0] = 0xca;
-    out[1] = (uint8_t)(bits >> 24);
-    out[2] = (uint8_t)(bits >> 16);
-    out[3] = (uint8_t)(bits >> 8);
-    out[4] = (uint8_t)bits;
+    memcpy(out + 1, &be, 4);
 }
 
 static int valid_dtype(int dtype)
@@ -64,24 +74,34 @@ static int is_nonfinite(uint32_t bits)
     return (bits & 0x7f800000u) == 0x7f800000u;
 }
 
-/* Encodes n values from index first; returns how many were NaN or infinite. */
+/* Encodes n values from index first; returns how many were NaN or infinite.
+ * One loop per dtype keeps the per-value work free of branches on the dtype. */
 static size_t encode_run(const void *src, int dtype, size_t first, size_t n, uint8_t *out)
 {
     size_t i, nonfinite = 0;
+    uint32_t bits;
+
     if (dtype == TT_DTYPE_F32) {
         const uint8_t *p = (const uint8_t *)src + first * 4;
         for (i = 0; i < n; i++, p += 4, out += 5) {
-            uint32_t bits;
             memcpy(&bits, p, 4);
             nonfinite += is_nonfinite(bits);
             put_float32(out, bits);
         }
-        return nonfinite;
-    }
-    for (i = 0; i < n; i++, out += 5) {
-        uint32_t bits = source_bits(src, dtype, first + i);
-        nonfinite += is_nonfinite(bits);
-        put_float32(out, bits);
+    } else if (dtype == TT_DTYPE_BF16) {
+        const uint16_t *p = (const uint16_t *)src + first;
+        for (i = 0; i < n; i++, out += 5) {
+            bits = (uint32_t)p[i] << 16;
+            nonfinite += is_nonfinite(bits);
+            put_float32(out, bits);
+        }
+    } else {
+        const uint16_t *p = (const uint16_t *)src + first;
+        for (i = 0; i < n; i++, out += 5) {
+            bits = f16_to_f32_bits(p[i]);
+            nonfinite += is_nonfinite(bits);
+            put_float32(out, bits);
+        }
     }
     return nonfinite;
 }
@@ -195,6 +215,21 @@ static float number_value(const uint8_t *p)
     }
 }
 
+/* True when the 8 values starting at p are all float32 (0xca, 5 bytes each). */
+static inline int eight_float32(const uint8_t *p)
+{
+    return (p[0] == 0xca) & (p[5] == 0xca) & (p[10] == 0xca) & (p[15] == 0xca) &
+           (p[20] == 0xca) & (p[25] == 0xca) & (p[30] == 0xca) & (p[35] == 0xca);
+}
+
+/* True when the 8 bytes at p are all positive fixints (one-byte values 0..127). */
+static inline int eight_fixints(const uint8_t *p)
+{
+    uint64_t word;
+    memcpy(&word, p, 8);
+    return (word & 0x8080808080808080ULL) == 0;
+}
+
 static int walk_numbers(const uint8_t *buf, size_t len, size_t max_count, float *out,
                         size_t *n_done, size_t *bytes_done)
 {
@@ -202,6 +237,19 @@ static int walk_numbers(const uint8_t *buf, size_t len, size_t max_count, float 
     int status = TT_OK;
 
     while (n < max_count && pos < len) {
+        if (!out) {
+            /* skipping only: jump over runs of float32 values or of small ints 8 at a time */
+            while (n + 8 <= max_count && pos + 40 <= len && eight_float32(buf + pos)) {
+                pos += 40;
+                n += 8;
+            }
+            while (n + 8 <= max_count && pos + 8 <= len && eight_fixints(buf + pos)) {
+                pos += 8;
+                n += 8;
+            }
+            if (n >= max_count || pos >= len)
+                break;
+        }
         size_t size = number_size(buf[pos]);
         if (size == 0) {
             status = TT_E_NOT_A_NUMBER;

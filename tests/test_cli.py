@@ -216,11 +216,11 @@ def test_signal_mid_conversion_leaves_nothing(cli, tmp_path, monkeypatch, signum
     real_encode = kernels.encode
     calls = []
 
-    def encode_then_signal(array):
+    def encode_then_signal(*args):
         calls.append(1)
         if len(calls) == 5:
             os.kill(os.getpid(), signum)
-        return real_encode(array)
+        return real_encode(*args)
 
     monkeypatch.setattr(kernels, "encode", encode_then_signal)
     out = tmp_path / "out.msgpack"
@@ -234,9 +234,9 @@ import sys, time
 from ttconv import kernels
 from ttconv.cli import main
 real = kernels.encode
-def slow(array):
+def slow(*args):
     time.sleep(0.05)
-    return real(array)
+    return real(*args)
 kernels.encode = slow
 sys.exit(main(sys.argv[1:]))
 """

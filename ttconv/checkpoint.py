@@ -183,8 +183,10 @@ class Checkpoint:
             raise CheckpointError(f"{self.directory}/config.json: {key!r} is {value!r}, expected a positive integer")
         return value
 
-    def read_rows(self, info, first=0, last=None):
-        """Rows [first, last) of a tensor as a 2-D numpy array in its stored dtype."""
+    def read_rows(self, info, first=0, last=None, buffer=None):
+        """Rows [first, last) of a tensor as a 2-D numpy array in its stored dtype.
+
+        buffer, a uint8 array, is filled and viewed instead of allocating when it is large enough."""
         if info.dtype not in NUMPY_DTYPES:
             raise CheckpointError(
                 f"{info.path}: tensor {info.name} is {info.dtype}; ttconv converts F32, F16 and BF16 only"
@@ -192,7 +194,11 @@ class Checkpoint:
         rows, cols = info.matrix_shape()
         last = rows if last is None else last
         dtype = NUMPY_DTYPES[info.dtype]
-        out = np.empty((last - first, cols), dtype=dtype)
+        nbytes = (last - first) * cols * dtype.itemsize
+        if buffer is not None and buffer.size >= nbytes:
+            out = buffer[:nbytes].view(dtype).reshape(last - first, cols)
+        else:
+            out = np.empty((last - first, cols), dtype=dtype)
         handle = self._handle(info.path)
         handle.seek(info.begin + first * cols * dtype.itemsize)
         if handle.readinto(memoryview(out).cast("B")) != out.nbytes:

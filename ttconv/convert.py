@@ -4,6 +4,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from . import kernels
 from .checkpoint import Checkpoint
 from .errors import CheckpointError
@@ -15,7 +17,7 @@ from .ttfile import TtFile, TtWriter
 
 log = logging.getLogger("ttconv")
 
-CHUNK_VALUES = 1 << 22
+CHUNK_VALUES = 1 << 18
 ZERO_CHUNK_VALUES = 1 << 16
 ZERO_VALUE = b"\xca\x00\x00\x00\x00"
 
@@ -105,7 +107,15 @@ def plan_conversion(family, tt, ckpt, meta_style=False):
     return build_plan(family, tt, tt.parameters(), tensors, layout, meta_style)
 
 
-def _encode_piece(piece, ckpt, writer, progress):
+class _Buffers:
+    """Source and encoded buffers reused for every chunk (fresh memory costs page faults)."""
+
+    def __init__(self):
+        self.source = np.empty(CHUNK_VALUES * 4, dtype=np.uint8)
+        self.encoded = np.empty(CHUNK_VALUES * 5, dtype=np.uint8)
+
+
+def _encode_piece(piece, ckpt, writer, progress, buffers):
     info = piece.tensor
     nonfinite = 0
     if piece.transform == "transpose":
@@ -118,11 +128,12 @@ def _encode_piece(piece, ckpt, writer, progress):
     step = max(unit, (CHUNK_VALUES // max(cols, 1)) // unit * unit)
     for first in range(0, piece.rows, step):
         last = min(piece.rows, first + step)
-        rows = ckpt.read_rows(info, first, last)
+        rows = ckpt.read_rows(info, first, last, buffers.source)
+        out = buffers.encoded if rows.size <= CHUNK_VALUES else None
         if piece.transform == "rope":
-            encoded, bad = kernels.encode_rope(rows, (last - first) // unit)
+            encoded, bad = kernels.encode_rope(rows, (last - first) // unit, out)
         else:
-            encoded, bad = kernels.encode(rows)
+            encoded, bad = kernels.encode(rows, out)
         nonfinite += bad
         writer.write(encoded)
         progress.advance(encoded.nbytes)
@@ -141,6 +152,7 @@ def _write_zeros(count, writer, progress):
 def write_converted(plan, tt, ckpt, out, progress):
     """Stream the tt file with the plan's tensors replaced into out; returns NaN/Inf counts by key."""
     writer = TtWriter(tt, out)
+    buffers = _Buffers()
     nonfinite = {}
     try:
         writer.begin()
@@ -150,7 +162,7 @@ def write_converted(plan, tt, ckpt, out, progress):
                 writer.copy_entry(entry)
                 continue
             writer.start_value(entry, target.n_values)
-            bad = sum(_encode_piece(piece, ckpt, writer, progress) for piece in target.pieces)
+            bad = sum(_encode_piece(piece, ckpt, writer, progress, buffers) for piece in target.pieces)
             _write_zeros(target.pad_rows * target.param.cols, writer, progress)
             if bad:
                 nonfinite[entry.key] = bad

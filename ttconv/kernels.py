@@ -80,17 +80,21 @@ def _f32_bits(array):
     return bits
 
 
-def _encode_bits(bits):
+def _encode_bits(bits, out):
     flat = np.ascontiguousarray(bits, dtype=np.uint32).reshape(-1)
-    out = np.empty((flat.size, 5), dtype=np.uint8)
-    out[:, 0] = 0xCA
-    out[:, 1:] = flat.astype(">u4").view(np.uint8).reshape(-1, 4)
+    rows = out.reshape(flat.size, 5)
+    rows[:, 0] = 0xCA
+    rows[:, 1:] = flat.astype(">u4").view(np.uint8).reshape(-1, 4)
     nonfinite = int(np.count_nonzero((flat & 0x7F800000) == 0x7F800000))
-    return out.reshape(-1), nonfinite
+    return out, nonfinite
 
 
-def _out_buffer(n_values):
-    return np.empty(n_values * 5, dtype=np.uint8)
+def _out_buffer(n_values, out):
+    if out is None:
+        return np.empty(n_values * 5, dtype=np.uint8)
+    if out.dtype != np.uint8 or out.ndim != 1 or out.size < n_values * 5:
+        raise ValueError(f"output buffer must be uint8 with room for {n_values * 5} bytes")
+    return out[: n_values * 5]
 
 
 def _ptr(array, ctype="uint8_t *"):
@@ -98,20 +102,23 @@ def _ptr(array, ctype="uint8_t *"):
     return _kernel.ffi.cast(ctype, _kernel.ffi.from_buffer(array))
 
 
-def encode(array):
-    """msgpack float32 encoding (0xca + big-endian) of a source array: (uint8 buffer, NaN/Inf count)."""
+def encode(array, out=None):
+    """msgpack float32 encoding (0xca + big-endian) of a source array: (uint8 buffer, NaN/Inf count).
+
+    out, when given, is a uint8 buffer to encode into (the result is a view of it)."""
     array = np.ascontiguousarray(array)
     _dtype_code(array)
+    out = _out_buffer(array.size, out)
     if _kernel is None:
-        return _encode_bits(_f32_bits(array))
-    out = _out_buffer(array.size)
+        return _encode_bits(_f32_bits(array), out)
     return out, _kernel.lib.tt_encode(_ptr(array), _dtype_code(array), array.size, _ptr(out))
 
 
-def encode_rope(array, n_heads):
+def encode_rope(array, n_heads, out=None):
     """Encode a [n_heads * head_dim, cols] matrix with each head's rows interleaved: (buffer, NaN/Inf count)."""
     array = np.ascontiguousarray(array)
     head_dim = _check_rope(array, n_heads)
+    out = _out_buffer(array.size, out)
     if _kernel is None:
         jnp = _jnp()
         rows, cols = array.shape
@@ -121,23 +128,22 @@ def encode_rope(array, n_heads):
             .transpose(0, 2, 1, 3)
             .reshape(rows, cols)
         )
-        return _encode_bits(np.asarray(permuted))
-    out = _out_buffer(array.size)
+        return _encode_bits(np.asarray(permuted), out)
     nonfinite = _kernel.lib.tt_encode_rope(
         _ptr(array), _dtype_code(array), n_heads, head_dim, array.shape[1], _ptr(out)
     )
     return out, nonfinite
 
 
-def encode_transposed(array):
+def encode_transposed(array, out=None):
     """Encode the transpose of a 2-D source matrix: (buffer, NaN/Inf count)."""
     array = np.ascontiguousarray(array)
     if array.ndim != 2:
         raise ValueError(f"transpose needs a matrix, got shape {array.shape}")
+    out = _out_buffer(array.size, out)
     if _kernel is None:
         jnp = _jnp()
-        return _encode_bits(np.asarray(jnp.asarray(_f32_bits(array)).T))
-    out = _out_buffer(array.size)
+        return _encode_bits(np.asarray(jnp.asarray(_f32_bits(array)).T), out)
     nonfinite = _kernel.lib.tt_encode_transposed(
         _ptr(array), _dtype_code(array), array.shape[0], array.shape[1], _ptr(out)
     )
