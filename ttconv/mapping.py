@@ -120,7 +120,7 @@ def expand(table, n_layers):
     for tt_name, sources, rule in table:
         layers = range(n_layers) if "{i}" in tt_name else [None]
         for i in layers:
-            rows[tt_name.format(i=i)] = (sources.format(i=i) if i is not None else sources, rule)
+            rows[tt_name.format(i=i)] = (sources.format(i=i), rule)
     return rows
 
 
