@@ -68,12 +68,12 @@ def test_hf_hub_cache_variable_wins(tmp_path, monkeypatch):
 def test_offline_and_not_cached_says_what_to_do(cli, tmp_path, hf_home):
     status, _, err = cli("llama", "-i", f"{LLAMA_MINI}/init.msgpack", "-o", tmp_path / "o", "--hf_model", "org/absent")
     assert status == 1 and err.count("\n") == 1
-    assert "org/absent is not in the Hugging Face cache" in err and "HF_HUB_OFFLINE" in err
+    assert "org/absent is not a local folder, and not in the Hugging Face cache" in err and "HF_HUB_OFFLINE" in err
 
 
 def test_unknown_revision_offline(hf_home):
     fake_cache(hf_home, "org/model", {"main": LLAMA_MINI})
-    with pytest.raises(CheckpointError, match="at revision nope is not in the Hugging Face cache"):
+    with pytest.raises(CheckpointError, match="at revision nope is not a local folder, and not in the Hugging Face cache"):
         resolve_model("org/model", "nope")
 
 

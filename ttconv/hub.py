@@ -53,26 +53,26 @@ def resolve_model(hf_model, revision=None):
     snapshot = cached_snapshot(hf_model, revision)
     if snapshot:
         return snapshot
-    where = f"{hf_model}" + (f" at revision {revision}" if revision else "")
+    missing = f"{hf_model}" + (f" at revision {revision}" if revision else "") + " is not a local folder, and"
     if offline():
         raise CheckpointError(
-            f"{where} is not in the Hugging Face cache ({hub_cache_dir()}) and HF_HUB_OFFLINE is set; "
+            f"{missing} not in the Hugging Face cache ({hub_cache_dir()}) while HF_HUB_OFFLINE is set; "
             "download it where there is network (huggingface-cli download) or pass a local folder"
         )
-    return _download(hf_model, revision, where)
+    return _download(hf_model, revision, missing)
 
 
-def _download(repo_id, revision, where):
+def _download(repo_id, revision, missing):
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise CheckpointError(f"{where} is not cached and huggingface_hub is not installed to fetch it") from None
+        raise CheckpointError(f"{missing} not cached, and huggingface_hub is not installed to fetch it") from None
     try:
         return snapshot_download(repo_id, revision=revision, allow_patterns=NEEDED_FILES,
                                  cache_dir=hub_cache_dir())
     except Exception as exc:  # huggingface_hub raises many types; all mean "could not fetch"
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(
-            f"{where} is not in the Hugging Face cache and could not be downloaded ({reason}); "
+            f"{missing} not in the Hugging Face cache, and could not be downloaded ({reason}); "
             "check the name and network, or pass a local folder"
         ) from None

@@ -2,11 +2,14 @@
 import contextlib
 import errno
 import os
+import queue
 import tempfile
+import threading
 
 from .errors import OutputError
 
-BUFFER_BYTES = 1 << 20
+BUFFER_BYTES = 1 << 22
+POOL_BUFFERS = 4
 
 
 def refuse_same_file(output_path, input_paths):
@@ -25,38 +28,71 @@ def _output_error(target, exc):
 
 
 class _OutputFile:
-    """Buffered writes to a file descriptor; write errors become OutputError naming the target."""
+    """Writes through a background thread so that reading and encoding overlap the disk.
+
+    Data is copied into a small pool of buffers (bounded memory) that the thread writes
+    in order; a write error (e.g. a full disk) surfaces as OutputError on the next call."""
 
     def __init__(self, fd, target):
         self._fd = fd
         self._target = target
-        self._buffer = bytearray()
+        self._free = queue.Queue()
+        for _ in range(POOL_BUFFERS):
+            self._free.put(bytearray(BUFFER_BYTES))
+        self._full = queue.Queue()
+        self._current = None
+        self._fill = 0
+        self._error = None
+        self._thread = threading.Thread(target=self._drain, name="ttconv-writer", daemon=True)
+        self._thread.start()
 
     def write(self, data):
         view = memoryview(data).cast("B")
-        if len(self._buffer) + len(view) <= BUFFER_BYTES:
-            self._buffer += view
-            return
-        self.flush()
-        if len(view) <= BUFFER_BYTES:
-            self._buffer += view
-        else:
-            self._write_all(view)
+        while len(view):
+            self._raise_error()
+            if self._current is None:
+                self._current, self._fill = self._free.get(), 0
+            n = min(len(view), BUFFER_BYTES - self._fill)
+            self._current[self._fill:self._fill + n] = view[:n]
+            self._fill += n
+            view = view[n:]
+            if self._fill == BUFFER_BYTES:
+                self._hand_over()
 
-    def flush(self):
-        if self._buffer:
-            self._write_all(memoryview(self._buffer))
-            self._buffer = bytearray()
+    def _hand_over(self):
+        self._full.put((self._current, self._fill))
+        self._current = None
 
-    def _write_all(self, view):
-        try:
-            while len(view):
-                view = view[os.write(self._fd, view):]
-        except OSError as exc:
-            raise _output_error(self._target, exc) from None
+    def _drain(self):
+        while True:
+            item = self._full.get()
+            if item is None:
+                return
+            buffer, size = item
+            if self._error is None:
+                try:
+                    view = memoryview(buffer)[:size]
+                    while len(view):
+                        view = view[os.write(self._fd, view):]
+                except OSError as exc:
+                    self._error = exc
+            self._free.put(buffer)
+
+    def _raise_error(self):
+        if self._error is not None:
+            raise _output_error(self._target, self._error)
+
+    def close(self):
+        """Write what is buffered and stop the thread (also after an error)."""
+        if self._thread.is_alive():
+            if self._current is not None and self._fill:
+                self._hand_over()
+            self._full.put(None)
+            self._thread.join()
 
     def sync(self):
-        self.flush()
+        self.close()
+        self._raise_error()
         try:
             os.fsync(self._fd)
         except OSError as exc:
@@ -77,11 +113,12 @@ def atomic_output(path, inputs=()):
     except OSError as exc:
         raise _output_error(path, exc) from None
     try:
+        out = _OutputFile(fd, path)
         try:
-            out = _OutputFile(fd, path)
             yield out
             out.sync()
         finally:
+            out.close()
             os.close(fd)
         umask = os.umask(0)
         os.umask(umask)
