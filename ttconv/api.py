@@ -36,8 +36,15 @@ def convert_gpt2(init_path, hf_model, output_path, revision=None, dry_run=False,
         ckpt.close()
 
 
-def to_hf(family, tt_path, hf_model, output_dir, dtype="f32", meta_style=False, revision=None):
-    """Write a Hugging Face checkpoint folder from a tt-train file (see ttconv.export_hf)."""
+def to_hf(family, tt_path, hf_model, output_dir, dtype="f32", meta_style=False, revision=None, quiet=True):
+    """Write a Hugging Face checkpoint folder (model.safetensors, config.json, tokenizer files)
+    from a tt-train file, undoing the permutation, transposes, kv concatenation, padding and tying.
+
+    hf_model is the original checkpoint (folder or hub id); dtype is "f32", "bf16" or "f16"
+    (round to nearest even). Returns output_dir.
+
+    >>> to_hf("llama", "out/llama.msgpack", "examples/llama-mini", "out/hf", dtype="bf16")  # doctest: +SKIP
+    """
     from .export_hf import export_hf
 
-    return export_hf(family, tt_path, hf_model, output_dir, dtype, meta_style, revision)
+    return export_hf(family, tt_path, hf_model, output_dir, dtype, meta_style, revision, quiet)

@@ -164,7 +164,7 @@ def _run(args):
     from .api import to_hf
 
     written = to_hf(args.family, args.input_path, args.hf_model, args.output_dir, args.dtype, args.meta_style,
-                    args.revision)
+                    args.revision, args.quiet)
     log.info("wrote %s", written)
     return 0
 

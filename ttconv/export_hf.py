@@ -18,6 +18,7 @@ from .convert import plan_conversion
 from .errors import OutputError
 from .hub import resolve_model
 from .output import atomic_output
+from .progress import Progress
 from .tokenizer import copy_tokenizer_files
 from .ttfile import TtFile
 
@@ -81,7 +82,7 @@ def _safetensors_header(tensors, st_dtype, itemsize):
     return len(raw).to_bytes(8, "little") + raw
 
 
-def export_hf(family, tt_path, hf_model, output_dir, dtype="f32", meta_style=False, revision=None):
+def export_hf(family, tt_path, hf_model, output_dir, dtype="f32", meta_style=False, revision=None, quiet=True):
     """Write model.safetensors, config.json and tokenizer files for a tt-train file.
 
     The original checkpoint (hf_model, folder or hub id) supplies the config, the
@@ -107,12 +108,16 @@ def export_hf(family, tt_path, hf_model, output_dir, dtype="f32", meta_style=Fal
         loaders = {name: recovered[name][1] if name in recovered else _original_loader(ckpt, info)
                    for name, info in sorted(by_name.items())}
         header = _safetensors_header([(n, by_name[n]) for n in loaders], st_dtype, np_dtype.itemsize)
+        total = sum(int(np.prod(by_name[n].shape, dtype=np.int64)) for n in loaders) * np_dtype.itemsize
         os.makedirs(output_dir, exist_ok=True)
         target = os.path.join(output_dir, "model.safetensors")
-        with atomic_output(target, [tt_path] + [i.path for i in by_name.values()]) as out:
+        with Progress(total, "writing safetensors", quiet) as progress, \
+                atomic_output(target, [tt_path] + [i.path for i in by_name.values()]) as out:
             out.write(header)
             for name, load in loaders.items():
-                out.write(np.ascontiguousarray(load().astype(np_dtype)).view(np.uint8).reshape(-1))
+                data = np.ascontiguousarray(load().astype(np_dtype)).view(np.uint8).reshape(-1)
+                out.write(data)
+                progress.advance(data.size)
     finally:
         ckpt.close()
     config = dict(ckpt.config)
