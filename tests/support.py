@@ -134,6 +134,18 @@ def tt_raw_entries(path):
     return out
 
 
+def assert_matches_upstream(ours_path, upstream_path):
+    """Same keys, order and variants as the upstream output; values equal as float32."""
+    ours, upstream = read_tt(ours_path), read_tt(upstream_path)
+    assert list(ours) == list(upstream)
+    for key, (variant, value) in upstream.items():
+        assert ours[key][0] == variant, key
+        if key.endswith("/value/data"):
+            np.testing.assert_array_equal(np.float32(ours[key][1]), np.float64(value).astype(np.float32), key)
+        else:
+            assert ours[key][1] == value, key
+
+
 def tt_tensor(tt, prefix, name):
     """A tt tensor as a 2-D float32 array, shaped by its shape entry."""
     raw = tt[f"{prefix}/{name}/value/shape"][1]

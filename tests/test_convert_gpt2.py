@@ -29,15 +29,7 @@ def check(stored, tt, shapes, prefix="transformer/transformer"):
 
 def test_fixture_matches_upstream_values(convert_both):
     out, _ = convert_both("gpt2", f"{GPT2_MINI}/init.msgpack", "OUT", "--hf_model", GPT2_MINI)
-    ours = support.read_tt(out)
-    upstream = support.read_tt(f"{GPT2_MINI}/expected/reference.msgpack")
-    assert list(ours) == list(upstream)
-    for key, (variant, value) in upstream.items():
-        assert ours[key][0] == variant
-        if key.endswith("/value/data"):
-            np.testing.assert_array_equal(np.float32(ours[key][1]), np.float64(value).astype(np.float32), key)
-        else:
-            assert ours[key][1] == value, key
+    support.assert_matches_upstream(out, f"{GPT2_MINI}/expected/reference.msgpack")
 
 
 def test_fixture_reproduces_transformers_logits(convert_both):

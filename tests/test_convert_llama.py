@@ -33,15 +33,7 @@ def check_against_reference(cfg, stored, tt, shapes, prefix="llama/llama", meta_
 
 def test_fixture_matches_upstream_values(convert_both):
     out, _ = convert_both("llama", "-i", f"{LLAMA_MINI}/init.msgpack", "-o", "OUT", "--hf_model", LLAMA_MINI)
-    ours = support.read_tt(out)
-    upstream = support.read_tt(f"{LLAMA_MINI}/expected/reference.msgpack")
-    assert list(ours) == list(upstream)
-    for key, (variant, value) in upstream.items():
-        assert ours[key][0] == variant, key
-        if key.endswith("/value/data"):
-            np.testing.assert_array_equal(np.float32(ours[key][1]), np.float64(value).astype(np.float32), key)
-        else:
-            assert ours[key][1] == value, key
+    support.assert_matches_upstream(out, f"{LLAMA_MINI}/expected/reference.msgpack")
 
 
 def test_fixture_reproduces_transformers_logits(convert_both):
