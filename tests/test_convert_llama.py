@@ -179,3 +179,20 @@ def test_arrays_longer_than_65535_values(convert_both, tmp_path):
     shapes = support.llama_tt_shapes(cfg, 2528)
     stored, tt, init, _, _ = convert(convert_both, tmp_path, cfg, support.llama_tensors(cfg), shapes)
     check_against_reference(cfg, stored, tt, shapes)
+
+
+def test_malformed_untouched_entry_is_copied_but_malformed_mapped_one_stops(convert_both, cli, tmp_path):
+    import msgpack
+
+    cfg = support.llama_config()
+    shapes = support.llama_tt_shapes(cfg, 96)
+    orphan = [("llama/llama/orphan/weight/value/data", msgpack.packb([10, [1, 2, 3]]))]
+    stored, tt, init, out, err = convert(convert_both, tmp_path, cfg, support.llama_tensors(cfg), shapes,
+                                         extra_entries=orphan)
+    check_against_reference(cfg, stored, tt, shapes)
+    assert tt["llama/llama/orphan/weight/value/data"] == [10, [1, 2, 3]]
+    raw = init.read_bytes()
+    shape_key = msgpack.packb("llama/llama/ln_fc/gamma/value/shape")
+    init.write_bytes(raw.replace(shape_key, msgpack.packb("llama/llama/ln_fc/gamma/value/shapE")))
+    status, _, err = cli("llama", "-i", init, "-o", tmp_path / "bad.msgpack", "--hf_model", tmp_path / "ckpt")
+    assert status == 1 and "llama/llama/ln_fc/gamma/value/data has no llama/llama/ln_fc/gamma/value/shape" in err

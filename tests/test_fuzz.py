@@ -54,6 +54,7 @@ def read_init(data):
     try:
         tt = TtFile(write(data, "init.msgpack"))
         for param in tt.parameters().values():
+            assert param.rows * param.cols == param.data.n_elements
             tt.read_values(param.data)
     except TtFileError:
         pass

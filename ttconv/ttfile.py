@@ -7,7 +7,7 @@ float32 arrays in, in the input's order.
 """
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -37,17 +37,27 @@ class Entry:
     kind: str
     n_elements: int = 0
     numeric: bool = False
-    small_value: Optional[bytes] = field(default=None, repr=False)
+    small_value: Optional[bytes] = None
     scalar: object = None
 
 
-@dataclass
 class Parameter:
-    """A tensor of the file: NAME with its NAME/value/data entry and 2-D shape."""
+    """A tensor of the file: NAME with its NAME/value/data entry.
 
-    name: str
-    data: Entry
-    dims: tuple
+    Its shape (from NAME/value/shape) is checked on first use, so that a malformed entry
+    the conversion leaves untouched does not stop it."""
+
+    def __init__(self, tt, name, data):
+        self.name = name
+        self.data = data
+        self._tt = tt
+        self._dims = None
+
+    @property
+    def dims(self):
+        if self._dims is None:
+            self._dims = self._tt.check_dims(self.name, self.data)
+        return self._dims
 
     @property
     def rows(self):
@@ -258,19 +268,18 @@ class TtFile:
         self.by_key[key] = entry
 
     def parameters(self):
-        """Tensors of the file by name: every NAME with NAME/value/data and NAME/value/shape."""
-        params = {}
-        for entry in self.entries:
-            if not entry.key.endswith(DATA_SUFFIX):
-                continue
-            name = entry.key[: -len(DATA_SUFFIX)]
-            shape_entry = self.by_key.get(name + SHAPE_SUFFIX)
-            if shape_entry is None:
-                raise TtFileError(f"{self.path}: {entry.key} has no {name}{SHAPE_SUFFIX} entry")
-            params[name] = Parameter(name, entry, self._dims(shape_entry, entry))
-        return params
+        """Tensors of the file by name: every NAME with a NAME/value/data entry."""
+        return {
+            entry.key[: -len(DATA_SUFFIX)]: Parameter(self, entry.key[: -len(DATA_SUFFIX)], entry)
+            for entry in self.entries
+            if entry.key.endswith(DATA_SUFFIX)
+        }
 
-    def _dims(self, shape_entry, data_entry):
+    def check_dims(self, name, data_entry):
+        """Dims from NAME/value/shape, checked against the data entry; TtFileError otherwise."""
+        shape_entry = self.by_key.get(name + SHAPE_SUFFIX)
+        if shape_entry is None:
+            raise TtFileError(f"{self.path}: {data_entry.key} has no {name}{SHAPE_SUFFIX} entry")
         raw = shape_entry.small_value
         if shape_entry.kind not in ("bin", "str") or raw is None or len(raw) % 4 or not raw:
             raise TtFileError(
