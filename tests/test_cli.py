@@ -334,3 +334,19 @@ def test_console_script_equals_module(tmp_path):
                        capture_output=True, text=True)
     assert a.returncode == b.returncode == 0 and a.stdout == b.stdout
     assert json.loads(a.stdout)["total_parameters"] == 19
+
+
+def test_unexpected_io_error_is_one_line(cli, tmp_path, monkeypatch):
+    import errno
+
+    from ttconv.checkpoint import Checkpoint
+
+    def failing_read(self, info, *args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error", info.path)
+
+    monkeypatch.setattr(Checkpoint, "read_rows", failing_read)
+    out = tmp_path / "out.msgpack"
+    status, _, err = cli(*LLAMA_ARGS, "-o", out)
+    assert status == 1 and one_error_line(err)
+    assert "model.safetensors: Input/output error" in err
+    assert not out.exists() and not leftovers(tmp_path)

@@ -196,3 +196,14 @@ def test_malformed_untouched_entry_is_copied_but_malformed_mapped_one_stops(conv
     init.write_bytes(raw.replace(shape_key, msgpack.packb("llama/llama/ln_fc/gamma/value/shapE")))
     status, _, err = cli("llama", "-i", init, "-o", tmp_path / "bad.msgpack", "--hf_model", tmp_path / "ckpt")
     assert status == 1 and "llama/llama/ln_fc/gamma/value/data has no llama/llama/ln_fc/gamma/value/shape" in err
+
+
+def test_llama_model_names_without_model_prefix(convert_both, tmp_path):
+    cfg = support.llama_config()
+    tensors = support.llama_tensors(cfg)
+    bare = {(k[len("model."):] if k.startswith("model.") else k): v for k, v in tensors.items()}
+    shapes = support.llama_tt_shapes(cfg, 96)
+    stored, tt, _, _, err = convert(convert_both, tmp_path, cfg, bare, shapes)
+    check_against_reference(cfg, {("model." + k if k != "lm_head.weight" else k): v for k, v in stored.items()},
+                            tt, shapes)
+    assert "not used" not in err

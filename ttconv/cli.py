@@ -169,6 +169,13 @@ def _run(args):
     return 0
 
 
+def _one_line(exc):
+    if isinstance(exc, OSError) and not isinstance(exc, TtconvError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}"
+    return str(exc)
+
+
 def main(argv=None):
     """Entry point of `ttconv` and `python -m ttconv`; returns the exit status."""
     try:
@@ -181,10 +188,11 @@ def main(argv=None):
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return _run(args)
-    except TtconvError as exc:
+    except (TtconvError, OSError) as exc:
+        # OSError: an I/O failure no check foresaw (a disk error, a file vanishing mid-run)
         if args.verbose:
             raise
-        print(f"ttconv: error: {exc}", file=sys.stderr)
+        print(f"ttconv: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("ttconv: interrupted; no output was written", file=sys.stderr)

@@ -10,7 +10,7 @@ from . import kernels
 from .checkpoint import Checkpoint
 from .errors import CheckpointError
 from .hub import resolve_model
-from .mapping import GPT2_CHECKPOINT_PREFIX, build_plan
+from .mapping import build_plan, canonical_names
 from .output import atomic_output
 from .progress import Progress
 from .ttfile import TtFile, TtWriter
@@ -87,23 +87,10 @@ def gpt2_layout(ckpt):
     return {"n_layers": ckpt.config_int("n_layer")}
 
 
-def gpt2_tensor_names(tensors):
-    """Checkpoint tensors by their name without the optional 'transformer.' prefix."""
-    named = {}
-    for name, info in tensors.items():
-        short = name[len(GPT2_CHECKPOINT_PREFIX):] if name.startswith(GPT2_CHECKPOINT_PREFIX) else name
-        if short in named:
-            raise CheckpointError(f"checkpoint has both {named[short].name} and {name}")
-        named[short] = info
-    return named
-
-
 def plan_conversion(family, tt, ckpt, meta_style=False):
     """Build the plan (which tt tensor comes from which checkpoint tensors)."""
-    if family == "llama":
-        layout, tensors = llama_layout(ckpt), ckpt.tensors
-    else:
-        layout, tensors = gpt2_layout(ckpt), gpt2_tensor_names(ckpt.tensors)
+    layout = llama_layout(ckpt) if family == "llama" else gpt2_layout(ckpt)
+    tensors = canonical_names(family, ckpt.tensors, ckpt.directory)
     return build_plan(family, tt, tt.parameters(), tensors, layout, meta_style)
 
 

@@ -48,7 +48,6 @@ GPT2_TABLE = (
     ("gpt_block_{i}/mlp/fc2/bias",                   "h.{i}.mlp.c_proj.bias",         ""),
 )
 GPT2_IGNORED = (r"h\.\d+\.attn\.bias", r"h\.\d+\.attn\.masked_bias")
-GPT2_CHECKPOINT_PREFIX = "transformer."
 
 LAYER_PATTERN = {"llama": re.compile(r"llama_block_(\d+)/"), "gpt2": re.compile(r"gpt_block_(\d+)/")}
 TRANSFORM_NAMES = {"": "copy", "rope_q": "rope", "rope_kv": "rope", "T": "transpose"}
@@ -112,6 +111,23 @@ class Plan:
     untouched: list
     unused: list
     notices: list
+
+
+def canonical_names(family, tensors, where):
+    """Checkpoint tensors under the names the tables use.
+
+    GPT-2 names lose an optional 'transformer.' prefix (the original gpt2 repository has
+    none); Llama names without 'model.' (a saved LlamaModel) gain it, lm_head aside."""
+    named = {}
+    for name, info in tensors.items():
+        if family == "gpt2":
+            short = name[len("transformer."):] if name.startswith("transformer.") else name
+        else:
+            short = name if name.startswith("model.") or name.startswith("lm_head.") else "model." + name
+        if short in named:
+            raise MappingError(f"{where}: checkpoint has both {named[short].name} and {name}")
+        named[short] = info
+    return named
 
 
 def expand(table, n_layers):
@@ -239,7 +255,7 @@ def build_plan(family, tt, params, tensors, layout, meta_style=False):
     if not targets:
         raise TtFileError(f"{tt.path}: no tt-train {family} weights found under prefix {prefix}")
     skip = re.compile("|".join(ignored))
-    unused = sorted(n for n, t in tensors.items() if t.name not in used and not skip.fullmatch(n))
+    unused = sorted(t.name for n, t in tensors.items() if t.name not in used and not skip.fullmatch(n))
     return Plan(family, prefix, targets, untouched, unused, notices)
 
 
