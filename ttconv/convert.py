@@ -95,11 +95,22 @@ def plan_conversion(family, tt, ckpt, meta_style=False):
 
 
 class _Buffers:
-    """Source and encoded buffers reused for every chunk (fresh memory costs page faults)."""
+    """Source and encoded buffers reused for every chunk (fresh memory costs page faults);
+    they grow when one chunk (a whole RoPE head of a wide matrix) needs more."""
 
     def __init__(self):
-        self.source = np.empty(CHUNK_VALUES * 4, dtype=np.uint8)
-        self.encoded = np.empty(CHUNK_VALUES * 5, dtype=np.uint8)
+        self._source = np.empty(CHUNK_VALUES * 4, dtype=np.uint8)
+        self._encoded = np.empty(CHUNK_VALUES * 5, dtype=np.uint8)
+
+    def source(self, n_values):
+        if self._source.size < n_values * 4:
+            self._source = np.empty(n_values * 4, dtype=np.uint8)
+        return self._source
+
+    def encoded(self, n_values):
+        if self._encoded.size < n_values * 5:
+            self._encoded = np.empty(n_values * 5, dtype=np.uint8)
+        return self._encoded
 
 
 def _encode_piece(piece, ckpt, writer, progress, buffers):
@@ -115,8 +126,8 @@ def _encode_piece(piece, ckpt, writer, progress, buffers):
     step = max(unit, (CHUNK_VALUES // max(cols, 1)) // unit * unit)
     for first in range(0, piece.rows, step):
         last = min(piece.rows, first + step)
-        rows = ckpt.read_rows(info, first, last, buffers.source)
-        out = buffers.encoded if rows.size <= CHUNK_VALUES else None
+        rows = ckpt.read_rows(info, first, last, buffers.source((last - first) * cols))
+        out = buffers.encoded(rows.size)
         if piece.transform == "rope":
             encoded, bad = kernels.encode_rope(rows, (last - first) // unit, out)
         else:
@@ -174,8 +185,7 @@ def run_conversion(family, init_path, ckpt, output_path, meta_style=False, dry_r
     for notice in plan.notices:
         log.info(notice)
     inputs = [init_path] + sorted({t.path for t in ckpt.tensors.values()})
-    total = sum(t.n_values for t in plan.targets.values()) * 5
-    with Progress(total, "converting", quiet) as progress, atomic_output(output_path, inputs) as out:
+    with Progress(report.values * 5, "converting", quiet) as progress, atomic_output(output_path, inputs) as out:
         report.nonfinite = write_converted(plan, tt, ckpt, out, progress)
     report.bytes_written = os.path.getsize(output_path)
     report.seconds = time.perf_counter() - started
