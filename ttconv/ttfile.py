@@ -79,6 +79,14 @@ class _Cursor:
         self.pos = 0
         self._buf = b""
         self._buf_start = 0
+        self._window = None
+
+    def window(self, count):
+        """A reused buffer big enough for count numbers (up to SCAN_WINDOW bytes)."""
+        size = min(SCAN_WINDOW, max(count * 9, 9))
+        if self._window is None or self._window.size < size:
+            self._window = np.empty(size, dtype=np.uint8)
+        return self._window[:size]
 
     def fail(self, message, at=None):
         where = self.pos if at is None else at
@@ -111,7 +119,7 @@ class _Cursor:
 
     def skip_numbers(self, count, what):
         """Skip up to count msgpack numbers; returns how many were numbers."""
-        window = np.empty(min(SCAN_WINDOW, max(count * 9, 9)), dtype=np.uint8)
+        window = self.window(count)
         done = 0
         while done < count:
             if self.pos >= self.size:
@@ -306,7 +314,7 @@ class TtFile:
             kind, count = _read_header(cur, entry.key)
             out = np.empty(count, dtype=np.float32)
             done = 0
-            window = np.empty(min(SCAN_WINDOW, max(count * 9, 9)), dtype=np.uint8)
+            window = cur.window(count)
             while done < count:
                 handle.seek(cur.pos)
                 n = handle.readinto(memoryview(window)[: min(window.size, entry.end - cur.pos)])
