@@ -7,6 +7,8 @@
 #include "ttconv_kernel.h"
 
 #define TRANSPOSE_BLOCK 32
+/* 64 rows encode to 320 bytes = 5 whole cache lines of the transposed output */
+#define TRANSPOSE_ROWS 64
 
 static uint32_t f16_to_f32_bits(uint16_t h)
 {
@@ -31,7 +33,7 @@ static uint32_t f16_to_f32_bits(uint16_t h)
     return sign | ((exponent + 112) << 23) | (mantissa << 13);
 }
 
-static uint32_t source_bits(const void *src, int dtype, size_t i)
+static inline uint32_t source_bits(const void *src, int dtype, size_t i)
 {
     uint32_t bits;
     switch (dtype) {
@@ -135,24 +137,44 @@ long long tt_encode_rope(const void *src, int dtype, size_t n_heads, size_t head
     return clamp_count(nonfinite);
 }
 
-long long tt_encode_transposed(const void *src, int dtype, size_t rows, size_t cols, uint8_t *out)
+/* One dtype per call, so that the compiler specialises the loops for each constant dtype.
+ * Each block is transposed into a small tile first (contiguous reads of the source),
+ * then encoded row by row (contiguous writes of the output). */
+static inline size_t encode_transposed_as(const void *src, int dtype, size_t rows, size_t cols, uint8_t *out)
 {
+    uint32_t tile[TRANSPOSE_BLOCK][TRANSPOSE_ROWS];
     size_t r0, c0, r, c, nonfinite = 0;
-    if (!valid_dtype(dtype))
-        return TT_E_BAD_ARGUMENT;
-    for (r0 = 0; r0 < rows; r0 += TRANSPOSE_BLOCK) {
-        size_t r1 = r0 + TRANSPOSE_BLOCK < rows ? r0 + TRANSPOSE_BLOCK : rows;
+    for (r0 = 0; r0 < rows; r0 += TRANSPOSE_ROWS) {
+        size_t r1 = r0 + TRANSPOSE_ROWS < rows ? r0 + TRANSPOSE_ROWS : rows;
         for (c0 = 0; c0 < cols; c0 += TRANSPOSE_BLOCK) {
             size_t c1 = c0 + TRANSPOSE_BLOCK < cols ? c0 + TRANSPOSE_BLOCK : cols;
-            for (c = c0; c < c1; c++)
-                for (r = r0; r < r1; r++) {
-                    uint32_t bits = source_bits(src, dtype, r * cols + c);
-                    nonfinite += is_nonfinite(bits);
-                    put_float32(out + (c * rows + r) * 5, bits);
+            for (r = r0; r < r1; r++)
+                for (c = c0; c < c1; c++)
+                    tile[c - c0][r - r0] = source_bits(src, dtype, r * cols + c);
+            for (c = c0; c < c1; c++) {
+                uint8_t *dst = out + (c * rows + r0) * 5;
+                for (r = 0; r < r1 - r0; r++, dst += 5) {
+                    nonfinite += is_nonfinite(tile[c - c0][r]);
+                    put_float32(dst, tile[c - c0][r]);
                 }
+            }
         }
     }
-    return clamp_count(nonfinite);
+    return nonfinite;
+}
+
+long long tt_encode_transposed(const void *src, int dtype, size_t rows, size_t cols, uint8_t *out)
+{
+    switch (dtype) {
+    case TT_DTYPE_F32:
+        return clamp_count(encode_transposed_as(src, TT_DTYPE_F32, rows, cols, out));
+    case TT_DTYPE_F16:
+        return clamp_count(encode_transposed_as(src, TT_DTYPE_F16, rows, cols, out));
+    case TT_DTYPE_BF16:
+        return clamp_count(encode_transposed_as(src, TT_DTYPE_BF16, rows, cols, out));
+    default:
+        return TT_E_BAD_ARGUMENT;
+    }
 }
 
 /* Size in bytes of the msgpack number starting with tag, or 0 if it is not a number. */

@@ -117,7 +117,9 @@ def _encode_piece(piece, ckpt, writer, progress, buffers):
     info = piece.tensor
     nonfinite = 0
     if piece.transform == "transpose":
-        encoded, bad = kernels.encode_transposed(ckpt.read_rows(info))
+        size = info.rows * info.cols
+        encoded, bad = kernels.encode_transposed(ckpt.read_rows(info, buffer=buffers.source(size)),
+                                                 buffers.encoded(size))
         writer.write(encoded)
         progress.advance(encoded.nbytes)
         return bad
