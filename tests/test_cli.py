@@ -350,3 +350,16 @@ def test_unexpected_io_error_is_one_line(cli, tmp_path, monkeypatch):
     assert status == 1 and one_error_line(err)
     assert "model.safetensors: Input/output error" in err
     assert not out.exists() and not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_quiet_before_or_after_the_command(cli, tmp_path, where):
+    args = [*LLAMA_ARGS, "-o", tmp_path / "o", "-t", tmp_path / "t.json"]
+    status, _, err = cli("--quiet", *args) if where == "before" else cli(*args, "--quiet")
+    assert status == 0 and "wrote tokenizer" not in err and err.startswith("ttconv: wrote ")
+
+
+def test_gpt2_positional_and_flag_disagree(cli, tmp_path):
+    status, _, err = cli("gpt2", f"{GPT2_MINI}/init.msgpack", tmp_path / "a", "-o", tmp_path / "b",
+                         "--hf_model", GPT2_MINI)
+    assert status == 1 and "OUTPUT_FILE and -o name different files" in err

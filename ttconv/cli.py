@@ -38,9 +38,12 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
-def _common(parser):
-    parser.add_argument("--verbose", action="store_true", help="show tracebacks and details on errors")
-    parser.add_argument("-q", "--quiet", action="store_true",
+def _common(parser, subcommand=True):
+    # On subcommands the flags must not reset what was given before the subcommand.
+    default = argparse.SUPPRESS if subcommand else False
+    parser.add_argument("--verbose", action="store_true", default=default,
+                        help="show a traceback on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default,
                         help="no progress bar or notices; warnings and the closing summary line remain")
 
 
@@ -62,7 +65,7 @@ def build_parser():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version",
                         version=f"ttconv {__version__} (backend: {kernels.BACKEND})")
-    _common(parser)
+    _common(parser, subcommand=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -128,6 +131,10 @@ def _conversion(args, family):
         init_path = given_in or "data/tinyllama_init.msgpack"
         output_path = given_out or "data/tinyllama_exported.msgpack"
     else:
+        for flag, positional, name in ((args.input_file, args.input_pos, "INPUT_FILE and -i"),
+                                       (args.output_file, args.output_pos, "OUTPUT_FILE and -o")):
+            if flag and positional and flag != positional:
+                raise TtconvError(f"{name} name different files; give one of them")
         given_in, given_out = args.input_file or args.input_pos, args.output_file or args.output_pos
         init_path, output_path = given_in, given_out
     tokenizer_only = args.dump_tokenizer_path and not (given_in and given_out)
