@@ -1,4 +1,5 @@
 """Fuzzing the two readers: every input parses or raises ttconv's own error class.
+The init-file reader runs on both backends (their number scanners differ).
 
 TTCONV_FUZZ_EXAMPLES raises the number of examples for a longer local run."""
 import os
@@ -72,14 +73,14 @@ def read_checkpoint(data):
 
 
 @FUZZ
-@given(mutated(SEED_INIT))
-def test_init_reader_mutations(data):
+@given(data=mutated(SEED_INIT))
+def test_init_reader_mutations(backend, data):
     read_init(data)
 
 
 @FUZZ
-@given(st.binary(max_size=200))
-def test_init_reader_random_bytes(data):
+@given(data=st.binary(max_size=200))
+def test_init_reader_random_bytes(backend, data):
     read_init(data)
 
 
