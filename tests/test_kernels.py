@@ -129,3 +129,18 @@ def test_scan_long_mixed_runs(backend):
     decoded, nbytes, bad = kernels.decode_numbers(buf, len(items))
     assert nbytes == buf.size and not bad
     np.testing.assert_array_equal(decoded, np.float32(items))
+
+
+@pytest.mark.parametrize("bad", [np.zeros(4, np.float32), np.zeros((2, 2), np.uint8), np.zeros(8, np.uint8)[::2]])
+def test_scan_checks_its_buffer_before_calling_c(backend, bad):
+    with pytest.raises(ValueError):
+        kernels.scan_numbers(bad, 1)
+    with pytest.raises(ValueError):
+        kernels.decode_numbers(bad, 1)
+
+
+def test_encode_checks_output_buffer(backend):
+    with pytest.raises(ValueError):
+        kernels.encode(np.zeros(4, np.float32), np.empty(19, np.uint8))
+    with pytest.raises(ValueError):
+        kernels.encode(np.zeros(4, np.float64))

@@ -97,6 +97,11 @@ def _out_buffer(n_values, out):
     return out[: n_values * 5]
 
 
+def _check_bytes(buf):
+    if not isinstance(buf, np.ndarray) or buf.dtype != np.uint8 or buf.ndim != 1 or not buf.flags.c_contiguous:
+        raise ValueError("expected a contiguous 1-D uint8 array of msgpack bytes")
+
+
 def _ptr(array, ctype="uint8_t *"):
     # The pointer stays valid while the caller holds the numpy array that owns the memory.
     return _kernel.ffi.cast(ctype, _kernel.ffi.from_buffer(array))
@@ -240,6 +245,7 @@ def scan_numbers(buf, max_count):
     Returns (values walked, bytes walked, stopped_at_non_number). The walk also stops
     before a number that does not fit in the buffer.
     """
+    _check_bytes(buf)
     if _kernel is None:
         done, nbytes, bad, _ = _walk_numbers_numpy(buf, max_count, False)
         return done, nbytes, bad
@@ -251,6 +257,7 @@ def scan_numbers(buf, max_count):
 
 def decode_numbers(buf, max_count):
     """Like scan_numbers, returning the values as float32: (values, bytes walked, stopped_at_non_number)."""
+    _check_bytes(buf)
     if _kernel is None:
         done, nbytes, bad, values = _walk_numbers_numpy(buf, max_count, True)
         out = np.concatenate(values) if values else np.empty(0, dtype=np.float32)
