@@ -18,6 +18,8 @@ def roundtrip(cli, tmp_path, family, cfg, tensors, shapes, prefix, dtype="F32", 
     assert cli(family, "-i", init, "-o", tt, "--hf_model", tmp_path / "ckpt")[0] == 0
     status, _, err = cli("to-hf", family, "-i", tt, "--hf_model", tmp_path / "ckpt", "-o", tmp_path / "hf", *extra)
     assert status == 0, err
+    count = len(load_file(str(tmp_path / "ckpt" / "model.safetensors")))
+    assert err.startswith(f"ttconv: wrote {tmp_path / 'hf'}: {count} tensors, ")
     return load_file(str(tmp_path / "ckpt" / "model.safetensors")), load_file(str(tmp_path / "hf" / "model.safetensors"))
 
 

@@ -41,7 +41,7 @@ def to_hf(family, tt_path, hf_model, output_dir, dtype="f32", meta_style=False, 
     from a tt-train file, undoing the permutation, transposes, kv concatenation, padding and tying.
 
     hf_model is the original checkpoint (folder or hub id); dtype is "f32", "bf16" or "f16"
-    (round to nearest even). Returns output_dir.
+    (round to nearest even). Returns a Report (see convert_llama).
 
     >>> to_hf("llama", "out/llama.msgpack", "examples/llama-mini", "out/hf", dtype="bf16")  # doctest: +SKIP
     """

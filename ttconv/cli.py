@@ -170,9 +170,9 @@ def _run(args):
         return inspect_file(args.file, as_json=args.json)
     from .api import to_hf
 
-    written = to_hf(args.family, args.input_path, args.hf_model, args.output_dir, args.dtype, args.meta_style,
-                    args.revision, args.quiet)
-    log.info("wrote %s", written)
+    report = to_hf(args.family, args.input_path, args.hf_model, args.output_dir, args.dtype, args.meta_style,
+                   args.revision, args.quiet)
+    print(f"ttconv: wrote {args.output_dir}: {report.summary()}", file=sys.stderr)
     return 0
 
 

@@ -8,13 +8,14 @@ the original checkpoint.
 """
 import json
 import os
+import time
 
 import ml_dtypes
 import numpy as np
 
 from . import kernels
 from .checkpoint import Checkpoint
-from .convert import plan_conversion
+from .convert import Report, plan_conversion
 from .errors import OutputError
 from .hub import resolve_model
 from .output import atomic_output
@@ -39,7 +40,7 @@ def _undo(piece, rows):
 
 
 def _recovered_tensors(plan, tt):
-    """{checkpoint name: (TensorInfo, loader)}, tok_emb before fc so a tied source takes the embedding."""
+    """{checkpoint name: loader of its float32 values}, tok_emb before fc so a tied source takes the embedding."""
     order = sorted(plan.targets.values(), key=lambda t: t.param.name.endswith("/fc/weight"))
     recovered = {}
     for target in order:
@@ -49,7 +50,7 @@ def _recovered_tensors(plan, tt):
             row += piece.rows
             if piece.tensor.name in recovered or piece.rows < piece.shape[0]:
                 continue  # tied duplicate, or cropped (the full tensor comes from the original)
-            recovered[piece.tensor.name] = (piece.tensor, _loader(tt, target, piece, first))
+            recovered[piece.tensor.name] = _loader(tt, target, piece, first)
     return recovered
 
 
@@ -88,9 +89,11 @@ def export_hf(family, tt_path, hf_model, output_dir, dtype="f32", meta_style=Fal
     The original checkpoint (hf_model, folder or hub id) supplies the config, the
     tensor names and layout, and any tensor the tt file does not hold. Round trip
     HF -> tt -> HF is bit-exact for float32; dtype "bf16"/"f16" rounds to nearest even.
+    Returns a Report (tensors and values written to model.safetensors).
 
     >>> export_hf("llama", "out/llama.msgpack", "examples/llama-mini", "out/hf")  # doctest: +SKIP
     """
+    started = time.perf_counter()
     if dtype not in OUTPUT_DTYPES:
         raise ValueError(f"dtype must be one of {sorted(OUTPUT_DTYPES)}, not {dtype!r}")
     st_dtype, np_dtype, config_dtype = OUTPUT_DTYPES[dtype]
@@ -105,10 +108,10 @@ def export_hf(family, tt_path, hf_model, output_dir, dtype="f32", meta_style=Fal
         plan = plan_conversion(family, tt, ckpt, meta_style)
         recovered = _recovered_tensors(plan, tt)
         by_name = {info.name: info for info in ckpt.tensors.values()}
-        loaders = {name: recovered[name][1] if name in recovered else _original_loader(ckpt, info)
-                   for name, info in sorted(by_name.items())}
+        loaders = {name: recovered.get(name) or _original_loader(ckpt, info) for name, info in sorted(by_name.items())}
         header = _safetensors_header([(n, by_name[n]) for n in loaders], st_dtype, np_dtype.itemsize)
-        total = sum(int(np.prod(by_name[n].shape, dtype=np.int64)) for n in loaders) * np_dtype.itemsize
+        values = sum(int(np.prod(by_name[n].shape, dtype=np.int64)) for n in loaders)
+        total = values * np_dtype.itemsize
         os.makedirs(output_dir, exist_ok=True)
         target = os.path.join(output_dir, "model.safetensors")
         with Progress(total, "writing safetensors", quiet) as progress, \
@@ -127,4 +130,5 @@ def export_hf(family, tt_path, hf_model, output_dir, dtype="f32", meta_style=Fal
     with atomic_output(os.path.join(output_dir, "config.json")) as out:
         out.write(json.dumps(config, indent=2).encode("utf-8") + b"\n")
     copy_tokenizer_files(model_dir, output_dir)
-    return output_dir
+    return Report(plan, output_dir, tensors=len(loaders), values=values, bytes_written=os.path.getsize(target),
+                  seconds=time.perf_counter() - started)
