@@ -2,7 +2,7 @@
 import json
 import os
 
-from .ttfile import TtFile
+from .ttfile import TtFile, array_header
 
 # ttnn DataType values as tt-train writes them
 DATA_TYPES = {0: "BFLOAT16", 1: "FLOAT32", 2: "UINT32", 3: "BFLOAT8_B", 4: "BFLOAT4_B", 5: "UINT8",
@@ -18,13 +18,9 @@ def _scalar(tt, key):
 def _encoding(entry):
     if not entry.n_elements:
         return "-"
-    per_value = (entry.end - entry.value_start - _array_header_size(entry.n_elements)) / entry.n_elements
+    per_value = (entry.end - entry.value_start - len(array_header(entry.n_elements))) / entry.n_elements
     names = {1.0: "int", 5.0: "f32", 9.0: "f64"}
     return names.get(per_value, f"mixed ({per_value:.2f} B/value)")
-
-
-def _array_header_size(count):
-    return 1 if count < 16 else (3 if count < 1 << 16 else 5)
 
 
 def describe(path):

@@ -117,8 +117,9 @@ class _Cursor:
         self.require(n, what)
         self.pos += n
 
-    def skip_numbers(self, count, what):
-        """Skip up to count msgpack numbers; returns how many were numbers."""
+    def walk_numbers(self, count, what, out=None):
+        """Walk up to count msgpack numbers from pos (storing them as float32 in out, when
+        given); returns how many were numbers before the first value that is not one."""
         window = self.window(count)
         done = 0
         while done < count:
@@ -126,7 +127,12 @@ class _Cursor:
                 self.fail(f"file ends inside {what} after {done} of {count} values")
             self.handle.seek(self.pos)
             n = self.handle.readinto(memoryview(window)[: min(window.size, self.size - self.pos)])
-            walked, nbytes, bad = kernels.scan_numbers(window[:n], count - done)
+            if out is None:
+                walked, nbytes, bad = kernels.scan_numbers(window[:n], count - done)
+            else:
+                values, nbytes, bad = kernels.decode_numbers(window[:n], count - done)
+                walked = values.size
+                out[done:done + walked] = values
             done += walked
             self.pos += nbytes
             if self.on_bytes is not None:
@@ -137,9 +143,7 @@ class _Cursor:
                 self.fail(f"file ends inside {what} after {done} of {count} values")
         return done
 
-
-_FIXED_SIZES = {0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8,
-                0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8, 0xCA: 4, 0xCB: 8}
+_FIXED_SIZES = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8, 0xCA: 4, 0xCB: 8}
 _EXT_FIXED = {0xD4: 1, 0xD5: 2, 0xD6: 4, 0xD7: 8, 0xD8: 16}
 
 
@@ -199,7 +203,7 @@ def _skip_value(cur, kind, length, what, depth):
 def _skip_array(cur, count, what):
     """Skip an array's elements; returns True when all of them were numbers."""
     cur.require(count, what)
-    done = cur.skip_numbers(count, what)
+    done = cur.walk_numbers(count, what)
     if done == count:
         return True
     for _ in range(count - done):
@@ -313,19 +317,9 @@ class TtFile:
             cur.pos = entry.value_start
             kind, count = _read_header(cur, entry.key)
             out = np.empty(count, dtype=np.float32)
-            done = 0
-            window = cur.window(count)
-            while done < count:
-                handle.seek(cur.pos)
-                n = handle.readinto(memoryview(window)[: min(window.size, entry.end - cur.pos)])
-                values, nbytes, bad = kernels.decode_numbers(window[:n], count - done)
-                if bad or not values.size:
-                    cur.fail(f"{entry.key} is not an array of numbers")
-                out[done:done + values.size] = values
-                done += values.size
-                cur.pos += nbytes
+            if kind != "array" or cur.walk_numbers(count, entry.key, out) != count:
+                cur.fail(f"{entry.key} is not an array of numbers")
         return out
-
 
 def array_header(count):
     """msgpack array header for count elements."""
@@ -353,14 +347,9 @@ class TtWriter:
         self._pending = 0
         self._begun = False
         self._src = open(source.path, "rb")
-        self.bytes_written = 0
 
     def close(self):
         self._src.close()
-
-    def _emit(self, data):
-        self.out.write(data)
-        self.bytes_written += len(data) if isinstance(data, bytes) else data.nbytes
 
     def _copy_range(self, start, end):
         self._src.seek(start)
@@ -368,7 +357,7 @@ class TtWriter:
             chunk = self._src.read(min(self.COPY_CHUNK, end - start))
             if not chunk:
                 raise TtFileError(f"{self.source.path}: file shrank while being read")
-            self._emit(chunk)
+            self.out.write(chunk)
             start += len(chunk)
 
     def _expect(self, entry):
@@ -395,7 +384,7 @@ class TtWriter:
         """Copy the entry's key and variant index, then open a float array of count values."""
         self._expect(entry)
         self._copy_range(entry.start, entry.value_start)
-        self._emit(array_header(count))
+        self.out.write(array_header(count))
         self._pending = count
 
     def write(self, encoded):
@@ -404,7 +393,7 @@ class TtWriter:
         if count > self._pending:
             raise RuntimeError(f"{count} values written where {self._pending} remain")
         self._pending -= count
-        self._emit(encoded)
+        self.out.write(encoded)
 
     def finish(self):
         if self._pending or self._next != len(self.source.entries):
