@@ -39,9 +39,27 @@ def _undo(piece, rows):
     return rows.reshape(piece.tensor.shape)
 
 
+class _LastDecoded:
+    """The most recently decoded tt tensor, so that the pieces of one tensor (k and v of
+    kv_linear) are recovered from a single decode when they are written one after another."""
+
+    def __init__(self, tt):
+        self._tt = tt
+        self._key = None
+        self._values = None
+
+    def rows(self, param):
+        if self._key != param.data.key:
+            self._values = self._tt.read_values(param.data).reshape(param.rows, param.cols)
+            self._key = param.data.key
+        return self._values
+
+
 def _recovered_tensors(plan, tt):
-    """{checkpoint name: loader of its float32 values}, tok_emb before fc so a tied source takes the embedding."""
+    """{checkpoint name: loader of its float32 values}, the pieces of each tt tensor adjacent,
+    tok_emb before fc so a tied source takes the embedding."""
     order = sorted(plan.targets.values(), key=lambda t: t.param.name.endswith("/fc/weight"))
+    decoded = _LastDecoded(tt)
     recovered = {}
     for target in order:
         row = 0
@@ -50,13 +68,13 @@ def _recovered_tensors(plan, tt):
             row += piece.rows
             if piece.tensor.name in recovered or piece.rows < piece.shape[0]:
                 continue  # tied duplicate, or cropped (the full tensor comes from the original)
-            recovered[piece.tensor.name] = _loader(tt, target, piece, first)
+            recovered[piece.tensor.name] = _loader(decoded, target, piece, first)
     return recovered
 
 
-def _loader(tt, target, piece, first):
+def _loader(decoded, target, piece, first):
     def load():
-        values = tt.read_values(target.param.data).reshape(target.param.rows, target.param.cols)
+        values = decoded.rows(target.param)
         return _undo(piece, np.ascontiguousarray(values[first:first + piece.rows]))
 
     return load
@@ -108,7 +126,9 @@ def export_hf(family, tt_path, hf_model, output_dir, dtype="f32", meta_style=Fal
         plan = plan_conversion(family, tt, ckpt, meta_style)
         recovered = _recovered_tensors(plan, tt)
         by_name = {info.name: info for info in ckpt.tensors.values()}
-        loaders = {name: recovered.get(name) or _original_loader(ckpt, info) for name, info in sorted(by_name.items())}
+        loaders = dict(recovered)
+        loaders.update((name, _original_loader(ckpt, info)) for name, info in sorted(by_name.items())
+                       if name not in recovered)
         header = _safetensors_header([(n, by_name[n]) for n in loaders], st_dtype, np_dtype.itemsize)
         values = sum(int(np.prod(by_name[n].shape, dtype=np.int64)) for n in loaders)
         total = values * np_dtype.itemsize
