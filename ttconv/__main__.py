@@ -1,5 +1,28 @@
+"""`python -m ttconv` and the `ttconv` command.
+
+The signal handlers are installed before anything else is imported, so that Ctrl-C or
+SIGTERM at any instant, even while numpy or jax load, ends in one line and exit 130/143.
+The handlers stay until the process exits: once the command is done, signals are ignored.
+"""
 import sys
 
-from .cli import main
+from ttconv import interrupts
 
-sys.exit(main())
+
+def run():
+    """Process entry point; returns the exit status."""
+    try:
+        interrupts.install()
+        with interrupts.held():  # numpy turns an interrupt during its import into an ImportError
+            import numpy  # noqa: F401
+            from ttconv.cli import run_command
+    except (KeyboardInterrupt, interrupts.Terminated) as exc:
+        interrupts.finish()
+        status, what = interrupts.outcome(exc)
+        print(f"ttconv: {what}; no output was written", file=sys.stderr)
+        return status
+    return run_command()
+
+
+if __name__ == "__main__":
+    sys.exit(run())

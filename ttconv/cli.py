@@ -2,17 +2,14 @@
 import argparse
 import logging
 import os
-import signal
 import sys
 
-from . import __version__
+from . import __version__, interrupts
 from .errors import TtconvError
 
 log = logging.getLogger("ttconv")
 
 EXIT_ERROR = 1
-EXIT_SIGINT = 130
-EXIT_SIGTERM = 143
 
 DESCRIPTION = """\
 Convert Hugging Face Llama and GPT-2 checkpoints (safetensors) into tt-train msgpack
@@ -28,14 +25,6 @@ GPT2_HELP = """\
 Fill a tt-train GPT-2 init file with the weights of a GPT-2-family checkpoint
 (gpt2, gpt2-medium/large/xl, distilgpt2). Same usage as gpt2_export.py:
 INPUT_FILE OUTPUT_FILE, or -i/-o."""
-
-
-class Terminated(BaseException):
-    """Raised from the SIGTERM handler so that output clean-up runs."""
-
-
-def _on_sigterm(signum, frame):
-    raise Terminated()
 
 
 def _common(parser, subcommand=True):
@@ -183,33 +172,68 @@ def _one_line(exc):
     return str(exc)
 
 
+def _output_of(args):
+    """The file a conversion command writes last, or None."""
+    if args.command == "llama":
+        return args.output_path or "data/tinyllama_exported.msgpack"
+    if args.command == "gpt2":
+        return args.output_file or args.output_pos
+    return None
+
+
+def _identity(path):
+    try:
+        stat = os.stat(path)
+    except (OSError, TypeError, ValueError):
+        return None
+    return stat.st_dev, stat.st_ino, stat.st_mtime_ns
+
+
+def _interrupted(exc, output, before):
+    """Exit status and the one line for a SIGINT or SIGTERM that ended the run."""
+    status, what = interrupts.outcome(exc)
+    if output is not None and _identity(output) not in (None, before):
+        # the signal came while the finished output was being renamed into place
+        return 0, f"ttconv: wrote {output}; a signal arrived as it was completed"
+    target = f"{output} was not written" if output else "no output was written"
+    return status, f"ttconv: {what}; {target}"
+
+
 def main(argv=None):
-    """Entry point of `ttconv` and `python -m ttconv`; returns the exit status."""
+    """Run one command in this process; returns the exit status. Signal handlers are restored on return."""
+    previous = interrupts.install()
+    try:
+        return run_command(argv)
+    finally:
+        interrupts.restore(previous)
+
+
+def run_command(argv=None):
+    """Run one command with interrupts.install() in force: one line for every error and signal."""
+    output = before = args = None
     try:
         parser = build_parser()
-    except TtconvError as exc:
-        print(f"ttconv: error: {exc}", file=sys.stderr)
+        args = parser.parse_args(argv)
+        _setup_logging(args.quiet)
+        output = _output_of(args)
+        before = _identity(output)
+        status = _run(args)
+        interrupts.finish()
+        return status
+    except BrokenPipeError:
+        # stdout went away (e.g. piped into head): stop quietly
+        interrupts.finish()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ERROR
-    args = parser.parse_args(argv)
-    _setup_logging(args.quiet)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        return _run(args)
     except (TtconvError, OSError) as exc:
         # OSError: an I/O failure no check foresaw (a disk error, a file vanishing mid-run)
-        if args.verbose:
+        interrupts.finish()
+        if args is not None and args.verbose:
             raise
         print(f"ttconv: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("ttconv: interrupted; no output was written", file=sys.stderr)
-        return EXIT_SIGINT
-    except Terminated:
-        print("ttconv: terminated; no output was written", file=sys.stderr)
-        return EXIT_SIGTERM
-    except BrokenPipeError:
-        # stdout went away (e.g. piped into head): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_ERROR
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    except (KeyboardInterrupt, interrupts.Terminated) as exc:
+        interrupts.finish()
+        status, line = _interrupted(exc, output, before)
+        print(line, file=sys.stderr)
+        return status

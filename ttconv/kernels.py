@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from .errors import BackendError
+from .interrupts import import_held
 
 BACKEND_ENV = "TTCONV_BACKEND"
 
@@ -25,14 +26,14 @@ def _choose_backend():
     if forced == "jax":
         return "jax", None
     try:
-        from . import _kernel
+        kernel = import_held("ttconv._kernel")
     except ImportError as exc:
         if forced == "c":
             raise BackendError(
                 f"{BACKEND_ENV}=c but the C kernel is not built ({exc}); reinstall with a C compiler"
             ) from None
         return "jax", None
-    return "c", _kernel
+    return "c", kernel
 
 
 BACKEND, _kernel = _choose_backend()
@@ -56,12 +57,9 @@ def _check_rope(array, n_heads):
 
 
 def _jnp():
-    import jax
-
+    jax = import_held("jax")
     jax.config.update("jax_platforms", "cpu")
-    import jax.numpy as jnp
-
-    return jnp
+    return import_held("jax.numpy")
 
 
 def _f32_bits(array):

@@ -6,6 +6,7 @@ import queue
 import tempfile
 import threading
 
+from . import interrupts
 from .errors import OutputError
 
 BUFFER_BYTES = 1 << 22
@@ -101,18 +102,24 @@ class _OutputFile:
 
 @contextlib.contextmanager
 def atomic_output(path, inputs=()):
-    """Yield a binary file object; on success it replaces path, on any exception it vanishes."""
+    """Yield a binary file object; on success it replaces path, on any exception it vanishes.
+
+    SIGINT and SIGTERM wait while the temporary file is created and while it is renamed,
+    so that a signal at any instant either leaves no file at all or finds the output complete."""
     path = os.fspath(path)
     refuse_same_file(path, inputs)
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise OutputError(f"{path}: is a directory; give a file name for the output")
+    temp_path = None
     try:
-        os.makedirs(directory, exist_ok=True)
-        fd, temp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=directory)
-    except OSError as exc:
-        raise _output_error(path, exc) from None
-    try:
+        with interrupts.held():
+            try:
+                os.makedirs(directory, exist_ok=True)
+                fd, temp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial",
+                                                 dir=directory)
+            except OSError as exc:
+                raise _output_error(path, exc) from None
         out = _OutputFile(fd, path)
         try:
             yield out
@@ -123,8 +130,11 @@ def atomic_output(path, inputs=()):
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temp_path, 0o666 & ~umask)
-        os.replace(temp_path, path)
+        with interrupts.held():
+            os.replace(temp_path, path)
+            temp_path = None
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_path)
+        if temp_path is not None:
+            with interrupts.held(), contextlib.suppress(OSError):
+                os.unlink(temp_path)
         raise

@@ -5,6 +5,7 @@ import shutil
 
 from .errors import TokenizerError
 from .hub import resolve_model
+from .interrupts import import_held
 from .output import atomic_output
 
 STRIP_DECODER = {"type": "Strip", "content": " ", "start": 1, "stop": 0}
@@ -12,10 +13,8 @@ SPECIAL_GPT2_TOKEN = "<|endoftext|>"
 
 
 def _check_loads(text, source):
-    from tokenizers import Tokenizer
-
     try:
-        Tokenizer.from_str(text)
+        import_held("tokenizers").Tokenizer.from_str(text)
     except Exception as exc:  # tokenizers raises plain Exception subclasses from Rust
         raise TokenizerError(f"{source}: not a usable tokenizer ({str(exc).splitlines()[0]})") from None
 
@@ -69,17 +68,16 @@ def gpt2_tokenizer_text(model_dir):
     vocab, merges = os.path.join(model_dir, "vocab.json"), os.path.join(model_dir, "merges.txt")
     if not (os.path.isfile(vocab) and os.path.isfile(merges)):
         raise TokenizerError(f"{model_dir}: no tokenizer.json, and no vocab.json + merges.txt to build one from")
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
-
+    tk = import_held("tokenizers")
     try:
-        tokenizer = Tokenizer(models.BPE.from_file(vocab, merges))
+        tokenizer = tk.Tokenizer(tk.models.BPE.from_file(vocab, merges))
     except Exception as exc:  # tokenizers raises plain Exception subclasses from Rust
         raise TokenizerError(f"{model_dir}: vocab.json/merges.txt unusable ({str(exc).splitlines()[0]})") from None
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.post_processor = tk.processors.ByteLevel(trim_offsets=False)
+    tokenizer.decoder = tk.decoders.ByteLevel()
     if tokenizer.token_to_id(SPECIAL_GPT2_TOKEN) is not None:
-        tokenizer.add_special_tokens([AddedToken(SPECIAL_GPT2_TOKEN, special=True, normalized=False)])
+        tokenizer.add_special_tokens([tk.AddedToken(SPECIAL_GPT2_TOKEN, special=True, normalized=False)])
     return tokenizer.to_str()
 
 
