@@ -1,14 +1,18 @@
 """Benchmark runner: ttconv against the I/O floor, in one run, on synthetic inputs.
 
 For each case: wall time, peak RSS (from /usr/bin/time -v), MB/s of output, and the
-ratio to the I/O floor measured right after it on the same, already cached, files (cat the checkpoint
-and the init file to /dev/null, write and fsync a file of the output's size: dd copying
-the init file's bytes in 1 MiB blocks). Then a
+ratio to the I/O floor measured right after it on the same, already cached, files: the
+time to read the inputs (cat the checkpoint and the init file to /dev/null) and the time
+to write and fsync a file of the output's size (dd copying the init file's bytes in
+1 MiB blocks). The best of --repeat runs counts for each. Two ratios: to the sequential
+floor (read + write, what a program that reads and then writes pays) and to max(read,
+write) (what perfect overlap of reading and writing would pay). Then a
 kernel micro-benchmark: RoPE permutation + msgpack encode, C vs jax fallback vs plain
 numpy, beside numpy's memcpy bandwidth.
 
     python bench/run.py                     # every case (needs ~35 GB of disk)
     python bench/run.py llama-155m --repeat 3
+    python bench/run.py tinyllama-1.1b --backend c --backend jax
 """
 import argparse
 import json
@@ -33,13 +37,16 @@ def inputs_of(folder):
 
 
 def io_floor(inputs, out_bytes, scratch):
-    """cat the inputs to /dev/null, then write and fsync a file of the output's size.
+    """Seconds to read the inputs (cat to /dev/null) and to write and fsync a file of the
+    output's size: (read, write).
 
     The bytes written are the init file's (cycled if the output is larger), copied by
     dd in 1 MiB blocks: this machine's virtual disk writes zeros (/dev/zero) about three
     times faster than real data, which would make the floor unreachable by any writer."""
     started = time.perf_counter()
     subprocess.run(["cat", *inputs], stdout=subprocess.DEVNULL, check=True)
+    read = time.perf_counter() - started
+    started = time.perf_counter()
     init, written = inputs[-1], 0
     open(scratch, "wb").close()
     while written < out_bytes:
@@ -50,9 +57,9 @@ def io_floor(inputs, out_bytes, scratch):
     with open(scratch, "rb+") as f:
         f.truncate(out_bytes)
         os.fsync(f.fileno())
-    elapsed = time.perf_counter() - started
+    write = time.perf_counter() - started
     os.unlink(scratch)
-    return elapsed
+    return read, write
 
 
 def run_ttconv(case, folder, output, backend):
@@ -75,17 +82,21 @@ def bench_case(case, out_dir, repeat, backend):
     output = os.path.join(out_dir, f"{case}.out.msgpack")
     # untimed warm-up, so that both sides read the inputs from the same (warm) page cache
     subprocess.run(["cat", *inputs], stdout=subprocess.DEVNULL, check=True)
-    best_tt, best_floor, rss = float("inf"), float("inf"), 0
+    best_tt, best_read, best_write, rss = float("inf"), float("inf"), float("inf"), 0
     for _ in range(repeat):
         if os.path.exists(output):
             os.unlink(output)  # ttconv writes a new file, as the floor does
         elapsed, peak = run_ttconv(case, folder, output, backend)
         out_bytes = os.path.getsize(output)
-        best_floor = min(best_floor, io_floor(inputs, out_bytes, output + ".floor"))
-        best_tt, rss = min(best_tt, elapsed), max(rss, peak)
+        read, write = io_floor(inputs, out_bytes, output + ".floor")
+        best_tt, best_read, best_write = min(best_tt, elapsed), min(best_read, read), min(best_write, write)
+        rss = max(rss, peak)
     os.unlink(output)
+    sequential, overlapped = best_read + best_write, max(best_read, best_write)
     return {
-        "case": case, "seconds": best_tt, "floor_seconds": best_floor, "ratio": best_tt / best_floor,
+        "case": case, "backend": backend, "seconds": best_tt, "read_seconds": best_read,
+        "write_seconds": best_write, "sequential_floor": sequential, "ratio": best_tt / sequential,
+        "overlapped_floor": overlapped, "overlapped_ratio": best_tt / overlapped,
         "peak_rss_mb": rss / 1e6, "output_mb": out_bytes / 1e6, "mb_per_s": out_bytes / 1e6 / best_tt,
         "input_mb": sum(os.path.getsize(p) for p in inputs) / 1e6,
     }
@@ -133,21 +144,27 @@ def main():
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"),
                         help="folder for generated inputs and outputs (kept between runs)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per case; the best time of each side counts")
-    parser.add_argument("--backend", default="c", choices=["c", "jax"])
+    parser.add_argument("--backend", action="append", choices=["c", "jax"],
+                        help="backend(s) to run ttconv on; repeat for both (default: c)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
+    args.backend = args.backend or ["c"]
     unknown = [c for c in args.cases if c not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
 
-    rows = [bench_case(case, args.out, args.repeat, args.backend) for case in args.cases or CASES]
-    print(f"| case | input MB | output MB | ttconv s | I/O floor s | ratio | peak RSS MB | MB/s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    rows = [bench_case(case, args.out, args.repeat, backend)
+            for case in args.cases or CASES for backend in args.backend]
+    print("| case | backend | input MB | output MB | ttconv s | read s | write+fsync s | "
+          "ratio to read+write | ratio to max(read, write) | peak RSS MB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['case']} | {r['input_mb']:.0f} | {r['output_mb']:.0f} | {r['seconds']:.2f} | "
-              f"{r['floor_seconds']:.2f} | {r['ratio']:.2f}x | {r['peak_rss_mb']:.0f} | {r['mb_per_s']:.0f} |")
-        if r["case"] in UPSTREAM:
-            print(f"|   upstream {r['case']} | | | | | | | {UPSTREAM[r['case']]} |")
+        print(f"| {r['case']} | {r['backend']} | {r['input_mb']:.0f} | {r['output_mb']:.0f} | {r['seconds']:.2f} | "
+              f"{r['read_seconds']:.2f} | {r['write_seconds']:.2f} | {r['ratio']:.2f}x | "
+              f"{r['overlapped_ratio']:.2f}x | {r['peak_rss_mb']:.0f} |")
+    for case in args.cases or CASES:
+        if case in UPSTREAM:
+            print(f"\nupstream {case}: {UPSTREAM[case]}")
     kernel = kernel_bench()
     print()
     print("| kernel: RoPE permute + encode, 64 MB float32 | GB/s |")

@@ -70,6 +70,37 @@ def test_encode_transposed(backend, kind, rows, cols):
     assert encoded.tobytes() == msgpack_reference(f32_bits_reference(src).T.copy())
 
 
+# Tensors larger than the fallback's chunk (2**18 values), with partial last chunks.
+@pytest.mark.parametrize("kind", ["f32", "f16", "bf16"])
+def test_encode_many_chunks(backend, kind):
+    src = sources(1, (1 << 18) * 2 + 7, seed=7)[kind]
+    encoded, nonfinite = kernels.encode(src)
+    bits = f32_bits_reference(src)
+    assert encoded.tobytes() == msgpack_reference(bits)
+    assert nonfinite == int(np.count_nonzero((bits & 0x7F800000) == 0x7F800000))
+
+
+@pytest.mark.parametrize("heads,head_dim,cols", [(5, 64, 2048), (3, 128, 4096)])
+def test_encode_rope_many_chunks(backend, heads, head_dim, cols):
+    src = sources(heads * head_dim, cols, seed=heads)["bf16"]
+    encoded, _ = kernels.encode_rope(src, heads)
+    bits = f32_bits_reference(src)
+    expected = bits.reshape(heads, 2, head_dim // 2, cols).transpose(0, 2, 1, 3).reshape(-1)
+    assert encoded.tobytes() == msgpack_reference(expected)
+
+
+def test_encode_transposed_many_chunks(backend):
+    src = sources(1000, 700, seed=9)["f32"]
+    encoded, _ = kernels.encode_transposed(src)
+    assert encoded.tobytes() == msgpack_reference(f32_bits_reference(src).T.copy())
+
+
+def test_encode_empty(backend):
+    for encoder in (kernels.encode, kernels.encode_transposed):
+        encoded, nonfinite = encoder(np.zeros((0, 4), np.float32))
+        assert encoded.size == 0 and nonfinite == 0
+
+
 @pytest.mark.parametrize("heads,head_dim,cols", [(2, 4, 3), (5, 6, 8)])
 def test_rope_rows_and_its_inverse(backend, heads, head_dim, cols):
     w = np.random.default_rng(1).standard_normal((heads * head_dim, cols)).astype(np.float32)

@@ -1,9 +1,10 @@
 """The one module that knows which backend runs the hot loops.
 
 The C kernel (ttconv._kernel, built with cffi from csrc/) is used when it loads;
-otherwise the same operations run as jax.numpy reshapes and transposes.
-TTCONV_BACKEND=c or TTCONV_BACKEND=jax forces one. jax is imported only when the
-fallback actually runs, because importing it takes longer than most conversions.
+otherwise the same operations run as jit-compiled jax.numpy (ttconv.fallback), and
+msgpack numbers are scanned with numpy. TTCONV_BACKEND=c or TTCONV_BACKEND=jax forces
+one. jax is imported only when the fallback first encodes, because importing it takes
+longer than most conversions.
 
 Source arrays are float32 (F32), float16 (F16) or uint16 holding bfloat16 bits (BF16).
 """
@@ -56,35 +57,10 @@ def _check_rope(array, n_heads):
     return head_dim
 
 
-def _jnp():
-    jax = import_held("jax")
-    jax.config.update("jax_platforms", "cpu")
-    return import_held("jax.numpy")
+def _fallback():
+    from . import fallback
 
-
-def _f32_bits(array):
-    """float32 bit patterns (uint32) of a source array, exact for every value and NaN."""
-    code = _dtype_code(array)
-    if code == 0:
-        return array.view(np.uint32)
-    if code == 2:
-        return array.astype(np.uint32) << 16
-    bits = array.astype(np.float32).view(np.uint32)
-    halves = array.view(np.uint16)
-    nan = ((halves & 0x7C00) == 0x7C00) & ((halves & 0x03FF) != 0)
-    if nan.any():
-        wide = halves.astype(np.uint32)
-        bits = np.where(nan, ((wide & 0x8000) << 16) | 0x7F800000 | ((wide & 0x03FF) << 13), bits)
-    return bits
-
-
-def _encode_bits(bits, out):
-    flat = np.ascontiguousarray(bits, dtype=np.uint32).reshape(-1)
-    rows = out.reshape(flat.size, 5)
-    rows[:, 0] = 0xCA
-    rows[:, 1:] = flat.astype(">u4").view(np.uint8).reshape(-1, 4)
-    nonfinite = int(np.count_nonzero((flat & 0x7F800000) == 0x7F800000))
-    return out, nonfinite
+    return fallback
 
 
 def _out_buffer(n_values, out):
@@ -108,12 +84,13 @@ def _ptr(array, ctype="uint8_t *"):
 def encode(array, out=None):
     """msgpack float32 encoding (0xca + big-endian) of a source array: (uint8 buffer, NaN/Inf count).
 
-    out, when given, is a uint8 buffer to encode into (the result is a view of it)."""
+    out, when given, is a uint8 buffer with room for the encoding; the C kernel always
+    encodes into it, the fallback when the values take several chunks."""
     array = np.ascontiguousarray(array)
     _dtype_code(array)
     out = _out_buffer(array.size, out)
     if _kernel is None:
-        return _encode_bits(_f32_bits(array), out)
+        return _fallback().encode(array, _dtype_code(array), out)
     return out, _kernel.lib.tt_encode(_ptr(array), _dtype_code(array), array.size, _ptr(out))
 
 
@@ -123,15 +100,7 @@ def encode_rope(array, n_heads, out=None):
     head_dim = _check_rope(array, n_heads)
     out = _out_buffer(array.size, out)
     if _kernel is None:
-        jnp = _jnp()
-        rows, cols = array.shape
-        permuted = (
-            jnp.asarray(_f32_bits(array))
-            .reshape(n_heads, 2, head_dim // 2, cols)
-            .transpose(0, 2, 1, 3)
-            .reshape(rows, cols)
-        )
-        return _encode_bits(np.asarray(permuted), out)
+        return _fallback().encode_rope(array, _dtype_code(array), n_heads, out)
     nonfinite = _kernel.lib.tt_encode_rope(
         _ptr(array), _dtype_code(array), n_heads, head_dim, array.shape[1], _ptr(out)
     )
@@ -145,8 +114,7 @@ def encode_transposed(array, out=None):
         raise ValueError(f"transpose needs a matrix, got shape {array.shape}")
     out = _out_buffer(array.size, out)
     if _kernel is None:
-        jnp = _jnp()
-        return _encode_bits(np.asarray(jnp.asarray(_f32_bits(array)).T), out)
+        return _fallback().encode_transposed(array, _dtype_code(array), out)
     nonfinite = _kernel.lib.tt_encode_transposed(
         _ptr(array), _dtype_code(array), array.shape[0], array.shape[1], _ptr(out)
     )
@@ -159,13 +127,7 @@ def rope_rows(matrix, n_heads, inverse=False):
     head_dim = _check_rope(matrix, n_heads)
     rows, cols = matrix.shape
     if _kernel is None:
-        jnp = _jnp()
-        bits = jnp.asarray(matrix.view(np.uint32))
-        if inverse:
-            bits = bits.reshape(n_heads, head_dim // 2, 2, cols).transpose(0, 2, 1, 3)
-        else:
-            bits = bits.reshape(n_heads, 2, head_dim // 2, cols).transpose(0, 2, 1, 3)
-        return np.asarray(bits.reshape(rows, cols)).view(np.float32)
+        return _fallback().rope_rows(matrix, n_heads, inverse)
     out = np.empty_like(matrix)
     _kernel.lib.tt_rope_rows_f32(
         _ptr(matrix, "float *"), n_heads, head_dim, cols, int(inverse),
@@ -180,8 +142,7 @@ def transpose(matrix):
     if matrix.ndim != 2:
         raise ValueError(f"transpose needs a matrix, got shape {matrix.shape}")
     if _kernel is None:
-        jnp = _jnp()
-        return np.asarray(jnp.asarray(matrix.view(np.uint32)).T).view(np.float32)
+        return _fallback().transpose(matrix)
     rows, cols = matrix.shape
     out = np.empty((cols, rows), dtype=np.float32)
     _kernel.lib.tt_transpose_f32(

@@ -1,0 +1,171 @@
+"""The encoders without the C extension, as jit-compiled jax.numpy.
+
+Only ttconv.kernels imports this module, and only when the C kernel is not in use and
+something is to be encoded (importing jax takes most of a second).
+Encoding runs on fixed-size chunks (whole heads for the RoPE permutation, whole columns
+for transposes), padded to the chunk size, so that jax compiles one program per tensor
+shape family and each chunk stays in cache. Every value becomes float32 bits (uint32),
+then five msgpack bytes: 0xca and the bits big-endian. Four values make exactly five
+uint32 words, so the encoding is plain shifts and ors on uint32, with no byte shuffles.
+"""
+import functools
+
+import numpy as np
+
+from .interrupts import import_held
+
+CHUNK_VALUES = 1 << 18
+F32, F16, BF16 = 0, 1, 2
+
+jax = import_held("jax")
+jax.config.update("jax_platforms", "cpu")
+jnp = import_held("jax.numpy")
+lax = jax.lax
+
+
+def _f32_bits(source, code):
+    """float32 bit patterns (uint32) of source values: float32 or float16/bfloat16 bits as uint16."""
+    if code == F32:
+        return source
+    wide = source.astype(jnp.uint32)
+    if code == BF16:
+        return wide << 16
+    bits = lax.bitcast_convert_type(lax.bitcast_convert_type(source, jnp.float16).astype(jnp.float32), jnp.uint32)
+    nan = ((wide & 0x7C00) == 0x7C00) & ((wide & 0x03FF) != 0)  # keep the payload, as the C kernel does
+    return jnp.where(nan, ((wide & 0x8000) << 16) | 0x7F800000 | ((wide & 0x03FF) << 13), bits)
+
+
+def _byteswap(x):
+    return (x >> 24) | ((x >> 8) & 0xFF00) | ((x << 8) & 0xFF0000) | (x << 24)
+
+
+def _msgpack_words(bits):
+    """Five little-endian uint32 words per four values: 0xca a0 a1 a2 | a3 0xca b0 b1 | b2 b3 0xca c0 | ..."""
+    bits = bits.reshape(-1)
+    if bits.size % 4:
+        bits = jnp.pad(bits, (0, 4 - bits.size % 4))
+    a, b, c, d = (_byteswap(bits[k::4]) for k in range(4))  # each now holds its bytes in file order
+    tag = [np.uint32(0xCA << shift) for shift in (0, 8, 16, 24)]
+    words = (
+        (a << 8) | tag[0],
+        (a >> 24) | tag[1] | (b << 16),
+        (b >> 16) | tag[2] | (c << 24),
+        (c >> 8) | tag[3],
+        d,
+    )
+    return jnp.stack(words, axis=1).reshape(-1)
+
+
+def _nonfinite(bits):
+    return jnp.sum(((bits & 0x7F800000) == 0x7F800000).astype(jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _encode_flat(source, code):
+    bits = _f32_bits(source, code)
+    return _msgpack_words(bits), _nonfinite(bits)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _encode_heads(source, code, head_dim):
+    bits = _f32_bits(source, code)
+    heads, cols = source.shape[0] // head_dim, source.shape[1]
+    permuted = bits.reshape(heads, 2, head_dim // 2, cols).transpose(0, 2, 1, 3)
+    return _msgpack_words(permuted), _nonfinite(bits)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _encode_columns(source, code):
+    bits = _f32_bits(source, code)
+    return _msgpack_words(bits.T), _nonfinite(bits)
+
+
+def _raw(array, code):
+    return array.view(np.uint32) if code == F32 else array.view(np.uint16)
+
+
+def _padded(block, size, axis):
+    """block with zeros appended along axis up to size (the last chunk of a tensor)."""
+    missing = size - block.shape[axis]
+    if missing == 0:
+        return block
+    pad = [(0, 0)] * block.ndim
+    pad[axis] = (0, missing)
+    return np.pad(block, pad)
+
+
+def _run_chunks(program, chunks, out):
+    """Encode (block, first value, value count) chunks: (msgpack bytes, NaN/Inf count).
+
+    A single chunk's bytes are returned as jax produced them; several are gathered in out."""
+    nonfinite = 0
+    encoded = None
+    for block, first, count in chunks:
+        words, bad = program(block)
+        encoded = np.asarray(words).view(np.uint8)[:count * 5]
+        nonfinite += int(bad)
+        if first or count * 5 < out.size:
+            out[first * 5:(first + count) * 5] = encoded
+            encoded = out
+    return (encoded if encoded is not None else out[:0]), nonfinite
+
+
+def _bucket(n_values):
+    """Chunk size for n values: a power of two from 4096 up to CHUNK_VALUES (few distinct programs)."""
+    size = 1 << 12
+    while size < min(n_values, CHUNK_VALUES):
+        size <<= 1
+    return size
+
+
+def encode(array, code, out):
+    """msgpack float32 bytes of every value (into out when there are several chunks): (bytes, NaN/Inf count)."""
+    flat = _raw(array, code).reshape(-1)
+    size = _bucket(flat.size)
+    chunks = ((_padded(flat[first:first + size], size, 0), first, min(size, flat.size - first))
+              for first in range(0, flat.size, size))
+    return _run_chunks(functools.partial(_encode_flat, code=code), chunks, out)
+
+
+def encode_rope(array, code, n_heads, out):
+    """Like encode, with each head's rows interleaved (RoPE pairs (i, i + d/2) -> (2i, 2i+1))."""
+    rows, cols = array.shape
+    head_dim = rows // n_heads
+    step = min(n_heads, max(1, CHUNK_VALUES // max(1, head_dim * cols))) * head_dim
+    raw = _raw(array, code)
+    chunks = ((_padded(raw[first:first + step], step, 0), first * cols, min(step, rows - first) * cols)
+              for first in range(0, rows, step))
+    return _run_chunks(functools.partial(_encode_heads, code=code, head_dim=head_dim), chunks, out)
+
+
+def encode_transposed(array, code, out):
+    """Like encode, for the transpose of a matrix: a block of whole source columns at a time."""
+    rows, cols = array.shape
+    width = min(cols, max(1, CHUNK_VALUES // max(1, rows)))
+    raw = _raw(array, code)
+    chunks = ((_padded(raw[:, first:first + width], width, 1), first * rows, min(width, cols - first) * rows)
+              for first in range(0, cols, width))
+    return _run_chunks(functools.partial(_encode_columns, code=code), chunks, out)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _rope_rows(bits, n_heads, inverse):
+    rows, cols = bits.shape
+    half = rows // n_heads // 2
+    split = (n_heads, half, 2, cols) if inverse else (n_heads, 2, half, cols)
+    return bits.reshape(split).transpose(0, 2, 1, 3).reshape(rows, cols)
+
+
+def rope_rows(matrix, n_heads, inverse):
+    """Interleave (or de-interleave) each head's rows of a float32 matrix."""
+    return np.asarray(_rope_rows(matrix.view(np.uint32), n_heads, inverse)).view(np.float32)
+
+
+@jax.jit
+def _transpose(bits):
+    return bits.T
+
+
+def transpose(matrix):
+    """Transpose of a float32 matrix."""
+    return np.asarray(_transpose(matrix.view(np.uint32))).view(np.float32)
