@@ -32,4 +32,6 @@ class OptionalBuildExt(build_ext):
 setup(
     cffi_modules=["ttconv/_build_kernel.py:ffibuilder"],
     cmdclass={"build_ext": OptionalBuildExt},
+    # cffi builds the kernel against the stable ABI (_kernel.abi3.so): one wheel serves CPython 3.10+
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )

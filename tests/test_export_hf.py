@@ -64,14 +64,36 @@ def test_finetuned_values_come_back(cli, tmp_path):
     np.testing.assert_array_equal(exported["transformer.wte.weight"], fc[:100])
 
 
-@pytest.mark.parametrize("dtype,np_dtype,name", [("bf16", ml_dtypes.bfloat16, "bfloat16"), ("f16", np.float16, "float16")])
-def test_half_precision_output_rounds_to_nearest_even(cli, tmp_path, dtype, np_dtype, name):
+def raw_safetensors(path):
+    """{name: (dtype string, shape, raw bytes)} straight from the file layout (header length, JSON, data),
+    independent of safetensors' own dtype support."""
+    data = open(path, "rb").read()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    header.pop("__metadata__", None)
+    body = data[8 + size:]
+    return {name: (info["dtype"], info["shape"], body[info["data_offsets"][0]:info["data_offsets"][1]])
+            for name, info in header.items()}
+
+
+@pytest.mark.parametrize("dtype,np_dtype,name,code", [("bf16", ml_dtypes.bfloat16, "bfloat16", "BF16"),
+                                                     ("f16", np.float16, "float16", "F16")])
+def test_half_precision_output_rounds_to_nearest_even(cli, tmp_path, dtype, np_dtype, name, code):
     cfg = support.llama_config(torch_dtype="float32")
-    original, exported = roundtrip(cli, tmp_path, "llama", cfg, support.llama_tensors(cfg),
-                                   support.llama_tt_shapes(cfg, 96), "llama/llama", extra=("--dtype", dtype))
+    support.write_checkpoint(tmp_path / "ckpt", cfg, support.llama_tensors(cfg))
+    (tmp_path / "ckpt" / "tokenizer.json").write_text("{}")
+    init = tmp_path / "init.msgpack"
+    init.write_bytes(support.init_file_bytes(support.llama_tt_shapes(cfg, 96)))
+    assert cli("llama", "-i", init, "-o", tmp_path / "tt", "--hf_model", tmp_path / "ckpt")[0] == 0
+    status, _, err = cli("to-hf", "llama", "-i", tmp_path / "tt", "--hf_model", tmp_path / "ckpt",
+                         "-o", tmp_path / "hf", "--dtype", dtype)
+    assert status == 0, err
+    original = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    exported = raw_safetensors(tmp_path / "hf" / "model.safetensors")
+    assert sorted(exported) == sorted(original)
     for key, value in original.items():
-        assert exported[key].dtype == np.dtype(np_dtype)
-        assert exported[key].tobytes() == value.astype(np_dtype).tobytes(), key
+        assert exported[key][:2] == (code, list(value.shape)), key
+        assert exported[key][2] == value.astype(np_dtype).tobytes(), key
     assert json.load(open(tmp_path / "hf" / "config.json"))["torch_dtype"] == name
 
 

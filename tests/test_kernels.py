@@ -1,9 +1,16 @@
-"""Kernel operations on both backends against plain numpy references."""
+"""Kernel operations on both backends against plain numpy references, and the backend choice."""
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+
 import ml_dtypes
 import msgpack
 import numpy as np
 import pytest
 
+import conftest
 from ttconv import kernels
 
 
@@ -175,3 +182,44 @@ def test_encode_checks_output_buffer(backend):
         kernels.encode(np.zeros(4, np.float32), np.empty(19, np.uint8))
     with pytest.raises(ValueError):
         kernels.encode(np.zeros(4, np.float64))
+
+
+def version_line(cwd, installed=None):
+    """`python -m ttconv --version` in cwd, as if ttconv were installed (only) in the folder installed.
+
+    -S keeps this environment's own ttconv (an editable install's import hook) out of the way;
+    the dependencies come from site-packages on PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", kernels.BACKEND_ENV)}
+    env["PYTHONPATH"] = os.pathsep.join([str(installed)] * bool(installed) + [sysconfig.get_paths()["purelib"]])
+    proc = subprocess.run([sys.executable, "-S", "-m", "ttconv", "--version"], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def package_copy(dest, with_kernel):
+    source = os.path.dirname(kernels.__file__)
+    shutil.copytree(source, dest / "ttconv", ignore=shutil.ignore_patterns(
+        "__pycache__", *([] if with_kernel else ["_kernel*"])))
+
+
+@pytest.mark.skipif(not conftest.C_LOADED, reason="needs the built kernel to install a copy of it")
+def test_source_tree_hiding_an_installed_kernel_says_so(tmp_path):
+    site, src = tmp_path / "site", tmp_path / "src"
+    package_copy(site, with_kernel=True)
+    kernel = next(n for n in os.listdir(site / "ttconv") if n.startswith("_kernel.") and n.endswith(".so"))
+    info = site / "ttconv-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ttconv\nVersion: 0.1.0\n")
+    (info / "RECORD").write_text(f"ttconv/__init__.py,,\nttconv/{kernel},,\n")
+    package_copy(src, with_kernel=False)
+    assert "backend: c" in version_line(site, site)
+    line = version_line(src, site)
+    assert f"backend: jax; running the source tree {src / 'ttconv'}" in line
+    assert f"hides the installed ttconv in {site / 'ttconv'}" in line and "pip install -e ." in line
+
+
+def test_unbuilt_kernel_says_how_to_build_it(tmp_path):
+    package_copy(tmp_path, with_kernel=False)
+    line = version_line(tmp_path)
+    assert "backend: jax; the C kernel is not built" in line and "reinstall with a C compiler" in line

@@ -52,8 +52,9 @@ def build_parser():
 
     parser = argparse.ArgumentParser(prog="ttconv", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    reason = f"; {kernels.FALLBACK_REASON}" if kernels.FALLBACK_REASON else ""
     parser.add_argument("--version", action="version",
-                        version=f"ttconv {__version__} (backend: {kernels.BACKEND})")
+                        version=f"ttconv {__version__} (backend: {kernels.BACKEND}{reason})")
     _common(parser, subcommand=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -134,8 +135,8 @@ def _conversion(args, family):
         log.info("wrote tokenizer to %s", args.dump_tokenizer_path)
     if tokenizer_only:
         return 0
-    if kernels.BACKEND == "jax" and not kernels.FALLBACK_BY_CHOICE:
-        log.info("the C kernel is not built; using the slower jax.numpy fallback (reinstall with a C compiler)")
+    if kernels.FALLBACK_REASON:
+        log.info("using the slower jax.numpy fallback: %s", kernels.FALLBACK_REASON)
     options = dict(revision=args.revision, dry_run=args.dry_run, quiet=args.quiet)
     if family == "llama":
         report = api.convert_llama(init_path, args.hf_model, output_path, meta_style=args.meta_style, **options)

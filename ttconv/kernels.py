@@ -8,6 +8,7 @@ longer than most conversions.
 
 Source arrays are float32 (F32), float16 (F16) or uint16 holding bfloat16 bits (BF16).
 """
+import importlib.metadata
 import os
 
 import numpy as np
@@ -20,25 +21,46 @@ BACKEND_ENV = "TTCONV_BACKEND"
 _DTYPE_CODES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, np.dtype(np.uint16): 2}
 
 
+def _installed_kernel_elsewhere():
+    """Folder of an installed ttconv that has the compiled kernel, other than this one, or None."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for dist in importlib.metadata.distributions(name="ttconv"):
+        for file in dist.files or ():
+            if file.name.startswith("_kernel.") and file.name.endswith((".so", ".pyd")):
+                folder = os.path.dirname(os.path.abspath(dist.locate_file(file)))
+                if folder != here and os.path.exists(dist.locate_file(file)):
+                    return folder
+    return None
+
+
+def _why_no_kernel(exc):
+    installed = _installed_kernel_elsewhere()
+    if installed:
+        here = os.path.dirname(os.path.abspath(__file__))
+        return (f"running the source tree {here}, which has no compiled kernel and hides the installed "
+                f"ttconv in {installed}; run ttconv from another folder, or build the kernel here with "
+                "`pip install -e .`")
+    return (f"the C kernel is not built ({exc}); reinstall with a C compiler: "
+            "`pip install --force-reinstall --no-deps ttconv`, or `pip install -e .` in a source tree")
+
+
 def _choose_backend():
+    """(backend name, kernel module or None, why the fallback runs or None)."""
     forced = os.environ.get(BACKEND_ENV, "").strip().lower()
     if forced not in ("", "c", "jax"):
         raise BackendError(f"{BACKEND_ENV} must be 'c' or 'jax', not {forced!r}")
     if forced == "jax":
-        return "jax", None
+        return "jax", None, None
     try:
         kernel = import_held("ttconv._kernel")
     except ImportError as exc:
         if forced == "c":
-            raise BackendError(
-                f"{BACKEND_ENV}=c but the C kernel is not built ({exc}); reinstall with a C compiler"
-            ) from None
-        return "jax", None
-    return "c", kernel
+            raise BackendError(f"{BACKEND_ENV}=c but {_why_no_kernel(exc)}") from None
+        return "jax", None, _why_no_kernel(exc)
+    return "c", kernel, None
 
 
-BACKEND, _kernel = _choose_backend()
-FALLBACK_BY_CHOICE = os.environ.get(BACKEND_ENV, "").strip().lower() == "jax"
+BACKEND, _kernel, FALLBACK_REASON = _choose_backend()
 
 
 def _dtype_code(array):
