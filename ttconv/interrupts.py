@@ -1,13 +1,14 @@
 """SIGINT and SIGTERM as exceptions, and the short moments in which they must wait.
 
-The command line turns both signals into exceptions (Interrupted, Terminated)
-so that clean-up code runs. ``held()`` defers them while a temporary file is created
-or renamed, so that no instant leaves a file behind with nobody left to remove it.
+The command line turns both signals into exceptions (Interrupted, Terminated) so that
+clean-up code runs. ``held()`` defers them while a temporary file is created or
+renamed, so that no instant leaves a file behind with nobody left to remove it.
+
+This module is the first thing `python -m ttconv` loads, so it imports nothing but
+``signal``: every import before install() is a moment in which a signal would end the
+process with Python's own traceback.
 """
-import contextlib
-import importlib
 import signal
-import threading
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -52,30 +53,39 @@ def restore(previous):
         signal.signal(signum, handler)
 
 
-@contextlib.contextmanager
-def held():
-    """Defer SIGINT and SIGTERM to the end of the block, then deliver them to the handlers in force.
+class held:
+    """Context manager: SIGINT and SIGTERM that arrive inside the block are delivered, to the
+    handlers in force before it, when it ends. Outside the main thread (where handlers cannot
+    be changed) the block runs as it is."""
 
-    Only the main thread can change handlers; elsewhere the block runs as it is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending = []
+    def __enter__(self):
+        self._pending = []
+        self._previous = {}
+        try:
+            for signum in SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._defer)
+        except ValueError:  # not the main thread
+            self._previous = None
+        except BaseException:  # a signal between the two changes: leave no deferring handler behind
+            restore(self._previous)
+            raise
+        return self
 
-    def defer(signum, frame):
-        pending.append(signum)
+    def _defer(self, signum, frame):
+        self._pending.append(signum)
 
-    previous = {signum: signal.signal(signum, defer) for signum in SIGNALS}
-    try:
-        yield
-    finally:
-        restore(previous)
-        if pending:
-            signal.raise_signal(pending[0])
+    def __exit__(self, *exc_info):
+        if self._previous is not None:
+            restore(self._previous)
+            if self._pending:
+                signal.raise_signal(self._pending[0])
+        return False
 
 
 def import_held(name):
     """Import a module with SIGINT and SIGTERM held: an interrupt inside a C extension's import
     would otherwise surface as an ImportError (numpy turns it into one)."""
+    import importlib
+
     with held():
         return importlib.import_module(name)
