@@ -91,7 +91,14 @@ def test_default_hub_model_offline_is_one_line(cli, tmp_path, monkeypatch):
 
 def test_gpt2_needs_files(cli):
     status, _, err = cli("gpt2", "--hf_model", GPT2_MINI)
-    assert status == 1 and one_error_line(err) and "INPUT_FILE and OUTPUT_FILE" in err
+    assert status == 1 and one_error_line(err) and "gpt2 needs OUTPUT_FILE" in err
+
+
+def test_gpt2_single_positional_says_how_to_go_without_init(cli, tmp_path):
+    status, _, err = cli("gpt2", tmp_path / "out.msgpack", "--hf_model", GPT2_MINI)
+    assert status == 1 and one_error_line(err)
+    assert "give INPUT_FILE OUTPUT_FILE" in err and "-o OUTPUT_FILE alone to build it from config.json" in err
+    assert not (tmp_path / "out.msgpack").exists()
 
 
 @pytest.mark.parametrize("case", ["missing init", "init is a directory", "init not msgpack", "wrong family",
@@ -269,7 +276,7 @@ def test_dry_run_plan_matches_real_conversion(cli, tmp_path):
     cfg = support.llama_config(vocab=70)
     shapes = support.llama_tt_shapes(cfg, 96)
     tensors = support.llama_tensors(cfg)
-    tensors["model.layers.0.self_attn.q_proj.bias"] = np.ones(32, np.float32)
+    tensors["model.vision_tower.proj.weight"] = np.ones(32, np.float32)
     support.write_checkpoint(tmp_path / "ckpt", cfg, tensors)
     import msgpack
     extra = [("llama/llama/extra/weight/value/shape", msgpack.packb([12, np.array([1, 1, 1, 2], "<u4").tobytes()])),
@@ -284,8 +291,8 @@ def test_dry_run_plan_matches_real_conversion(cli, tmp_path):
     changed = {k for k in before if before[k] != after[k]}
     assert changed == planned
     assert "left unchanged (no checkpoint source): llama/llama/extra/weight/value/data" in plan_text
-    assert "checkpoint tensors not used: model.layers.0.self_attn.q_proj.bias" in plan_text
-    assert "model.layers.0.self_attn.q_proj.bias" in err
+    assert "checkpoint tensors not used: model.vision_tower.proj.weight" in plan_text
+    assert "model.vision_tower.proj.weight" in err
 
 
 def test_inputs_never_modified(cli, tmp_path, fixture_copy):

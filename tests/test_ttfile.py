@@ -110,7 +110,7 @@ def test_writer_copies_in_order_and_rejects_misuse(tmp_path):
     path = write(tmp_path, valid_small())
     tt = TtFile(path)
     out = io.BytesIO()
-    writer = TtWriter(tt, out)
+    writer = TtWriter(tt.open_source(), out)
     with pytest.raises(RuntimeError, match="begin"):
         writer.copy_entry(tt.entries[0])
     writer.begin()
@@ -128,7 +128,7 @@ def test_writer_copies_in_order_and_rejects_misuse(tmp_path):
 
 def test_writer_counts_values_of_an_open_array(tmp_path):
     tt = TtFile(write(tmp_path, valid_small()))
-    writer = TtWriter(tt, io.BytesIO())
+    writer = TtWriter(tt.open_source(), io.BytesIO())
     writer.begin()
     data = next(e for e in tt.entries if e.key.endswith("/value/data"))
     for entry in tt.entries[: tt.entries.index(data)]:

@@ -6,6 +6,8 @@ import sys
 
 from . import __version__, interrupts
 from .errors import TtconvError
+from .training import DEFAULT_LEARNING_RATE, SCHEDULERS
+from .ttbuild import LAYOUTS
 
 log = logging.getLogger("ttconv")
 
@@ -47,6 +49,46 @@ def _hf_options(parser, default_model):
                         help="print the plan (tt key <- checkpoint tensors) and write nothing")
 
 
+def _file_options(parser):
+    built = parser.add_argument_group("without an init file (built from config.json)")
+    built.add_argument("--no-init", action="store_true",
+                       help="build the whole tt-train file from config.json even if an init file exists")
+    built.add_argument("--layout", choices=LAYOUTS, default="training",
+                       help="training: model under the load prefix plus zero AdamW moments, adamw/steps 0 and "
+                            "a fresh scheduler, which tt-train's training mode loads; model: the model only, "
+                            "as a -s dump holds it (default: training)")
+    _state_choices(built)
+    filled = parser.add_argument_group("filling a training save")
+    filled.add_argument("--keep-optimizer-state", action="store_true",
+                        help="keep the AdamW moments and step counters of a training save (by default they are "
+                             "reset: they belonged to the old weights)")
+    filled.add_argument("--prefix", metavar="PREFIX",
+                        help="write the model under PREFIX instead of the input's prefix (a Llama training save "
+                             "is under transformer/llama; training loads llama/llama)")
+    parser.add_argument("--dump-config", metavar="FILE",
+                        help="also write the tt-train YAML training config for the output to FILE")
+
+
+def _state_choices(parser):
+    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="identity",
+                        help="scheduler_type whose fresh state is written (default: identity)")
+    parser.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE, metavar="LR",
+                        help=f"learning rate of the fresh scheduler state and the YAML (default: {DEFAULT_LEARNING_RATE:g})")
+    parser.add_argument("--vocab-multiple", type=_positive, default=32, metavar="N",
+                        help="round the vocabulary up to a multiple of N, as tt-train does (default: 32; "
+                             "multiply by the device count under tensor parallelism)")
+
+
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
+    return value
+
+
 def build_parser():
     from . import kernels
 
@@ -62,12 +104,15 @@ def build_parser():
     llama = sub.add_parser("llama", help="convert a Llama-family checkpoint", description=LLAMA_HELP,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     llama.add_argument("-i", "--input_path", metavar="INPUT_PATH",
-                       help="tt-train init file to fill (default: data/tinyllama_init.msgpack)")
+                       help="tt-train file to fill: an init file, a -s dump or a training save (default: "
+                            "data/tinyllama_init.msgpack; when that does not exist, the file is built from "
+                            "config.json)")
     llama.add_argument("-o", "--output_path", metavar="OUTPUT_PATH",
                        help="output file (default: data/tinyllama_exported.msgpack)")
     _hf_options(llama, "TinyLlama/TinyLlama_v1.1")
     llama.add_argument("--meta_style", action="store_true",
                        help="q/k rows are already interleaved (Meta style): skip the RoPE row permutation")
+    _file_options(llama)
     _common(llama)
 
     gpt2 = sub.add_parser("gpt2", help="convert a GPT-2-family checkpoint", description=GPT2_HELP,
@@ -77,6 +122,7 @@ def build_parser():
     gpt2.add_argument("-i", "--input_file", help="same as INPUT_FILE")
     gpt2.add_argument("-o", "--output_file", help="same as OUTPUT_FILE")
     _hf_options(gpt2, "gpt2")
+    _file_options(gpt2)
     _common(gpt2)
 
     inspect = sub.add_parser("inspect", help="list the parameters of a tt-train msgpack file",
@@ -101,6 +147,20 @@ def build_parser():
     to_hf.add_argument("--meta_style", action="store_true", help="do not undo the RoPE permutation")
     to_hf.add_argument("--revision", help="hub revision when --hf_model is a hub id")
     _common(to_hf)
+
+    config = sub.add_parser("config", help="write the tt-train YAML training config for a checkpoint",
+                            description="Write the tt-train YAML (training_config with transformer_config) "
+                                        "that matches a checkpoint's config.json and the file ttconv writes for it.")
+    config.add_argument("family", choices=["llama", "gpt2"])
+    config.add_argument("--hf_model", required=True, help="checkpoint folder or hub id")
+    config.add_argument("--revision", help="hub revision when --hf_model is a hub id")
+    config.add_argument("-o", "--output", metavar="FILE", help="YAML file to write (default: standard output)")
+    config.add_argument("--model-path", default="data/tt_model.msgpack",
+                        help="model_path in the YAML: the tt-train file (default: data/tt_model.msgpack)")
+    config.add_argument("--tokenizer-path", default="data/tokenizer.json",
+                        help="tokenizer_path in the YAML (default: data/tokenizer.json)")
+    _state_choices(config)
+    _common(config)
     return parser
 
 
@@ -112,32 +172,57 @@ def _setup_logging(quiet):
     log.propagate = False
 
 
-def _conversion(args, family):
-    from . import api, kernels
-    from .tokenizer import export_tokenizer
+DEFAULT_INIT = "data/tinyllama_init.msgpack"
+DEFAULT_OUTPUT = "data/tinyllama_exported.msgpack"
 
+
+def _paths(args, family):
+    """(init file or None to build from config.json, output, tokenizer only?)"""
     if family == "llama":
         given_in, given_out = args.input_path, args.output_path
-        init_path = given_in or "data/tinyllama_init.msgpack"
-        output_path = given_out or "data/tinyllama_exported.msgpack"
+        output_path = given_out or DEFAULT_OUTPUT
+        init_path = given_in or (DEFAULT_INIT if os.path.exists(DEFAULT_INIT) else None)
     else:
         for flag, positional, name in ((args.input_file, args.input_pos, "INPUT_FILE and -i"),
                                        (args.output_file, args.output_pos, "OUTPUT_FILE and -o")):
             if flag and positional and flag != positional:
                 raise TtconvError(f"{name} name different files; give one of them")
+        if args.input_pos and not args.output_pos and not args.input_file:
+            raise TtconvError(
+                f"gpt2 was given one file ({args.input_pos}); give INPUT_FILE OUTPUT_FILE to fill a tt-train "
+                "file, or -o OUTPUT_FILE alone to build it from config.json without an init file"
+            )
         given_in, given_out = args.input_file or args.input_pos, args.output_file or args.output_pos
         init_path, output_path = given_in, given_out
-    tokenizer_only = args.dump_tokenizer_path and not (given_in and given_out)
-    if family == "gpt2" and not tokenizer_only and not (init_path and output_path):
-        raise TtconvError("gpt2 needs INPUT_FILE and OUTPUT_FILE (or -i and -o), or -t for the tokenizer only")
+    if args.no_init:
+        if given_in:
+            raise TtconvError("--no-init builds the file from config.json; do not give an input file as well")
+        init_path = None
+    tokenizer_only = bool(args.dump_tokenizer_path) and not (given_out and (given_in or args.no_init))
+    if family == "gpt2" and not tokenizer_only and not output_path:
+        raise TtconvError("gpt2 needs OUTPUT_FILE (or -o): with INPUT_FILE it fills that file, without it the file "
+                          "is built from config.json; or -t alone for the tokenizer only")
+    return init_path, output_path, tokenizer_only
+
+
+def _conversion(args, family):
+    from . import api, kernels
+    from .tokenizer import export_tokenizer
+
+    init_path, output_path, tokenizer_only = _paths(args, family)
     if args.dump_tokenizer_path and not args.dry_run:
         export_tokenizer(family, args.hf_model, args.dump_tokenizer_path, args.revision)
         log.info("wrote tokenizer to %s", args.dump_tokenizer_path)
     if tokenizer_only:
+        if args.output_path if family == "llama" else (args.output_file or args.output_pos):
+            log.info("only the tokenizer was written: as with the upstream script, -t writes the model too only "
+                     "with explicit input and output; add --no-init to build the model file from config.json")
         return 0
     if kernels.FALLBACK_REASON:
         log.info("using the slower jax.numpy fallback: %s", kernels.FALLBACK_REASON)
-    options = dict(revision=args.revision, dry_run=args.dry_run, quiet=args.quiet)
+    options = dict(revision=args.revision, dry_run=args.dry_run, quiet=args.quiet,
+                   keep_optimizer_state=args.keep_optimizer_state, prefix=args.prefix, layout=args.layout,
+                   scheduler=args.scheduler, learning_rate=args.learning_rate, vocab_multiple=args.vocab_multiple)
     if family == "llama":
         report = api.convert_llama(init_path, args.hf_model, output_path, meta_style=args.meta_style, **options)
     else:
@@ -146,8 +231,13 @@ def _conversion(args, family):
         from .inspection import print_plan
 
         print_plan(report)
-    else:
-        print(f"ttconv: wrote {output_path}: {report.summary()}", file=sys.stderr)
+        return 0
+    print(f"ttconv: wrote {output_path}: {report.summary()}", file=sys.stderr)
+    if args.dump_config:
+        api.write_config(family, args.hf_model, args.dump_config, model_path=output_path,
+                         tokenizer_path=args.dump_tokenizer_path or "data/tokenizer.json", scheduler=args.scheduler,
+                         learning_rate=args.learning_rate, vocab_multiple=args.vocab_multiple, revision=args.revision)
+        log.info("wrote tt-train config to %s", args.dump_config)
     return 0
 
 
@@ -158,6 +248,18 @@ def _run(args):
         from .inspection import inspect_file
 
         return inspect_file(args.file, as_json=args.json)
+    if args.command == "config":
+        from .api import write_config
+
+        text = write_config(args.family, args.hf_model, args.output, model_path=args.model_path,
+                            tokenizer_path=args.tokenizer_path, scheduler=args.scheduler,
+                            learning_rate=args.learning_rate, vocab_multiple=args.vocab_multiple,
+                            revision=args.revision)
+        if args.output:
+            log.info("wrote tt-train config to %s", args.output)
+        else:
+            sys.stdout.write(text)
+        return 0
     from .api import to_hf
 
     report = to_hf(args.family, args.input_path, args.hf_model, args.output_dir, args.dtype, args.meta_style,

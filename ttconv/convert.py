@@ -8,12 +8,14 @@ import numpy as np
 
 from . import kernels
 from .checkpoint import Checkpoint
-from .errors import CheckpointError
+from .hfconfig import model_shape
 from .hub import resolve_model
 from .mapping import build_plan, canonical_names
 from .output import atomic_output
 from .progress import Progress
-from .ttfile import TtFile, TtWriter
+from .training import LOAD_PREFIX, SAVE_PREFIX, reset_kind
+from .ttbuild import build_file
+from .ttfile import TtFile, TtWriter, pack_int
 
 log = logging.getLogger("ttconv")
 
@@ -33,65 +35,25 @@ class Report:
     bytes_written: int = 0
     seconds: float = 0.0
     nonfinite: dict = field(default_factory=dict)
+    state: str = ""
 
     def summary(self):
         rate = self.bytes_written / 1e6 / self.seconds if self.seconds > 0 else 0.0
+        state = f"; {self.state}" if self.state else ""
         return (
             f"{self.tensors} tensors, {self.values:,} parameters, {self.bytes_written:,} bytes written "
-            f"in {self.seconds:.2f} s ({rate:.0f} MB/s)"
+            f"in {self.seconds:.2f} s ({rate:.0f} MB/s){state}"
         )
-
-
-def _model_type_check(ckpt, family):
-    model_type = ckpt.config.get("model_type")
-    if family == "llama" and model_type == "gpt2":
-        raise CheckpointError(f"{ckpt.directory} is a GPT-2 checkpoint (model_type 'gpt2'); use 'ttconv gpt2'")
-    if family == "gpt2" and model_type not in (None, "gpt2"):
-        raise CheckpointError(
-            f"{ckpt.directory} is a {model_type!r} checkpoint, not GPT-2"
-            + ("; use 'ttconv llama'" if model_type == "llama" else "")
-        )
-
-
-def llama_layout(ckpt):
-    """Layer count, head counts and head_dim of a Llama-family config."""
-    _model_type_check(ckpt, "llama")
-    hidden = ckpt.config_int("hidden_size")
-    heads = ckpt.config_int("num_attention_heads")
-    kv_heads = ckpt.config_int("num_key_value_heads", heads)
-    if "head_dim" in ckpt.config and ckpt.config["head_dim"] is not None:
-        head_dim = ckpt.config_int("head_dim")
-    elif hidden % heads:
-        raise CheckpointError(
-            f"{ckpt.directory}/config.json: hidden_size {hidden} is not a multiple of "
-            f"num_attention_heads {heads} and there is no head_dim"
-        )
-    else:
-        head_dim = hidden // heads
-    if heads % kv_heads:
-        raise CheckpointError(
-            f"{ckpt.directory}/config.json: num_attention_heads {heads} is not a multiple of "
-            f"num_key_value_heads {kv_heads}"
-        )
-    return {
-        "n_layers": ckpt.config_int("num_hidden_layers"),
-        "rope_q": heads,
-        "rope_kv": kv_heads,
-        "head_dim": head_dim,
-    }
-
-
-def gpt2_layout(ckpt):
-    """Layer count of a GPT-2 config."""
-    _model_type_check(ckpt, "gpt2")
-    return {"n_layers": ckpt.config_int("n_layer")}
 
 
 def plan_conversion(family, tt, ckpt, meta_style=False):
     """Build the plan (which tt tensor comes from which checkpoint tensors)."""
-    layout = llama_layout(ckpt) if family == "llama" else gpt2_layout(ckpt)
+    shape = model_shape(family, ckpt)
+    layout = {"n_layers": shape.num_blocks}
+    if family == "llama":
+        layout.update(rope_q=shape.num_heads, rope_kv=shape.num_groups, head_dim=shape.head_dim)
     tensors = canonical_names(family, ckpt.tensors, ckpt.directory)
-    return build_plan(family, tt, tt.parameters(), tensors, layout, meta_style)
+    return build_plan(family, tt, tt.parameters("model"), tensors, layout, meta_style)
 
 
 class _Buffers:
@@ -149,46 +111,100 @@ def _write_zeros(count, writer, progress):
         count -= n
 
 
-def write_converted(plan, tt, ckpt, out, progress):
-    """Stream the tt file with the plan's tensors replaced into out; returns NaN/Inf counts by key."""
-    writer = TtWriter(tt, out)
+def _renamer(old_prefix, new_prefix):
+    """Key -> key under new_prefix for the model's keys (optimizer keys name bare parameters)."""
+    if not new_prefix or new_prefix == old_prefix:
+        return lambda key: key
+    head = old_prefix + "/"
+    return lambda key: new_prefix + key[len(old_prefix):] if key.startswith(head) else key
+
+
+def write_converted(plan, tt, ckpt, out, progress, reset_state=True, prefix=None):
+    """Stream the tt file with the plan's tensors replaced into out (model keys moved under prefix,
+    when given; with reset_state, optimizer moments zeroed and step counters set to 0).
+    Returns (NaN/Inf counts by key, {"moments": n, "counters": n} reset)."""
+    writer = TtWriter(tt.open_source(), out)
+    rename = _renamer(plan.prefix, prefix)
     buffers = _Buffers()
-    nonfinite = {}
+    nonfinite, reset = {}, {"moments": 0, "counters": 0}
     try:
         writer.begin()
         for entry in tt.entries:
+            key = rename(entry.key)
             target = plan.targets.get(entry.key)
-            if target is None:
-                writer.copy_entry(entry)
-                continue
-            writer.start_value(entry, target.n_values)
-            bad = sum(_encode_piece(piece, ckpt, writer, progress, buffers) for piece in target.pieces)
-            _write_zeros(target.pad_rows * target.param.cols, writer, progress)
-            if bad:
-                nonfinite[entry.key] = bad
+            action = reset_kind(entry) if reset_state and target is None else None
+            if target is not None:
+                writer.start_value(entry, target.n_values, key)
+                bad = sum(_encode_piece(piece, ckpt, writer, progress, buffers) for piece in target.pieces)
+                _write_zeros(target.pad_rows * target.param.cols, writer, progress)
+                if bad:
+                    nonfinite[entry.key] = bad
+            elif action == "zeros":
+                writer.zero_array(entry, entry.n_elements, key)
+                reset["moments"] += 1
+            elif action == "zero":
+                writer.replace_value(entry, pack_int(0), key)
+                reset["counters"] += 1
+            else:
+                writer.copy_entry(entry, key)
         writer.finish()
     finally:
         writer.close()
-    return nonfinite
+    return nonfinite, reset
 
 
-def run_conversion(family, init_path, ckpt, output_path, meta_style=False, dry_run=False, quiet=True):
-    """Convert (or plan, with dry_run) one checkpoint against one init file."""
-    started = time.perf_counter()
+def _open_source(family, init_path, ckpt, build, quiet):
+    if init_path is None:
+        built = build_file(family, ckpt, **build)
+        log.info("no init file: building %s from config.json: layout %s%s, vocabulary %d rows (a multiple of %d)",
+                 LOAD_PREFIX[family], build["layout"],
+                 f" (zero AdamW moments, adamw/steps 0, scheduler {build['scheduler']} at learning rate "
+                 f"{build['learning_rate']:g})" if build["layout"] == "training" else " (model only, as `-s` dumps)",
+                 model_shape(family, ckpt).tt_vocab(build["vocab_multiple"]), build["vocab_multiple"])
+        return built
     size = os.path.getsize(init_path) if os.path.isfile(init_path) else 0
     with Progress(size, "reading init file", quiet) as progress:
-        tt = TtFile(init_path, progress.advance)
+        return TtFile(init_path, progress.advance)
+
+
+def _state_notices(family, tt, plan, prefix):
+    notices = []
+    if tt.is_training_state() and family == "llama" and plan.prefix == SAVE_PREFIX["llama"] and not prefix:
+        notices.append(
+            f"{tt.path} is a training save: its model is under {plan.prefix}, where tt-train saves it, but "
+            f"tt-train's training mode loads {LOAD_PREFIX['llama']}; add --prefix {LOAD_PREFIX['llama']} "
+            "to resume training from the output"
+        )
+    return notices
+
+
+def run_conversion(family, init_path, ckpt, output_path, meta_style=False, dry_run=False, quiet=True,
+                   keep_optimizer_state=False, prefix=None, build=None):
+    """Convert (or plan, with dry_run) one checkpoint into the tt file at init_path, or, when
+    init_path is None, into a file built from the config (build: options of ttbuild.build_file).
+
+    A training save keeps its optimizer and scheduler entries; unless keep_optimizer_state, the
+    moments are zeroed and the step counters set to 0, since they belonged to the old weights.
+    prefix moves the model's keys under another prefix."""
+    started = time.perf_counter()
+    tt = _open_source(family, init_path, ckpt, build or {}, quiet)
     plan = plan_conversion(family, tt, ckpt, meta_style)
     report = Report(plan, output_path)
     report.tensors = len(plan.targets)
     report.values = sum(t.n_values for t in plan.targets.values())
     if dry_run:
         return report
-    for notice in plan.notices:
+    for notice in plan.notices + _state_notices(family, tt, plan, prefix):
         log.info(notice)
-    inputs = [init_path] + sorted({t.path for t in ckpt.tensors.values()})
+    inputs = ([init_path] if init_path else []) + sorted({t.path for t in ckpt.tensors.values()})
     with Progress(report.values * 5, "converting", quiet) as progress, atomic_output(output_path, inputs) as out:
-        report.nonfinite = write_converted(plan, tt, ckpt, out, progress)
+        report.nonfinite, reset = write_converted(plan, tt, ckpt, out, progress, not keep_optimizer_state, prefix)
+    if tt.is_training_state() and init_path is not None:
+        report.state = ("optimizer and scheduler state kept as it was" if keep_optimizer_state else
+                        f"optimizer and scheduler state reset ({reset['moments']} moment tensors zeroed, "
+                        f"{reset['counters']} step counters set to 0)")
+    if prefix and prefix != plan.prefix:
+        report.state = ", ".join(filter(None, [report.state, f"model moved from {plan.prefix} to {prefix}"]))
     report.bytes_written = os.path.getsize(output_path)
     report.seconds = time.perf_counter() - started
     if plan.untouched:

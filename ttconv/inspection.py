@@ -2,7 +2,8 @@
 import json
 import os
 
-from .ttfile import TtFile, array_header
+from .training import LOAD_PREFIX, SAVE_PREFIX
+from .ttfile import SCHEDULER_ROOT, TtFile, array_header, state_group
 
 # ttnn DataType values as tt-train writes them
 DATA_TYPES = {0: "BFLOAT16", 1: "FLOAT32", 2: "UINT32", 3: "BFLOAT8_B", 4: "BFLOAT4_B", 5: "UINT8",
@@ -23,34 +24,80 @@ def _encoding(entry):
     return names.get(per_value, f"mixed ({per_value:.2f} B/value)")
 
 
+TENSOR_SUFFIXES = ("/value/data", "/value/shape", "/value/data_type", "/value/layout", "/value/storage_type",
+                   "/requires_grads", "/has_grads")
+GROUPS = ("model", "optimizer", "scheduler")
+
+
+def _row(tt, name, param):
+    data_type = _scalar(tt, f"{name}/value/data_type")
+    layout = _scalar(tt, f"{name}/value/layout")
+    return {
+        "name": name,
+        "shape": list(param.dims),
+        "elements": param.data.n_elements,
+        "data_type": DATA_TYPES.get(data_type, data_type),
+        "layout": LAYOUTS.get(layout, layout),
+        "variant": param.data.variant,
+        "encoding": _encoding(param.data),
+        "requires_grads": _scalar(tt, f"{name}/requires_grads"),
+        "has_grads": _scalar(tt, f"{name}/has_grads"),
+    }
+
+
+def _value(value):
+    return f"{value:.7g}" if isinstance(value, float) else str(value)
+
+
+def _model_prefix(names):
+    heads = sorted({n[: -len("/fc/weight")] for n in names if n.endswith("/fc/weight")})
+    return heads[0] if len(heads) == 1 else None
+
+
+def _kind(prefix, groups, scalars):
+    if not groups["optimizer"] and not groups["scheduler"] and not scalars["optimizer"]:
+        return f"model parameters under {prefix or '?'} (an init file, a -s dump or converted weights)"
+    moments = sorted({row["name"].split("/")[1] for row in groups["optimizer"]})
+    where = {SAVE_PREFIX["llama"]: ", where tt-train saves a Llama", LOAD_PREFIX["llama"]:
+             ", where tt-train's training mode loads a Llama"}.get(prefix, "")
+    return (f"training state: model under {prefix or '?'}{where}; optimizer: {', '.join(moments) or 'no moments'}, "
+            f"steps {scalars['optimizer'].get('adamw/steps', scalars['optimizer'].get('steps', '?'))}; scheduler: "
+            f"{', '.join(f'{k[len(SCHEDULER_ROOT):]}={_value(v)}' for k, v in scalars['scheduler'].items()) or 'none'}")
+
+
 def describe(path):
-    """Parameters and totals of a tt-train file, as a JSON-ready dict."""
+    """Parameters and state of a tt-train file, grouped (model, optimizer, scheduler), as a JSON-ready dict."""
     tt = TtFile(path)
-    rows = []
+    groups = {group: [] for group in GROUPS}
     for name, param in tt.parameters().items():
-        data_type = _scalar(tt, f"{name}/value/data_type")
-        rows.append({
-            "name": name,
-            "shape": list(param.dims),
-            "elements": param.data.n_elements,
-            "data_type": DATA_TYPES.get(data_type, data_type),
-            "layout": LAYOUTS.get(_scalar(tt, f"{name}/value/layout"), _scalar(tt, f"{name}/value/layout")),
-            "variant": param.data.variant,
-            "encoding": _encoding(param.data),
-            "requires_grads": _scalar(tt, f"{name}/requires_grads"),
-            "has_grads": _scalar(tt, f"{name}/has_grads"),
-        })
-    counted = {f"{r['name']}{suffix}" for r in rows
-               for suffix in ("/value/data", "/value/shape", "/value/data_type", "/value/layout",
-                              "/value/storage_type", "/requires_grads", "/has_grads")}
+        groups[state_group(param.data.key)].append(_row(tt, name, param))
+    in_tensors = {row["name"] + suffix for rows in groups.values() for row in rows for suffix in TENSOR_SUFFIXES}
+    scalars = {group: {} for group in GROUPS}
+    others = []
+    for entry in tt.entries:
+        if entry.key in in_tensors:
+            continue
+        if entry.kind in ("int", "bool", "float"):
+            scalars[state_group(entry.key)][entry.key] = entry.scalar
+        else:
+            others.append(entry.key)
+    prefix = _model_prefix([row["name"] for row in groups["model"]])
+    everything = [row for rows in groups.values() for row in rows]
     return {
         "file": os.fspath(path),
+        "kind": _kind(prefix, groups, scalars),
+        "training_state": tt.is_training_state(),
+        "model_prefix": prefix,
         "bytes": tt.size,
         "entries": len(tt.entries),
-        "parameters": rows,
-        "other_entries": [e.key for e in tt.entries if e.key not in counted],
-        "total_parameters": len(rows),
-        "total_elements": sum(r["elements"] for r in rows),
+        "parameters": groups["model"],
+        "optimizer": groups["optimizer"],
+        "optimizer_scalars": scalars["optimizer"],
+        "scheduler": scalars["scheduler"],
+        "other_entries": others + list(scalars["model"]),
+        "total_parameters": len(everything),
+        "total_elements": sum(r["elements"] for r in everything),
+        "model_elements": sum(r["elements"] for r in groups["model"]),
     }
 
 
@@ -58,23 +105,37 @@ def _flag(value):
     return {True: "yes", False: "no", None: "-"}.get(value, str(value))
 
 
+def _table(rows, width):
+    for r in rows:
+        shape = "x".join(str(d) for d in r["shape"])
+        print(f"{r['name']:<{width}}  {shape:<22} {r['elements']:>12,}  {str(r['data_type']):<9} "
+              f"{r['variant']:>7}  {r['encoding']:<8} {_flag(r['requires_grads']):<4} {_flag(r['has_grads'])}")
+
+
 def inspect_file(path, as_json=False):
-    """Print the parameters of a tt-train file (table or JSON); returns the exit status."""
+    """Print the kind and the grouped parameters of a tt-train file (table or JSON); returns the exit status."""
     info = describe(path)
     if as_json:
         print(json.dumps(info, indent=2))
         return 0
-    width = max([len(r["name"]) for r in info["parameters"]] + [4])
-    print(f"{'name':<{width}}  {'shape':<22} {'elements':>12}  {'data_type':<9} {'variant':>7}  "
-          f"{'encoding':<8} {'grad':<4} {'has_grad'}")
-    for r in info["parameters"]:
-        shape = "x".join(str(d) for d in r["shape"])
-        print(f"{r['name']:<{width}}  {shape:<22} {r['elements']:>12,}  {str(r['data_type']):<9} "
-              f"{r['variant']:>7}  {r['encoding']:<8} {_flag(r['requires_grads']):<4} {_flag(r['has_grads'])}")
-    print(f"{info['total_parameters']} parameters, {info['total_elements']:,} values, "
-          f"{info['entries']} entries, {info['bytes']:,} bytes")
+    width = max([len(r["name"]) for r in info["parameters"] + info["optimizer"]] + [4])
+    print(f"kind: {info['kind']}")
+    header = (f"{'name':<{width}}  {'shape':<22} {'elements':>12}  {'data_type':<9} {'variant':>7}  "
+              f"{'encoding':<8} {'grad':<4} {'has_grad'}")
+    print(f"\nmodel ({len(info['parameters'])} tensors, {info['model_elements']:,} values)")
+    print(header)
+    _table(info["parameters"], width)
+    if info["training_state"]:
+        print(f"\noptimizer ({len(info['optimizer'])} tensors)"
+              + "".join(f"; {k} = {_value(v)}" for k, v in info["optimizer_scalars"].items()))
+        if info["optimizer"]:
+            print(header)
+            _table(info["optimizer"], width)
+        print("\nscheduler" + ("".join(f"\n  {k} = {_value(v)}" for k, v in info["scheduler"].items()) or ": none"))
     if info["other_entries"]:
-        print(f"other entries: {', '.join(info['other_entries'])}")
+        print(f"\nother entries: {', '.join(info['other_entries'])}")
+    print(f"\n{info['total_parameters']} parameters, {info['total_elements']:,} values, "
+          f"{info['entries']} entries, {info['bytes']:,} bytes")
     return 0
 
 

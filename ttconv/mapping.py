@@ -26,6 +26,12 @@ LLAMA_TABLE = (
     ("llama_block_{i}/mlp/w3/weight",                "model.layers.{i}.mlp.up_proj.weight",                                                    ""),
 )
 LLAMA_IGNORED = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)
+# Checkpoint tensors of features tt-train's Llama does not have: converting without them would
+# silently change the model.
+LLAMA_UNREPRESENTABLE = (
+    (r"(model\.)?layers\.\d+\.(self_attn|mlp)\.\w+_proj\.bias", "biases in a Llama-family model"),
+    (r"(model\.)?layers\.\d+\.self_attn\.[qk]_norm\.weight", "q/k norms"),
+)
 
 GPT2_TABLE = (
     # tt name                                        checkpoint source(s)             rows
@@ -256,7 +262,16 @@ def build_plan(family, tt, params, tensors, layout, meta_style=False):
         raise TtFileError(f"{tt.path}: no tt-train {family} weights found under prefix {prefix}")
     skip = re.compile("|".join(ignored))
     unused = sorted(t.name for n, t in tensors.items() if t.name not in used and not skip.fullmatch(n))
+    _refuse_unrepresentable(family, unused)
     return Plan(family, prefix, targets, untouched, unused, notices)
+
+
+def _refuse_unrepresentable(family, unused):
+    for pattern, feature in LLAMA_UNREPRESENTABLE if family == "llama" else ():
+        found = [name for name in unused if re.fullmatch(pattern, name)]
+        if found:
+            more = f" and {len(found) - 1} more" if len(found) > 1 else ""
+            raise MappingError(f"checkpoint has {feature} ({found[0]}{more}), which tt-train cannot represent")
 
 
 def _check_heads(piece, tt_key, head_dim):

@@ -24,6 +24,20 @@ MAX_ENTRIES = 1 << 20
 DATA_SUFFIX = "/value/data"
 SHAPE_SUFFIX = "/value/shape"
 
+# Roots of the training state that tt-train saves beside the model: AdamW (or SGD) and the scheduler.
+OPTIMIZER_ROOTS = ("adamw/", "theta/")
+OPTIMIZER_SCALARS = ("steps",)
+SCHEDULER_ROOT = "scheduler/"
+
+
+def state_group(key):
+    """Which part of a tt-train file a key belongs to: "model", "optimizer" or "scheduler"."""
+    if key.startswith(OPTIMIZER_ROOTS) or key in OPTIMIZER_SCALARS:
+        return "optimizer"
+    if key.startswith(SCHEDULER_ROOT):
+        return "scheduler"
+    return "model"
+
 
 @dataclass(slots=True)
 class Entry:
@@ -35,6 +49,7 @@ class Entry:
     end: int
     variant: int
     kind: str
+    key_end: int = 0
     n_elements: int = 0
     numeric: bool = False
     small_value: Optional[bytes] = None
@@ -178,8 +193,7 @@ def _read_header(cur, what):
     if tag == 0xC0:
         return "nil", None
     if tag in (0xCA, 0xCB):
-        cur.skip(_FIXED_SIZES[tag], what)
-        return "float", None
+        return "float", struct.unpack(">f" if tag == 0xCA else ">d", cur.take(_FIXED_SIZES[tag], what))[0]
     if tag in (0xCC, 0xCD, 0xCE, 0xCF):
         return "int", cur.uint(_FIXED_SIZES[tag], what)
     if tag in (0xD0, 0xD1, 0xD2, 0xD3):
@@ -250,6 +264,7 @@ class TtFile:
         if kind != "str":
             cur.fail(f"key of entry {number} is a msgpack {kind}, expected a string", at=start)
         raw_key = cur.take(length, f"the key of entry {number}")
+        key_end = cur.pos
         try:
             key = raw_key.decode("utf-8")
         except UnicodeDecodeError:
@@ -263,13 +278,13 @@ class TtFile:
             cur.fail(f"variant index of {key!r} is not a non-negative integer")
         value_start = cur.pos
         kind, length = _read_header(cur, what)
-        entry = Entry(key, start, value_start, 0, variant, kind)
+        entry = Entry(key, start, value_start, 0, variant, kind, key_end)
         if kind == "array":
             entry.n_elements = length
             entry.numeric = _skip_array(cur, length, what)
         elif kind in ("str", "bin") and length <= MAX_SMALL_VALUE:
             entry.small_value = cur.take(length, what)
-        elif kind in ("int", "bool"):
+        elif kind in ("int", "bool", "float"):
             entry.scalar = length
         else:
             _skip_value(cur, kind, length, what, 1)
@@ -279,13 +294,22 @@ class TtFile:
         self.entries.append(entry)
         self.by_key[key] = entry
 
-    def parameters(self):
-        """Tensors of the file by name: every NAME with a NAME/value/data entry."""
+    def parameters(self, group=None):
+        """Tensors of the file by name: every NAME with a NAME/value/data entry (only those of
+        one state_group when group is given)."""
         return {
             entry.key[: -len(DATA_SUFFIX)]: Parameter(self, entry.key[: -len(DATA_SUFFIX)], entry)
             for entry in self.entries
-            if entry.key.endswith(DATA_SUFFIX)
+            if entry.key.endswith(DATA_SUFFIX) and (group is None or state_group(entry.key) == group)
         }
+
+    def is_training_state(self):
+        """True when the file holds optimizer or scheduler state beside the model (a training save)."""
+        return any(state_group(entry.key) != "model" for entry in self.entries)
+
+    def open_source(self):
+        """A FileSource that copies this file's bytes for TtWriter."""
+        return FileSource(self)
 
     def check_dims(self, name, data_entry):
         """Dims from NAME/value/shape, checked against the data entry; TtFileError otherwise."""
@@ -330,42 +354,145 @@ def array_header(count):
     return b"\xdd" + count.to_bytes(4, "big")
 
 
-class TtWriter:
-    """Writes a tt-train file in the order of a source TtFile.
+def str_header(length):
+    """msgpack str header for a UTF-8 string of length bytes."""
+    if length < 32:
+        return bytes([0xA0 | length])
+    if length < 1 << 8:
+        return b"\xd9" + bytes([length])
+    if length < 1 << 16:
+        return b"\xda" + length.to_bytes(2, "big")
+    return b"\xdb" + length.to_bytes(4, "big")
 
-    Call ``begin()`` once, then for every source entry, in order, either
-    ``copy_entry(entry)`` or ``start_value(entry, count)`` followed by ``write()``
-    calls that supply exactly ``count`` encoded float32 values, then ``finish()``.
-    """
+
+def map_header(count):
+    """msgpack map header for count entries."""
+    if count < 16:
+        return bytes([0x80 | count])
+    if count < 1 << 16:
+        return b"\xde" + count.to_bytes(2, "big")
+    return b"\xdf" + count.to_bytes(4, "big")
+
+
+def pack_key(key):
+    raw = key.encode("utf-8")
+    return str_header(len(raw)) + raw
+
+
+def pack_int(value):
+    """Smallest msgpack encoding of an integer, as msgpack-c writes it."""
+    if 0 <= value < 0x80:
+        return bytes([value])
+    if -32 <= value < 0:
+        return bytes([value & 0xFF])
+    for tag, size, low, high in ((0xCC, 1, 0, 1 << 8), (0xCD, 2, 0, 1 << 16), (0xCE, 4, 0, 1 << 32),
+                                 (0xCF, 8, 0, 1 << 64), (0xD0, 1, -(1 << 7), 0), (0xD1, 2, -(1 << 15), 0),
+                                 (0xD2, 4, -(1 << 31), 0), (0xD3, 8, -(1 << 63), 0)):
+        if low <= value < high:
+            return bytes([tag]) + value.to_bytes(size, "big", signed=value < 0)
+    raise ValueError(f"{value} does not fit a msgpack integer")
+
+
+def pack_float32(value):
+    """A float as msgpack-c writes a C++ float: an integer when the value is integral, else 0xca."""
+    value = float(np.float32(value))
+    if value.is_integer():
+        return pack_int(int(value))
+    return b"\xca" + struct.pack(">f", value)
+
+
+def pack_bool(value):
+    return b"\xc3" if value else b"\xc2"
+
+
+def pack_bin(data):
+    if len(data) < 1 << 8:
+        return b"\xc4" + bytes([len(data)]) + data
+    if len(data) < 1 << 16:
+        return b"\xc5" + len(data).to_bytes(2, "big") + data
+    return b"\xc6" + len(data).to_bytes(4, "big") + data
+
+
+def pair_prefix(variant):
+    """The [variant_index, ...] array header and index that precede a value."""
+    return b"\x92" + pack_int(variant)
+
+
+ZERO_CHUNK = 1 << 20
+
+
+def write_int_zeros(count, write):
+    """count msgpack zeros (one byte each, as msgpack-c writes a 0.0 float)."""
+    chunk = bytes(min(count, ZERO_CHUNK))
+    while count:
+        n = min(count, ZERO_CHUNK)
+        write(chunk[:n])
+        count -= n
+
+
+class FileSource:
+    """The bytes of a TtFile's entries, copied from the file, for TtWriter."""
 
     COPY_CHUNK = 1 << 22
+
+    def __init__(self, tt):
+        self.tt = tt
+        self._handle = open(tt.path, "rb")
+
+    def close(self):
+        self._handle.close()
+
+    def _copy(self, start, end, write):
+        self._handle.seek(start)
+        while start < end:
+            chunk = self._handle.read(min(self.COPY_CHUNK, end - start))
+            if not chunk:
+                raise TtFileError(f"{self.tt.path}: file shrank while being read")
+            write(chunk)
+            start += len(chunk)
+
+    def write_header(self, write):
+        self._copy(0, self.tt.header_end, write)
+
+    def write_key(self, entry, key, write):
+        """The entry's key (or key instead) and its variant index."""
+        if key == entry.key:
+            self._copy(entry.start, entry.value_start, write)
+        else:
+            write(pack_key(key))
+            self._copy(entry.key_end, entry.value_start, write)
+
+    def write_value(self, entry, write):
+        self._copy(entry.value_start, entry.end, write)
+
+
+class TtWriter:
+    """Writes a tt-train file entry by entry in the order of a source file (a TtFile, or a
+    file built from a config): each entry copied, renamed, or given a new value.
+
+    Call ``begin()`` once, then for every source entry, in order, one of ``copy_entry``,
+    ``replace_value``, ``zero_array``, or ``start_value(entry, count)`` followed by ``write()``
+    calls that supply exactly ``count`` encoded float32 values; then ``finish()``.
+    A ``key`` argument writes the entry under another key (a new prefix).
+    """
 
     def __init__(self, source, out):
         self.source = source
         self.out = out
+        self._entries = source.tt.entries
         self._next = 0
         self._pending = 0
         self._begun = False
-        self._src = open(source.path, "rb")
 
     def close(self):
-        self._src.close()
-
-    def _copy_range(self, start, end):
-        self._src.seek(start)
-        while start < end:
-            chunk = self._src.read(min(self.COPY_CHUNK, end - start))
-            if not chunk:
-                raise TtFileError(f"{self.source.path}: file shrank while being read")
-            self.out.write(chunk)
-            start += len(chunk)
+        self.source.close()
 
     def _expect(self, entry):
         if not self._begun:
             raise RuntimeError("TtWriter.begin() must be called first")
         if self._pending:
             raise RuntimeError(f"{self._pending} values of the previous entry were not written")
-        if self._next >= len(self.source.entries) or self.source.entries[self._next] is not entry:
+        if self._next >= len(self._entries) or self._entries[self._next] is not entry:
             raise RuntimeError(f"entries must be written in file order; got {entry.key!r} out of turn")
         self._next += 1
 
@@ -373,17 +500,31 @@ class TtWriter:
         if self._begun:
             raise RuntimeError("TtWriter.begin() called twice")
         self._begun = True
-        self._copy_range(0, self.source.header_end)
+        self.source.write_header(self.out.write)
 
-    def copy_entry(self, entry):
-        """Copy an entry byte for byte."""
+    def copy_entry(self, entry, key=None):
+        """Copy an entry byte for byte (under key, when given)."""
         self._expect(entry)
-        self._copy_range(entry.start, entry.end)
+        self.source.write_key(entry, key or entry.key, self.out.write)
+        self.source.write_value(entry, self.out.write)
 
-    def start_value(self, entry, count):
-        """Copy the entry's key and variant index, then open a float array of count values."""
+    def replace_value(self, entry, packed, key=None):
+        """Keep the entry's key and variant index, with the msgpack value packed instead."""
         self._expect(entry)
-        self._copy_range(entry.start, entry.value_start)
+        self.source.write_key(entry, key or entry.key, self.out.write)
+        self.out.write(packed)
+
+    def zero_array(self, entry, count, key=None):
+        """Keep the entry's key and variant index, with an array of count zeros as its value."""
+        self._expect(entry)
+        self.source.write_key(entry, key or entry.key, self.out.write)
+        self.out.write(array_header(count))
+        write_int_zeros(count, self.out.write)
+
+    def start_value(self, entry, count, key=None):
+        """Write the entry's key and variant index, then open a float array of count values."""
+        self._expect(entry)
+        self.source.write_key(entry, key or entry.key, self.out.write)
         self.out.write(array_header(count))
         self._pending = count
 
@@ -396,8 +537,8 @@ class TtWriter:
         self.out.write(encoded)
 
     def finish(self):
-        if self._pending or self._next != len(self.source.entries):
+        if self._pending or self._next != len(self._entries):
             raise RuntimeError(
-                f"finish() after {self._next} of {len(self.source.entries)} entries "
+                f"finish() after {self._next} of {len(self._entries)} entries "
                 f"with {self._pending} values pending"
             )

@@ -1,0 +1,139 @@
+"""tt-train files built from a model's config alone, without an init file dumped by tt-train.
+
+Entry for entry as tt-train (V3) writes a model: per parameter the seven keys
+`shape` (bin, rank-4 little-endian uint32), `data_type` (BFLOAT16), `layout` (TILE),
+`storage_type` (DEVICE), `data`, `requires_grads` and `has_grads`. The model lies under
+the prefix tt-train loads (`llama/llama`, `transformer/transformer`). The "training"
+layout adds what training mode loads too: zero AdamW moments for every parameter,
+`adamw/steps` 0 and a fresh scheduler. The result is a BuiltFile, which the conversion
+fills exactly like a TtFile read from disk.
+"""
+import struct
+
+from .hfconfig import model_shape
+from .training import DEFAULT_LEARNING_RATE, LOAD_PREFIX, MOMENTS, fresh_state, moment_prefix
+from .ttfile import (DATA_SUFFIX, Entry, TtFile, array_header, map_header, pack_bin, pack_bool, pack_int,
+                     pack_key, pair_prefix, write_int_zeros)
+
+LAYOUTS = ("training", "model")
+BFLOAT16, TILE, DEVICE = 0, 1, 1
+
+
+def llama_tensors(shape, vocab_rows):
+    """(name under the llama root, rows, cols) of tt-train's Llama."""
+    e, d, inner = shape.embedding_dim, shape.head_dim, shape.intermediate_dim
+    tensors = [] if shape.weight_tying else [("tok_emb/weight", vocab_rows, e)]
+    tensors += [("fc/weight", vocab_rows, e), ("ln_fc/gamma", 1, e)]
+    for i in range(shape.num_blocks):
+        block = f"llama_block_{i}/"
+        tensors += [
+            (block + "attention_norm/gamma", 1, e),
+            (block + "mlp_norm/gamma", 1, e),
+            (block + "attention/q_linear/weight", shape.num_heads * d, e),
+            (block + "attention/kv_linear/weight", 2 * shape.num_groups * d, e),
+            (block + "attention/out_linear/weight", e, shape.num_heads * d),
+            (block + "mlp/w1/weight", inner, e),
+            (block + "mlp/w2/weight", e, inner),
+            (block + "mlp/w3/weight", inner, e),
+        ]
+    return tensors
+
+
+def gpt2_tensors(shape, vocab_rows):
+    """(name under the transformer root, rows, cols) of tt-train's GPT-2 with trainable positions."""
+    e = shape.embedding_dim
+    tensors = [] if shape.weight_tying else [("tok_emb/weight", vocab_rows, e)]
+    tensors += [("fc/weight", vocab_rows, e), ("pos_emb/weight", shape.max_sequence_length, e),
+                ("ln_fc/gamma", 1, e), ("ln_fc/beta", 1, e)]
+    for i in range(shape.num_blocks):
+        block = f"gpt_block_{i}/"
+        for name, rows, cols in (("ln1/gamma", 1, e), ("ln1/beta", 1, e),
+                                 ("attention/qkv_linear/weight", 3 * e, e), ("attention/qkv_linear/bias", 1, 3 * e),
+                                 ("attention/out_linear/weight", e, e), ("attention/out_linear/bias", 1, e),
+                                 ("ln2/gamma", 1, e), ("ln2/beta", 1, e),
+                                 ("mlp/fc1/weight", 4 * e, e), ("mlp/fc1/bias", 1, 4 * e),
+                                 ("mlp/fc2/weight", e, 4 * e), ("mlp/fc2/bias", 1, e)):
+            tensors.append((block + name, rows, cols))
+    return tensors
+
+
+class BuiltFile(TtFile):
+    """A tt-train file described entry by entry in memory; arrays are zeros until filled."""
+
+    def __init__(self, path):
+        self.path = path
+        self.entries = []
+        self.by_key = {}
+        self.size = 0
+        self.header_end = 0
+        self._values = {}
+
+    def _add(self, key, variant, kind, packed=None, **fields):
+        entry = Entry(key, 0, 0, 0, variant, kind, **fields)
+        self.entries.append(entry)
+        self.by_key[key] = entry
+        self._values[key] = packed
+
+    def add_tensor(self, name, rows, cols, trainable):
+        dims = struct.pack("<4I", 1, 1, rows, cols)
+        self._add(f"{name}/value/shape", 12, "bin", pack_bin(dims), small_value=dims)
+        for field, value in (("data_type", BFLOAT16), ("layout", TILE), ("storage_type", DEVICE)):
+            self._add(f"{name}/value/{field}", 2, "int", pack_int(value), scalar=value)
+        self._add(name + DATA_SUFFIX, 10, "array", n_elements=rows * cols, numeric=True)
+        self._add(f"{name}/requires_grads", 0, "bool", pack_bool(trainable), scalar=trainable)
+        self._add(f"{name}/has_grads", 0, "bool", pack_bool(False), scalar=False)
+
+    def add_scalar(self, key, variant, packed):
+        self._add(key, variant, "int" if variant != 3 else "float", packed)
+
+    def packed_value(self, entry):
+        """The msgpack bytes of a small entry's value, or None for an array (zeros until filled)."""
+        return self._values[entry.key]
+
+    def open_source(self):
+        return BuiltSource(self)
+
+
+class BuiltSource:
+    """The bytes of a BuiltFile's entries, for TtWriter."""
+
+    def __init__(self, built):
+        self.tt = built
+
+    def close(self):
+        pass
+
+    def write_header(self, write):
+        write(map_header(len(self.tt.entries)))
+
+    def write_key(self, entry, key, write):
+        write(pack_key(key) + pair_prefix(entry.variant))
+
+    def write_value(self, entry, write):
+        packed = self.tt.packed_value(entry)
+        if packed is not None:
+            write(packed)
+        else:
+            write(array_header(entry.n_elements))
+            write_int_zeros(entry.n_elements, write)
+
+
+def build_file(family, ckpt, layout="training", scheduler="identity", learning_rate=DEFAULT_LEARNING_RATE,
+               vocab_multiple=32):
+    """A BuiltFile for the checkpoint's config: the model (zeros, to be filled) under the load prefix
+    and, for the "training" layout, a fresh AdamW and scheduler state."""
+    shape = model_shape(family, ckpt)
+    vocab_rows = shape.tt_vocab(vocab_multiple)
+    tensors = (llama_tensors if family == "llama" else gpt2_tensors)(shape, vocab_rows)
+    prefix = LOAD_PREFIX[family]
+    root = prefix.split("/")[-1]
+    built = BuiltFile(f"{ckpt.directory}/config.json")
+    for name, rows, cols in tensors:
+        built.add_tensor(f"{prefix}/{name}", rows, cols, trainable=True)
+    if layout == "training":
+        for moment in MOMENTS:
+            for name, rows, cols in tensors:
+                built.add_tensor(moment_prefix(moment, f"{root}/{name}"), rows, cols, trainable=False)
+        for key, variant, packed in fresh_state(scheduler, learning_rate):
+            built.add_scalar(key, variant, packed)
+    return built

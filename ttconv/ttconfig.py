@@ -1,0 +1,73 @@
+"""The tt-train YAML training config that matches a checkpoint and the file ttconv writes for it.
+
+`training_config` holds the keys tt-train requires (model_type, seed, model_save_interval,
+batch_size, num_epochs, max_steps, learning_rate, weight_decay) with ordinary defaults,
+the paths of the written files, `tokenizer_type: bpe` and the scheduler; and
+`transformer_config` is read off config.json (hfconfig.ModelShape), with the vocabulary
+rounded as in the tt file.
+"""
+import json
+
+from .training import DEFAULT_LEARNING_RATE
+
+
+def training_config(shape, model_path, tokenizer_path, scheduler="identity", learning_rate=DEFAULT_LEARNING_RATE,
+                    vocab_multiple=32):
+    """The YAML document as nested dicts (insertion order is the order written)."""
+    transformer = {
+        "num_heads": shape.num_heads,
+        **({"num_groups": shape.num_groups} if shape.family == "llama" else {}),
+        "embedding_dim": shape.embedding_dim,
+        **({"intermediate_dim": shape.intermediate_dim} if shape.family == "llama" else {}),
+        "dropout_prob": 0.0,
+        "num_blocks": shape.num_blocks,
+        "vocab_size": shape.tt_vocab(vocab_multiple),
+        "max_sequence_length": shape.max_sequence_length,
+        "weight_tying": "enabled" if shape.weight_tying else "disabled",
+        "runner_type": "default",
+    }
+    if shape.family == "llama":
+        transformer["theta"] = shape.theta
+        if shape.rope_scaling:
+            transformer["rope_scaling"] = dict(shape.rope_scaling)
+    else:
+        transformer["positional_embedding_type"] = "trainable"
+    return {
+        "training_config": {
+            "model_type": shape.family,
+            "seed": 5489,
+            "model_save_interval": 500,
+            "batch_size": 8,
+            "num_epochs": 1,
+            "max_steps": 5000,
+            "learning_rate": learning_rate,
+            "weight_decay": 0.01,
+            "gradient_accumulation_steps": 1,
+            "use_kahan_summation": False,
+            "scheduler_type": scheduler,
+            "model_path": model_path,
+            "tokenizer_type": "bpe",
+            "tokenizer_path": tokenizer_path,
+            "transformer_config": transformer,
+        }
+    }
+
+
+def _scalar(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a double-quoted YAML string, escapes and all
+
+
+def to_yaml(document, indent=0):
+    """Block-style YAML for nested dicts of scalars."""
+    lines = []
+    for key, value in document.items():
+        if isinstance(value, dict):
+            lines.append(f"{' ' * indent}{key}:")
+            lines.append(to_yaml(value, indent + 2))
+        else:
+            lines.append(f"{' ' * indent}{key}: {_scalar(value)}")
+    return "\n".join(lines)
