@@ -43,6 +43,8 @@ int main(int argc, char** argv) {
             switch (index) {
                 case 0: std::cout << value.as<bool>(); break;
                 case 2: std::cout << value.as<int>(); break;
+                case 3: std::cout << value.as<float>(); break;
+                case 6: std::cout << value.as<size_t>(); break;
                 case 7: std::cout << value.as<std::string>().size(); break;
                 case 10: {
                     const auto floats = value.as<std::vector<float>>();

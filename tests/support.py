@@ -113,6 +113,42 @@ def init_file_bytes(shapes, prefix="llama/llama", seed=0, shape_as="bin", float_
     return _map_header(len(entries)) + body
 
 
+def training_state_entries(shapes, root, scheduler="identity", lr=3e-4, steps=0, moments="zeros", kahan=False,
+                           seed=3):
+    """tt-train-style AdamW and scheduler entries (msgpack-c encodings) for parameters shapes under root:
+    moments "zeros" (as a fresh state, ints) or "random" (as after training), steps in every counter."""
+    rng = np.random.default_rng(seed)
+    entries = []
+    kinds = ["first_moment", "second_moment"] + (["kahan_compensation"] if kahan else [])
+    for kind in kinds:
+        for name, (rows, cols) in shapes.items():
+            full = f"adamw/{kind}/{root}/{name}"
+            values = (np.zeros(rows * cols, np.float32) if moments == "zeros"
+                      else (rng.standard_normal(rows * cols) * 1e-3).astype(np.float32))
+            dims = np.array([1, 1, rows, cols], dtype="<u4").tobytes()
+            entries += [
+                (full + "/value/shape", msgpack.packb([12, dims], use_bin_type=True)),
+                (full + "/value/data_type", msgpack.packb([2, 0])),
+                (full + "/value/layout", msgpack.packb([2, 1])),
+                (full + "/value/storage_type", msgpack.packb([2, 1])),
+                (full + "/value/data", b"\x92" + msgpack.packb(10) + _pack_floats(values, "msgpack-c")),
+                (full + "/requires_grads", msgpack.packb([0, False])),
+                (full + "/has_grads", msgpack.packb([0, False])),
+            ]
+    lr_packed = msgpack.packb(float(np.float32(lr)), use_single_float=True)
+    entries.append(("adamw/steps", msgpack.packb([6, steps])))
+    if scheduler == "identity":
+        entries += [("scheduler/m_last_step", msgpack.packb([6, steps])),
+                    ("scheduler/m_last_lr", b"\x92\x03" + lr_packed)]
+    else:
+        entries += [("scheduler/m_current_step_in_scheduler", msgpack.packb([2, steps])),
+                    ("scheduler/m_last_lr", b"\x92\x03" + lr_packed),
+                    ("scheduler/m_current_scheduler_index", msgpack.packb([6, 1 if steps else 0])),
+                    ("scheduler/current_scheduler/m_last_step", msgpack.packb([6, steps])),
+                    ("scheduler/current_scheduler/m_last_lr", b"\x92\x03" + lr_packed)]
+    return entries
+
+
 def read_tt(path):
     """{key: [variant, value]} of a msgpack file, read with msgpack-python."""
     with open(path, "rb") as f:

@@ -14,7 +14,7 @@ from .mapping import build_plan, canonical_names
 from .output import atomic_output
 from .progress import Progress
 from .training import LOAD_PREFIX, SAVE_PREFIX, reset_kind
-from .ttbuild import build_file
+from .ttbuild import BuiltFile, build_file
 from .ttfile import TtFile, TtWriter, pack_int
 
 log = logging.getLogger("ttconv")
@@ -155,20 +155,20 @@ def write_converted(plan, tt, ckpt, out, progress, reset_state=True, prefix=None
 
 def _open_source(family, init_path, ckpt, build, quiet):
     if init_path is None:
-        built = build_file(family, ckpt, **build)
-        log.info("no init file: building %s from config.json: layout %s%s, vocabulary %d rows (a multiple of %d)",
-                 LOAD_PREFIX[family], build["layout"],
-                 f" (zero AdamW moments, adamw/steps 0, scheduler {build['scheduler']} at learning rate "
-                 f"{build['learning_rate']:g})" if build["layout"] == "training" else " (model only, as `-s` dumps)",
-                 model_shape(family, ckpt).tt_vocab(build["vocab_multiple"]), build["vocab_multiple"])
-        return built
+        return build_file(family, ckpt, **build)
     size = os.path.getsize(init_path) if os.path.isfile(init_path) else 0
     with Progress(size, "reading init file", quiet) as progress:
         return TtFile(init_path, progress.advance)
 
 
-def _state_notices(family, tt, plan, prefix):
+def _state_notices(family, tt, plan, prefix, build):
     notices = []
+    if isinstance(tt, BuiltFile):
+        layout = (f" (zero AdamW moments, adamw/steps 0, scheduler {build['scheduler']} at learning rate "
+                  f"{build['learning_rate']:g})" if build["layout"] == "training" else " (model only, as -s dumps it)")
+        fc = next(t for key, t in plan.targets.items() if key.endswith("/fc/weight/value/data"))
+        notices.append(f"no init file: building {plan.prefix} from config.json: layout {build['layout']}{layout}, "
+                       f"vocabulary {fc.param.rows} rows (a multiple of {build['vocab_multiple']})")
     if tt.is_training_state() and family == "llama" and plan.prefix == SAVE_PREFIX["llama"] and not prefix:
         notices.append(
             f"{tt.path} is a training save: its model is under {plan.prefix}, where tt-train saves it, but "
@@ -187,14 +187,15 @@ def run_conversion(family, init_path, ckpt, output_path, meta_style=False, dry_r
     moments are zeroed and the step counters set to 0, since they belonged to the old weights.
     prefix moves the model's keys under another prefix."""
     started = time.perf_counter()
-    tt = _open_source(family, init_path, ckpt, build or {}, quiet)
+    build = build or {}
+    tt = _open_source(family, init_path, ckpt, build, quiet)
     plan = plan_conversion(family, tt, ckpt, meta_style)
     report = Report(plan, output_path)
     report.tensors = len(plan.targets)
     report.values = sum(t.n_values for t in plan.targets.values())
     if dry_run:
         return report
-    for notice in plan.notices + _state_notices(family, tt, plan, prefix):
+    for notice in plan.notices + _state_notices(family, tt, plan, prefix, build):
         log.info(notice)
     inputs = ([init_path] if init_path else []) + sorted({t.path for t in ckpt.tensors.values()})
     with Progress(report.values * 5, "converting", quiet) as progress, atomic_output(output_path, inputs) as out:

@@ -44,9 +44,7 @@ def _rope(config, where):
     if kind == "default":
         return float(theta), None
     if kind != "llama3":
-        raise CheckpointError(
-            f"{where}: RoPE scaling {kind!r} cannot be represented in tt-train (it has Llama 3 scaling only)"
-        )
+        _refuse(where, f"RoPE scaling {kind!r} (tt-train has Llama 3 scaling only)")
     source = scaling if scaling.get("rope_type", scaling.get("type")) == "llama3" else params
     try:
         rope_scaling = {
