@@ -345,13 +345,23 @@ class TtFile:
                 cur.fail(f"{entry.key} is not an array of numbers")
         return out
 
+
+def _container_header(count, fixed, tag16, tag32):
+    if count < 16:
+        return bytes([fixed | count])
+    if count < 1 << 16:
+        return tag16 + count.to_bytes(2, "big")
+    return tag32 + count.to_bytes(4, "big")
+
+
 def array_header(count):
     """msgpack array header for count elements."""
-    if count < 16:
-        return bytes([0x90 | count])
-    if count < 1 << 16:
-        return b"\xdc" + count.to_bytes(2, "big")
-    return b"\xdd" + count.to_bytes(4, "big")
+    return _container_header(count, 0x90, b"\xdc", b"\xdd")
+
+
+def map_header(count):
+    """msgpack map header for count entries."""
+    return _container_header(count, 0x80, b"\xde", b"\xdf")
 
 
 def str_header(length):
@@ -363,15 +373,6 @@ def str_header(length):
     if length < 1 << 16:
         return b"\xda" + length.to_bytes(2, "big")
     return b"\xdb" + length.to_bytes(4, "big")
-
-
-def map_header(count):
-    """msgpack map header for count entries."""
-    if count < 16:
-        return bytes([0x80 | count])
-    if count < 1 << 16:
-        return b"\xde" + count.to_bytes(2, "big")
-    return b"\xdf" + count.to_bytes(4, "big")
 
 
 def pack_key(key):
