@@ -11,10 +11,10 @@ Python API (the command line uses the same functions):
 """
 __version__ = "0.1.0"
 
-__all__ = ["convert_llama", "convert_gpt2", "export_tokenizer", "to_hf", "write_config", "TtconvError", "__version__"]
+__all__ = ["convert_llama", "convert_gpt2", "export_tokenizer", "to_hf", "write_config", "check", "TtconvError", "__version__"]
 
 _API = {
-    "convert_llama": "api", "convert_gpt2": "api", "to_hf": "api", "write_config": "api",
+    "convert_llama": "api", "convert_gpt2": "api", "to_hf": "api", "write_config": "api", "check": "api",
     "export_tokenizer": "tokenizer", "TtconvError": "errors",
 }
 

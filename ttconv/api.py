@@ -1,22 +1,43 @@
 """Public conversion functions; the command line is a thin layer over these."""
+import logging
+
 from .convert import open_checkpoint, run_conversion
+from .errors import TtconvError
 from .training import DEFAULT_LEARNING_RATE
+
+log = logging.getLogger("ttconv")
 
 
 def _convert(family, init_path, hf_model, output_path, meta_style, revision, dry_run, quiet, keep_optimizer_state,
-             prefix, layout, scheduler, learning_rate, vocab_multiple):
+             prefix, layout, scheduler, learning_rate, vocab_multiple, text_path=None):
     ckpt = open_checkpoint(hf_model, revision)
     build = dict(layout=layout, scheduler=scheduler, learning_rate=learning_rate, vocab_multiple=vocab_multiple)
     try:
+        if meta_style == "auto":
+            meta_style = _decide_meta_style(ckpt, text_path, quiet)
         return run_conversion(family, init_path, ckpt, output_path, meta_style, dry_run, quiet,
                               keep_optimizer_state, prefix, build)
     finally:
         ckpt.close()
 
 
+def _decide_meta_style(ckpt, text_path, quiet):
+    from .verify import _read_text, decide_meta_style
+
+    decision = decide_meta_style(ckpt, _read_text(text_path), quiet=quiet)
+    log.info(decision.describe())
+    if not decision.decided:
+        raise TtconvError(
+            f"--meta_style auto: the losses with q/k read both ways are too close to call "
+            f"({decision.hf:.4f} vs {decision.meta:.4f} nats; random or untrained weights?); "
+            "give --meta_style or leave it out explicitly"
+        )
+    return decision.meta_style
+
+
 def convert_llama(init_path, hf_model, output_path, meta_style=False, revision=None, dry_run=False, quiet=True,
                   keep_optimizer_state=False, prefix=None, layout="training", scheduler="identity",
-                  learning_rate=DEFAULT_LEARNING_RATE, vocab_multiple=32):
+                  learning_rate=DEFAULT_LEARNING_RATE, vocab_multiple=32, text_path=None):
     """Convert a Llama-family checkpoint into a tt-train file shaped like init_path.
 
     init_path is an init file, a -s dump or a training save; None builds the file from
@@ -25,7 +46,8 @@ def convert_llama(init_path, hf_model, output_path, meta_style=False, revision=N
     vocab_multiple). A training save's optimizer state is reset unless keep_optimizer_state;
     prefix moves the model's keys. hf_model is a local checkpoint folder or a hub id.
     meta_style skips the RoPE row permutation for checkpoints whose q/k rows are already
-    interleaved. Returns a Report; with dry_run nothing is written and report.plan tells
+    interleaved; "auto" decides it from the checkpoint's loss on text_path (a built-in
+    English sample when None) with q/k read both ways. Returns a Report; with dry_run nothing is written and report.plan tells
     what would be done.
 
     >>> report = convert_llama("examples/llama-mini/init.msgpack", "examples/llama-mini",
@@ -33,7 +55,7 @@ def convert_llama(init_path, hf_model, output_path, meta_style=False, revision=N
     >>> print(report.summary())                         # doctest: +SKIP
     """
     return _convert("llama", init_path, hf_model, output_path, meta_style, revision, dry_run, quiet,
-                    keep_optimizer_state, prefix, layout, scheduler, learning_rate, vocab_multiple)
+                    keep_optimizer_state, prefix, layout, scheduler, learning_rate, vocab_multiple, text_path)
 
 
 def convert_gpt2(init_path, hf_model, output_path, revision=None, dry_run=False, quiet=True,
@@ -88,3 +110,15 @@ def write_config(family, hf_model, output_path=None, model_path="data/tt_model.m
         with atomic_output(output_path) as out:
             out.write(text.encode("utf-8"))
     return text
+
+
+def check(family, tt_path, hf_model, text_path=None, tokens=128, revision=None, quiet=True):
+    """Run the model of a tt-train file (as tt-train computes it) beside the Hugging Face checkpoint
+    (as transformers computes it) on the same tokens; returns a check.CheckResult with tt_loss,
+    hf_loss, max_abs_logit_diff, top1_agreement, tokens, ok (and, for Llama, the q/k layout losses).
+
+    >>> ttconv.check("llama", "out/llama.msgpack", "examples/llama-mini").ok  # doctest: +SKIP
+    """
+    from .verify import check as run_check
+
+    return run_check(family, tt_path, hf_model, text_path, tokens, revision, quiet)

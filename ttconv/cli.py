@@ -1,11 +1,13 @@
 """Command line: python -m ttconv {llama,gpt2,inspect,to-hf} ..."""
 import argparse
+import math
 import logging
 import os
 import sys
 
 from . import __version__, interrupts
 from .errors import TtconvError
+from .verify import TOLERANCE
 from .training import DEFAULT_LEARNING_RATE, SCHEDULERS
 from .ttbuild import LAYOUTS
 
@@ -79,6 +81,12 @@ def _state_choices(parser):
                              "multiply by the device count under tensor parallelism)")
 
 
+def _auto_only(text):
+    if text != "auto":
+        raise argparse.ArgumentTypeError(f"takes no value or 'auto', not {text!r}")
+    return "auto"
+
+
 def _positive(text):
     try:
         value = int(text)
@@ -110,8 +118,11 @@ def build_parser():
     llama.add_argument("-o", "--output_path", metavar="OUTPUT_PATH",
                        help="output file (default: data/tinyllama_exported.msgpack)")
     _hf_options(llama, "TinyLlama/TinyLlama_v1.1")
-    llama.add_argument("--meta_style", action="store_true",
-                       help="q/k rows are already interleaved (Meta style): skip the RoPE row permutation")
+    llama.add_argument("--meta_style", nargs="?", const=True, default=False, type=_auto_only, metavar="auto",
+                       help="q/k rows are already interleaved (Meta style): skip the RoPE row permutation; "
+                            "`--meta_style auto` decides from the checkpoint's loss on a text with q/k read both ways")
+    llama.add_argument("--text", metavar="FILE",
+                       help="UTF-8 text for --meta_style auto (default: a built-in English sample)")
     _file_options(llama)
     _common(llama)
 
@@ -147,6 +158,23 @@ def build_parser():
     to_hf.add_argument("--meta_style", action="store_true", help="do not undo the RoPE permutation")
     to_hf.add_argument("--revision", help="hub revision when --hf_model is a hub id")
     _common(to_hf)
+
+    check = sub.add_parser("check", help="run a tt-train file's model beside the Hugging Face model it came from",
+                           description="Run the model a tt-train file holds (as tt-train computes it) and the "
+                                       "Hugging Face checkpoint (as transformers computes it) on the same tokens, "
+                                       "in jax on the CPU; compare their losses, logits and top-1 predictions. "
+                                       "Exit 0 when they agree, 1 when not.")
+    check.add_argument("family", choices=["llama", "gpt2"])
+    check.add_argument("tt_file", metavar="TT_FILE",
+                       help="a ttconv output, an upstream output, or a file tt-train saved after training")
+    check.add_argument("--hf_model", required=True, help="the checkpoint it came from: folder or hub id")
+    check.add_argument("--revision", help="hub revision when --hf_model is a hub id")
+    check.add_argument("--text", metavar="FILE", help="UTF-8 text to run on (default: a built-in English sample)")
+    check.add_argument("--tokens", type=_positive, default=128, metavar="N",
+                       help="use the first N tokens of the text, capped at the context (default: 128)")
+    check.add_argument("--json", action="store_true",
+                       help="print one JSON object (tt_loss, hf_loss, max_abs_logit_diff, top1_agreement, tokens, ok)")
+    _common(check)
 
     config = sub.add_parser("config", help="write the tt-train YAML training config for a checkpoint",
                             description="Write the tt-train YAML (training_config with transformer_config) "
@@ -224,7 +252,8 @@ def _conversion(args, family):
                    keep_optimizer_state=args.keep_optimizer_state, prefix=args.prefix, layout=args.layout,
                    scheduler=args.scheduler, learning_rate=args.learning_rate, vocab_multiple=args.vocab_multiple)
     if family == "llama":
-        report = api.convert_llama(init_path, args.hf_model, output_path, meta_style=args.meta_style, **options)
+        report = api.convert_llama(init_path, args.hf_model, output_path, meta_style=args.meta_style,
+                                   text_path=args.text, **options)
     else:
         report = api.convert_gpt2(init_path, args.hf_model, output_path, **options)
     if args.dry_run:
@@ -241,6 +270,31 @@ def _conversion(args, family):
     return 0
 
 
+def _check(args):
+    import json
+
+    from .api import check
+
+    result = check(args.family, args.tt_file, args.hf_model, args.text, args.tokens, args.revision, args.quiet)
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    else:
+        source = args.text or "the built-in English sample"
+        print(f"{result.tokens} tokens of {source}")
+        print(f"  tt-train file  {args.tt_file}: loss {result.tt_loss:.6f} nats, perplexity {math.exp(result.tt_loss):.4f}")
+        print(f"  Hugging Face   {args.hf_model}: loss {result.hf_loss:.6f} nats, "
+              f"perplexity {math.exp(result.hf_loss):.4f}")
+        print(f"  largest |logit difference| {result.max_abs_logit_diff:.3g}, top-1 agreement {result.top1_agreement:.4f}")
+        if result.layout is not None:
+            print(f"  {result.layout.describe()}")
+        print(f"verdict: {'the same model' if result.ok else 'DIFFERENT'} (losses to {TOLERANCE:g} relative, "
+              "every top-1 prediction)")
+    if not result.ok:
+        print(f"ttconv: check failed: {result.reason}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
 def _run(args):
     if args.command in ("llama", "gpt2"):
         return _conversion(args, args.command)
@@ -248,6 +302,8 @@ def _run(args):
         from .inspection import inspect_file
 
         return inspect_file(args.file, as_json=args.json)
+    if args.command == "check":
+        return _check(args)
     if args.command == "config":
         from .api import write_config
 

@@ -1,17 +1,19 @@
-"""A bytes progress bar on stderr, shown only when stderr is a terminal."""
+"""A progress bar on stderr (bytes, or layers), shown only when stderr is a terminal."""
 import sys
 
 
 class Progress:
-    """Context manager with advance(nbytes); silent when quiet or stderr is not a terminal."""
+    """Context manager with advance(n); silent when quiet or stderr is not a terminal.
+    The unit is bytes ("B", scaled to KB, MB...) or a word such as "layer"."""
 
-    def __init__(self, total_bytes, label, quiet=False):
+    def __init__(self, total, label, quiet=False, unit="B"):
         self._bar = None
         if not quiet and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total_bytes, desc=label, unit="B", unit_scale=True,
-                             unit_divisor=1024, leave=False, file=sys.stderr)
+            scaled = unit == "B"
+            self._bar = tqdm(total=total, desc=label, unit=unit, unit_scale=scaled,
+                             unit_divisor=1024 if scaled else 1000, leave=False, file=sys.stderr)
 
     def advance(self, nbytes):
         if self._bar is not None:

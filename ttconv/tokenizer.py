@@ -109,3 +109,38 @@ def copy_tokenizer_files(model_dir, out_dir):
                 shutil.copyfileobj(src, out)
             copied.append(name)
     return copied
+
+
+SAMPLE_TEXT = """\
+The river was low that autumn, and the boats that usually crowded the landing had gone
+south before the first frost. In the mornings the fog lay thick over the water, and the
+ferryman would stand on the dock with a lantern, listening for the bell of the mill
+across the bank. Children walked to school along the towpath, counting the herons that
+waited in the reeds. By noon the sun had burned the mist away, and the whole valley
+shone: the orchards heavy with apples, the church tower white against the hills, the
+road winding up toward the pass where the carts of the traders appeared each week.
+People said the winter would be long, and they stacked their wood high and salted their
+meat, but nobody seemed worried. There was bread in the ovens and music in the evenings,
+and when the wind came down from the mountains it only made the fires burn brighter.
+"""
+
+
+def sample_ids(model_dir, text=None, limit=128, context=None, log=None):
+    """Token ids of text (the built-in English sample when None) with the checkpoint's tokenizer.json,
+    the first `limit` of them, capped at the model's context (log(notice) says so)."""
+    path = os.path.join(model_dir, "tokenizer.json")
+    if not os.path.isfile(path):
+        raise TokenizerError(f"{model_dir}: no tokenizer.json to turn the text into token ids")
+    try:
+        tokenizer = import_held("tokenizers").Tokenizer.from_file(path)
+    except Exception as exc:  # tokenizers raises plain Exception subclasses from Rust
+        raise TokenizerError(f"{path}: not a usable tokenizer ({str(exc).splitlines()[0]})") from None
+    ids = tokenizer.encode(SAMPLE_TEXT if text is None else text).ids
+    if context is not None and limit > context:
+        if log is not None:
+            log(f"{limit} tokens asked for, but the model's context is {context}; using {context}")
+        limit = context
+    ids = ids[:limit]
+    if len(ids) < 2:
+        raise TokenizerError(f"the text is {len(ids)} token(s) long; at least 2 are needed to predict a next token")
+    return ids

@@ -16,7 +16,7 @@ from . import kernels
 from .errors import TtFileError
 
 HEADER_WINDOW = 1 << 16
-SCAN_WINDOW = 1 << 24
+SCAN_WINDOW = 1 << 20
 MAX_NESTING = 16
 MAX_SMALL_VALUE = 1 << 12
 MAX_ENTRIES = 1 << 20

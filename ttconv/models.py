@@ -1,0 +1,268 @@
+"""Forward passes of Llama and GPT-2 in jax.numpy, one layer at a time, two ways.
+
+`TtModel` computes what tt-train computes from a tt-train file: its parameter names and
+layouts (q_linear, kv_linear = [k; v], RoPE on adjacent pairs (2i, 2i+1), weights
+[out, in], padded vocabulary rows ignored, tied `fc`, positions cropped to the
+context). `HfModel` computes what transformers computes from a safetensors checkpoint:
+separate q/k/v, RoPE on the pairs (i, i + D/2) ("rotate half"), GPT-2's Conv1D [in,
+out] weights and tanh GELU. The two are written apart on purpose: `ttconv check`
+compares them. Parameters are read one layer at a time, so memory stays about one
+layer plus the embeddings; each layer runs as one jit-compiled function.
+"""
+import functools
+import math
+
+import numpy as np
+
+from .errors import MappingError
+from .interrupts import import_held
+from .mapping import count_tt_layers, find_prefix
+
+jax = import_held("jax")
+jax.config.update("jax_platforms", "cpu")
+jnp = import_held("jax.numpy")
+
+NEG_INF = -1e30
+BUFFERS = ("attn.bias", "attn.masked_bias")  # GPT-2's causal-mask buffers in old checkpoints
+
+
+def rope_frequencies(shape):
+    """Inverse frequencies of the head dimension's pairs, with Llama 3 scaling when configured."""
+    d = shape.head_dim
+    inv = 1.0 / (shape.theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
+    scaling = shape.rope_scaling
+    if not scaling:
+        return inv
+    factor, low, high = scaling["scaling_factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    original = scaling["original_context_length"]
+    wavelength = 2 * math.pi / inv
+    scaled = np.where(wavelength > original / low, inv / factor, inv)
+    smooth = (original / wavelength - low) / (high - low)
+    medium = (wavelength <= original / low) & (wavelength >= original / high)
+    return np.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+
+
+def _angles(shape, length):
+    angles = np.outer(np.arange(length, dtype=np.float64), rope_frequencies(shape))
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def _causal_attention(q, k, v):
+    """q: [heads, T, d]; k, v: [kv heads, T, d] (each shared by heads / kv heads query heads)."""
+    group = q.shape[0] // k.shape[0]
+    k, v = jnp.repeat(k, group, axis=0), jnp.repeat(v, group, axis=0)
+    scores = q @ k.transpose(0, 2, 1) / math.sqrt(q.shape[-1])
+    length = q.shape[1]
+    scores = jnp.where(jnp.tril(jnp.ones((length, length), bool)), scores, NEG_INF)
+    return jax.nn.softmax(scores, axis=-1) @ v
+
+
+def _rms_norm(x, gamma, eps):
+    return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps) * gamma
+
+
+def _layer_norm(x, gamma, beta, eps):
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean((x - mean) ** 2, axis=-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps) * gamma + beta
+
+
+def _gelu_tanh(x):
+    return 0.5 * x * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def _split_heads(x, heads):
+    length = x.shape[0]
+    return x.reshape(length, heads, -1).transpose(1, 0, 2)
+
+
+def _merge_heads(x):
+    return x.transpose(1, 0, 2).reshape(x.shape[1], -1)
+
+
+def cross_entropy(logits, ids):
+    """Mean next-token cross-entropy (nats) of logits [T, V] for ids [T], in float64."""
+    logits = np.asarray(logits, dtype=np.float64)[:-1]
+    top = logits.max(axis=-1, keepdims=True)
+    log_norm = np.log(np.exp(logits - top).sum(axis=-1)) + top[:, 0]
+    return float(np.mean(log_norm - logits[np.arange(len(ids) - 1), ids[1:]]))
+
+
+# ------------------------------------------------------------------ tt-train's side
+
+def _rope_adjacent(x, cos, sin):
+    """RoPE on the adjacent pairs (2i, 2i+1), as tt-train applies it."""
+    even, odd = x[..., 0::2], x[..., 1::2]
+    turned = jnp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1)
+    return turned.reshape(x.shape)
+
+
+@functools.partial(jax.jit, static_argnames=("heads", "kv_heads", "eps"))
+def _tt_llama_block(x, w, cos, sin, heads, kv_heads, eps):
+    a = _rms_norm(x, w["attention_norm/gamma"][0], eps)
+    q = _split_heads(a @ w["attention/q_linear/weight"].T, heads)
+    kv = a @ w["attention/kv_linear/weight"].T
+    k, v = (_split_heads(part, kv_heads) for part in jnp.split(kv, 2, axis=-1))
+    attended = _causal_attention(_rope_adjacent(q, cos, sin), _rope_adjacent(k, cos, sin), v)
+    x = x + _merge_heads(attended) @ w["attention/out_linear/weight"].T
+    m = _rms_norm(x, w["mlp_norm/gamma"][0], eps)
+    return x + (jax.nn.silu(m @ w["mlp/w1/weight"].T) * (m @ w["mlp/w3/weight"].T)) @ w["mlp/w2/weight"].T
+
+
+@functools.partial(jax.jit, static_argnames=("heads", "eps"))
+def _tt_gpt2_block(x, w, heads, eps):
+    a = _layer_norm(x, w["ln1/gamma"][0], w["ln1/beta"][0], eps)
+    qkv = a @ w["attention/qkv_linear/weight"].T + w["attention/qkv_linear/bias"][0]
+    q, k, v = (_split_heads(part, heads) for part in jnp.split(qkv, 3, axis=-1))
+    x = x + _merge_heads(_causal_attention(q, k, v)) @ w["attention/out_linear/weight"].T \
+        + w["attention/out_linear/bias"][0]
+    m = _layer_norm(x, w["ln2/gamma"][0], w["ln2/beta"][0], eps)
+    hidden = _gelu_tanh(m @ w["mlp/fc1/weight"].T + w["mlp/fc1/bias"][0])
+    return x + hidden @ w["mlp/fc2/weight"].T + w["mlp/fc2/bias"][0]
+
+
+class TtModel:
+    """The model held in a tt-train file (TtFile), run as tt-train runs it."""
+
+    def __init__(self, tt, family, shape, eps):
+        self.tt, self.family, self.shape, self.eps = tt, family, shape, eps
+        self.params = tt.parameters("model")
+        self.prefix = find_prefix(self.params, family, tt.path)
+        self._check()
+
+    def _tensor(self, name):
+        param = self.params.get(f"{self.prefix}/{name}")
+        if param is None:
+            raise MappingError(f"{self.tt.path}: no tensor {self.prefix}/{name}")
+        return self.tt.read_values(param.data).reshape(param.rows, param.cols)
+
+    def _check(self):
+        layers = count_tt_layers(self.params, self.prefix, self.family)
+        fc = self.params.get(f"{self.prefix}/fc/weight")
+        problems = []
+        if layers != self.shape.num_blocks:
+            problems.append(f"{layers} blocks in the tt file, {self.shape.num_blocks} layers in the checkpoint")
+        if fc.cols != self.shape.embedding_dim:
+            problems.append(f"embedding width {fc.cols} in the tt file, {self.shape.embedding_dim} in the checkpoint")
+        if fc.rows < self.shape.vocab_size:
+            problems.append(f"{fc.rows} vocabulary rows in the tt file, {self.shape.vocab_size} in the checkpoint")
+        if problems:
+            raise MappingError(f"{self.tt.path} and the checkpoint describe different models: {'; '.join(problems)}")
+
+    def logits(self, ids, progress=None):
+        """Logits [T, vocab_size] for token ids (numpy int array)."""
+        shape, prefix = self.shape, self.prefix
+        embedding = "tok_emb/weight" if f"{prefix}/tok_emb/weight" in self.params else "fc/weight"
+        x = jnp.asarray(self._tensor(embedding)[ids])
+        if self.family == "gpt2":
+            x = x + self._tensor("pos_emb/weight")[: len(ids)]
+        else:
+            cos, sin = _angles(shape, len(ids))
+        block = "llama_block_{}/" if self.family == "llama" else "gpt_block_{}/"
+        for i in range(shape.num_blocks):
+            head = f"{prefix}/{block.format(i)}"
+            w = {name[len(head):]: self._tensor(name[len(prefix) + 1:]) for name in self.params if name.startswith(head)}
+            if self.family == "llama":
+                x = _tt_llama_block(x, w, cos, sin, shape.num_heads, shape.num_groups, self.eps)
+            else:
+                x = _tt_gpt2_block(x, w, shape.num_heads, self.eps)
+            if progress is not None:
+                progress.advance(1)
+        if self.family == "llama":
+            x = _rms_norm(x, self._tensor("ln_fc/gamma")[0], self.eps)
+        else:
+            x = _layer_norm(x, self._tensor("ln_fc/gamma")[0], self._tensor("ln_fc/beta")[0], self.eps)
+        return np.asarray(x @ jnp.asarray(self._tensor("fc/weight")[: shape.vocab_size]).T)
+
+
+# ------------------------------------------------------------------ transformers' side
+
+def _rotate_half(x):
+    half = x.shape[-1] // 2
+    return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("heads", "kv_heads", "eps", "adjacent_pairs"))
+def _hf_llama_layer(x, t, cos, sin, heads, kv_heads, eps, adjacent_pairs):
+    normed = _rms_norm(x, t["input_layernorm.weight"], eps)
+    q = _split_heads(normed @ t["self_attn.q_proj.weight"].T, heads)
+    k = _split_heads(normed @ t["self_attn.k_proj.weight"].T, kv_heads)
+    v = _split_heads(normed @ t["self_attn.v_proj.weight"].T, kv_heads)
+    if adjacent_pairs:  # q/k rows read as Meta-interleaved
+        q, k = _rope_adjacent(q, cos, sin), _rope_adjacent(k, cos, sin)
+    else:
+        full_cos, full_sin = jnp.concatenate([cos, cos], -1), jnp.concatenate([sin, sin], -1)
+        q = q * full_cos + _rotate_half(q) * full_sin
+        k = k * full_cos + _rotate_half(k) * full_sin
+    x = x + _merge_heads(_causal_attention(q, k, v)) @ t["self_attn.o_proj.weight"].T
+    post = _rms_norm(x, t["post_attention_layernorm.weight"], eps)
+    gate = jax.nn.silu(post @ t["mlp.gate_proj.weight"].T)
+    return x + (gate * (post @ t["mlp.up_proj.weight"].T)) @ t["mlp.down_proj.weight"].T
+
+
+@functools.partial(jax.jit, static_argnames=("heads", "eps"))
+def _hf_gpt2_layer(x, t, heads, eps):
+    normed = _layer_norm(x, t["ln_1.weight"], t["ln_1.bias"], eps)
+    q, k, v = (_split_heads(part, heads)
+               for part in jnp.split(normed @ t["attn.c_attn.weight"] + t["attn.c_attn.bias"], 3, axis=-1))
+    x = x + _merge_heads(_causal_attention(q, k, v)) @ t["attn.c_proj.weight"] + t["attn.c_proj.bias"]
+    normed = _layer_norm(x, t["ln_2.weight"], t["ln_2.bias"], eps)
+    return x + _gelu_tanh(normed @ t["mlp.c_fc.weight"] + t["mlp.c_fc.bias"]) @ t["mlp.c_proj.weight"] \
+        + t["mlp.c_proj.bias"]
+
+
+def _float32(ckpt, info):
+    raw = ckpt.read_rows(info)
+    if info.dtype == "BF16":
+        raw = (raw.astype(np.uint32) << 16).view(np.float32)  # exact: bf16 is float32's high half
+    return raw.astype(np.float32).reshape(info.shape)
+
+
+class HfModel:
+    """The model of a Hugging Face checkpoint (checkpoint.Checkpoint), run as transformers runs it."""
+
+    def __init__(self, ckpt, family, shape, eps):
+        self.ckpt, self.family, self.shape, self.eps = ckpt, family, shape, eps
+        strip = "transformer." if family == "gpt2" else ""
+        self.tensors = {name[len(strip):] if strip and name.startswith(strip) else name: info
+                        for name, info in ckpt.tensors.items()}
+
+    def _tensor(self, name):
+        if name not in self.tensors:
+            raise MappingError(f"{self.ckpt.directory}: the checkpoint has no tensor {name}")
+        return _float32(self.ckpt, self.tensors[name])
+
+    def logits(self, ids, progress=None, adjacent_pairs=(False,)):
+        """Logits [T, vocab_size] for token ids, one array per entry of adjacent_pairs (Llama only:
+        True reads the checkpoint's q/k rows as Meta-interleaved); all variants share each layer read."""
+        shape = self.shape
+        if self.family == "llama":
+            states = [jnp.asarray(self._tensor("model.embed_tokens.weight")[ids])] * len(adjacent_pairs)
+            cos, sin = _angles(shape, len(ids))
+        else:
+            states = [jnp.asarray(self._tensor("wte.weight")[ids] + self._tensor("wpe.weight")[: len(ids)])]
+        for i in range(shape.num_blocks):
+            head = f"model.layers.{i}." if self.family == "llama" else f"h.{i}."
+            t = {name[len(head):]: self._tensor(name) for name in self.tensors
+                 if name.startswith(head) and name[len(head):] not in BUFFERS and not name.endswith("inv_freq")}
+            if self.family == "llama":
+                states = [_hf_llama_layer(x, t, cos, sin, shape.num_heads, shape.num_groups, self.eps, pairs)
+                          for x, pairs in zip(states, adjacent_pairs)]
+            else:
+                states = [_hf_gpt2_layer(states[0], t, shape.num_heads, self.eps)]
+            if progress is not None:
+                progress.advance(1)
+        if self.family == "llama":
+            head = self._tensor("lm_head.weight" if "lm_head.weight" in self.tensors else "model.embed_tokens.weight")
+            norm = self._tensor("model.norm.weight")
+            return [np.asarray(_rms_norm(x, norm, self.eps) @ jnp.asarray(head).T) for x in states]
+        head = self._tensor("lm_head.weight" if "lm_head.weight" in self.tensors else "wte.weight")
+        normed = _layer_norm(states[0], self._tensor("ln_f.weight"), self._tensor("ln_f.bias"), self.eps)
+        return [np.asarray(normed @ jnp.asarray(head).T)]
+
+
+def norm_epsilon(family, config):
+    """The norm epsilon of a config (rms_norm_eps or layer_norm_epsilon, transformers' defaults)."""
+    if family == "llama":
+        return float(config.get("rms_norm_eps", 1e-6))
+    return float(config.get("layer_norm_epsilon", 1e-5))

@@ -1,0 +1,157 @@
+"""`ttconv check`: run the model a tt-train file holds next to the Hugging Face model it came from.
+
+Both run on the same token ids: tt-train's computation on the tt file (models.TtModel)
+and transformers' on the checkpoint (models.HfModel). Their mean next-token losses must
+agree to TOLERANCE (relative) and their top-1 predictions everywhere. For Llama, the
+checkpoint's own numbers also tell its q/k layout (see decide_meta_style).
+"""
+import logging
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .checkpoint import Checkpoint
+from .errors import MappingError, TtconvError
+from .hfconfig import model_shape
+from .hub import resolve_model
+from .progress import Progress
+from .tokenizer import sample_ids
+from .ttfile import TtFile
+
+log = logging.getLogger("ttconv")
+
+TOLERANCE = 1e-4
+# Below this relative gap between the two q/k readings the layout is not told apart (random weights
+# differ by about 1e-5 relative; trained models by several percent even on text unlike their own).
+LAYOUT_MARGIN = 0.01
+
+
+@dataclass
+class CheckResult:
+    """The numbers of a check; ok when the losses agree to TOLERANCE and every top-1 prediction agrees."""
+
+    tt_loss: float
+    hf_loss: float
+    max_abs_logit_diff: float
+    top1_agreement: float
+    tokens: int
+    ok: bool
+    reason: str = ""
+    layout: Optional["LayoutDecision"] = None
+
+    def as_dict(self):
+        result = {"tt_loss": self.tt_loss, "hf_loss": self.hf_loss, "max_abs_logit_diff": self.max_abs_logit_diff,
+                  "top1_agreement": self.top1_agreement, "tokens": self.tokens, "ok": self.ok}
+        if self.layout is not None:
+            result["qk_layout"] = {"as_stored_loss": self.layout.hf, "meta_interleaved_loss": self.layout.meta,
+                                   "meta_style": self.layout.meta_style if self.layout.decided else None}
+        return result
+
+
+@dataclass
+class LayoutDecision:
+    """Losses of the checkpoint with its q/k rows read as they are ("hf") and as Meta-interleaved ("meta")."""
+
+    hf: float
+    meta: float
+
+    @property
+    def decided(self):
+        return abs(self.hf - self.meta) > LAYOUT_MARGIN * min(self.hf, self.meta)
+
+    @property
+    def meta_style(self):
+        return self.meta < self.hf
+
+    def describe(self):
+        verdict = ("Meta-interleaved: convert with --meta_style" if self.meta_style
+                   else "Hugging Face layout: convert without --meta_style") if self.decided else "too close to call"
+        return (f"q/k rows read as they are: loss {self.hf:.4f} nats; read as Meta-interleaved: "
+                f"{self.meta:.4f} nats -> {verdict}")
+
+
+def _read_text(path):
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TtconvError(f"{path}: cannot read the text ({getattr(exc, 'strerror', None) or exc})") from None
+
+
+def _model(ckpt, family):
+    from .models import norm_epsilon
+
+    shape = model_shape(family, ckpt)
+    return shape, norm_epsilon(family, ckpt.config)
+
+
+def decide_meta_style(ckpt, text=None, tokens=128, quiet=True):
+    """LayoutDecision for a Llama checkpoint from its loss on the text (the built-in sample when None)."""
+    from .models import HfModel, cross_entropy
+
+    shape, eps = _model(ckpt, "llama")
+    ids = np.array(sample_ids(ckpt.directory, text, tokens, shape.max_sequence_length, log.info))
+    with Progress(shape.num_blocks, "deciding q/k layout", quiet, unit="layer") as progress:
+        as_is, meta = HfModel(ckpt, "llama", shape, eps).logits(ids, progress, adjacent_pairs=(False, True))
+    return LayoutDecision(cross_entropy(as_is, ids), cross_entropy(meta, ids))
+
+
+def _compare(tt_logits, hf_logits, ids, layout):
+    from .models import cross_entropy
+
+    tt_loss, hf_loss = cross_entropy(tt_logits, ids), cross_entropy(hf_logits, ids)
+    diff = float(np.max(np.abs(tt_logits.astype(np.float64) - hf_logits)))
+    top1 = float(np.mean(np.argmax(tt_logits, axis=-1) == np.argmax(hf_logits, axis=-1)))
+    relative = abs(tt_loss - hf_loss) / max(abs(hf_loss), 1e-12)
+    problems = []
+    if relative > TOLERANCE:
+        problems.append(f"tt loss {tt_loss:.4f} vs Hugging Face {hf_loss:.4f} nats "
+                        f"(relative difference {relative:.2g} > {TOLERANCE:g})")
+    if top1 < 1.0:
+        problems.append(f"top-1 predictions agree on {top1:.1%} of {len(ids)} positions")
+    return CheckResult(tt_loss, hf_loss, diff, top1, len(ids), not problems, "; ".join(problems), layout)
+
+
+def check(family, tt_path, hf_model, text_path=None, tokens=128, revision=None, quiet=True):
+    """Run the tt-train file's model and the checkpoint's on the same ids; returns a CheckResult.
+
+    text_path: a UTF-8 text file (the built-in English sample when None); tokens: how many of
+    its tokens (capped at the context). For Llama the result also holds the losses of the
+    checkpoint's q/k layouts.
+
+    >>> check("llama", "out/llama.msgpack", "examples/llama-mini").ok  # doctest: +SKIP
+    """
+    from .models import HfModel, TtModel
+
+    if tokens < 2:
+        raise TtconvError(f"--tokens {tokens}: at least 2 tokens are needed to predict a next token")
+    text = _read_text(text_path)
+    if not os.path.isfile(tt_path):
+        raise TtconvError(f"{tt_path}: no such file")
+    ckpt = Checkpoint(resolve_model(hf_model, revision))
+    try:
+        shape, eps = _model(ckpt, family)
+        tt = TtFile(tt_path)
+        tt_model = TtModel(tt, family, shape, eps)
+        ids = np.array(sample_ids(ckpt.directory, text, tokens, shape.max_sequence_length, log.info))
+        if int(ids.max()) >= shape.vocab_size:
+            raise MappingError(f"the tokenizer gives id {int(ids.max())}, beyond the vocabulary of {shape.vocab_size}")
+        variants = (False, True) if family == "llama" else (False,)
+        with Progress(shape.num_blocks * 2, "checking layers", quiet, unit="layer") as progress:
+            tt_logits = tt_model.logits(ids, progress)
+            hf_logits = HfModel(ckpt, family, shape, eps).logits(ids, progress, adjacent_pairs=variants)
+    finally:
+        ckpt.close()
+    if family == "gpt2":
+        return _compare(tt_logits, hf_logits[0], ids, None)
+    from .models import cross_entropy
+
+    layout = LayoutDecision(cross_entropy(hf_logits[0], ids), cross_entropy(hf_logits[1], ids))
+    # A checkpoint whose own numbers say its q/k rows are Meta-interleaved is compared as such:
+    # that is the model a correct (--meta_style) conversion holds.
+    reference = hf_logits[1] if layout.decided and layout.meta_style else hf_logits[0]
+    return _compare(tt_logits, reference, ids, layout)
