@@ -161,18 +161,21 @@ class TtModel:
         block = "llama_block_{}/" if self.family == "llama" else "gpt_block_{}/"
         for i in range(shape.num_blocks):
             head = f"{prefix}/{block.format(i)}"
-            w = {name[len(head):]: self._tensor(name[len(prefix) + 1:]) for name in self.params if name.startswith(head)}
+            w = {name[len(head):]: jnp.asarray(self._tensor(name[len(prefix) + 1:]))
+                 for name in self.params if name.startswith(head)}
             if self.family == "llama":
                 x = _tt_llama_block(x, w, cos, sin, shape.num_heads, shape.num_groups, self.eps)
             else:
                 x = _tt_gpt2_block(x, w, shape.num_heads, self.eps)
+            x.block_until_ready()
+            del w  # before the next layer is read: one layer in memory at a time
             if progress is not None:
                 progress.advance(1)
         if self.family == "llama":
             x = _rms_norm(x, self._tensor("ln_fc/gamma")[0], self.eps)
         else:
             x = _layer_norm(x, self._tensor("ln_fc/gamma")[0], self._tensor("ln_fc/beta")[0], self.eps)
-        return np.asarray(x @ jnp.asarray(self._tensor("fc/weight")[: shape.vocab_size]).T)
+        return np.asarray(x) @ self._tensor("fc/weight")[: shape.vocab_size].T
 
 
 # ------------------------------------------------------------------ transformers' side
@@ -215,7 +218,7 @@ def _float32(ckpt, info):
     raw = ckpt.read_rows(info)
     if info.dtype == "BF16":
         raw = (raw.astype(np.uint32) << 16).view(np.float32)  # exact: bf16 is float32's high half
-    return raw.astype(np.float32).reshape(info.shape)
+    return raw.astype(np.float32, copy=False).reshape(info.shape)
 
 
 class HfModel:
@@ -243,22 +246,24 @@ class HfModel:
             states = [jnp.asarray(self._tensor("wte.weight")[ids] + self._tensor("wpe.weight")[: len(ids)])]
         for i in range(shape.num_blocks):
             head = f"model.layers.{i}." if self.family == "llama" else f"h.{i}."
-            t = {name[len(head):]: self._tensor(name) for name in self.tensors
+            t = {name[len(head):]: jnp.asarray(self._tensor(name)) for name in self.tensors
                  if name.startswith(head) and name[len(head):] not in BUFFERS and not name.endswith("inv_freq")}
             if self.family == "llama":
                 states = [_hf_llama_layer(x, t, cos, sin, shape.num_heads, shape.num_groups, self.eps, pairs)
                           for x, pairs in zip(states, adjacent_pairs)]
             else:
                 states = [_hf_gpt2_layer(states[0], t, shape.num_heads, self.eps)]
+            jax.block_until_ready(states)
+            del t  # before the next layer is read: one layer in memory at a time
             if progress is not None:
                 progress.advance(1)
         if self.family == "llama":
             head = self._tensor("lm_head.weight" if "lm_head.weight" in self.tensors else "model.embed_tokens.weight")
             norm = self._tensor("model.norm.weight")
-            return [np.asarray(_rms_norm(x, norm, self.eps) @ jnp.asarray(head).T) for x in states]
+            return [np.asarray(_rms_norm(x, norm, self.eps)) @ head.T for x in states]
         head = self._tensor("lm_head.weight" if "lm_head.weight" in self.tensors else "wte.weight")
         normed = _layer_norm(states[0], self._tensor("ln_f.weight"), self._tensor("ln_f.bias"), self.eps)
-        return [np.asarray(normed @ jnp.asarray(head).T)]
+        return [np.asarray(normed) @ head.T]
 
 
 def norm_epsilon(family, config):
