@@ -223,11 +223,11 @@ def test_signal_mid_conversion_leaves_nothing(cli, tmp_path, monkeypatch, signum
     real_encode = kernels.encode
     calls = []
 
-    def encode_then_signal(*args):
+    def encode_then_signal(*args, **kwargs):
         calls.append(1)
         if len(calls) == 5:
             os.kill(os.getpid(), signum)
-        return real_encode(*args)
+        return real_encode(*args, **kwargs)
 
     monkeypatch.setattr(kernels, "encode", encode_then_signal)
     out = tmp_path / "out.msgpack"

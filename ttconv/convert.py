@@ -1,4 +1,5 @@
 """Llama and GPT-2 conversions: Hugging Face checkpoint + tt-train init file -> tt-train file."""
+import functools
 import logging
 import os
 import time
@@ -75,30 +76,36 @@ class _Buffers:
         return self._encoded
 
 
+def _emit(encoder, source, n_values, writer, progress, buffers):
+    """Encode n_values with encoder(source, out) straight into the output's buffer when it lends one."""
+    room = writer.reserve(n_values)
+    encoded, bad = encoder(source, out=room if room is not None else buffers.encoded(n_values))
+    if room is not None and np.shares_memory(encoded, room):
+        writer.commit(n_values)
+    else:
+        writer.write(encoded)
+    progress.advance(n_values * 5)
+    return bad
+
+
 def _encode_piece(piece, ckpt, writer, progress, buffers):
     info = piece.tensor
-    nonfinite = 0
     if piece.transform == "transpose":
         size = info.rows * info.cols
-        encoded, bad = kernels.encode_transposed(ckpt.read_rows(info, buffer=buffers.source(size)),
-                                                 buffers.encoded(size))
-        writer.write(encoded)
-        progress.advance(encoded.nbytes)
-        return bad
+        rows = ckpt.read_rows(info, buffer=buffers.source(size))
+        return _emit(kernels.encode_transposed, rows, size, writer, progress, buffers)
     cols = info.matrix_shape()[1]
     unit = info.matrix_shape()[0] // piece.heads if piece.transform == "rope" else 1
     step = max(unit, (CHUNK_VALUES // max(cols, 1)) // unit * unit)
+    nonfinite = 0
     for first in range(0, piece.rows, step):
         last = min(piece.rows, first + step)
         rows = ckpt.read_rows(info, first, last, buffers.source((last - first) * cols))
-        out = buffers.encoded(rows.size)
         if piece.transform == "rope":
-            encoded, bad = kernels.encode_rope(rows, (last - first) // unit, out)
+            encoder = functools.partial(kernels.encode_rope, n_heads=(last - first) // unit)
         else:
-            encoded, bad = kernels.encode(rows, out)
-        nonfinite += bad
-        writer.write(encoded)
-        progress.advance(encoded.nbytes)
+            encoder = kernels.encode
+        nonfinite += _emit(encoder, rows, rows.size, writer, progress, buffers)
     return nonfinite
 
 

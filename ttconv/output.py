@@ -1,10 +1,14 @@
 """Atomic output files: written to a temporary file beside the target, fsynced, renamed."""
 import contextlib
 import errno
+import fcntl
+import mmap
 import os
 import queue
 import tempfile
 import threading
+
+import numpy as np
 
 from . import interrupts
 from .errors import OutputError
@@ -28,18 +32,40 @@ def _output_error(target, exc):
     return OutputError(f"{target}: cannot write: {exc.strerror or exc}")
 
 
+def _direct_io(fd):
+    """Switch fd to O_DIRECT where the file system allows it; True when it did.
+
+    Writing a multi-GB output around the page cache is about twice as fast here and leaves
+    the inputs' cached pages alone; file systems without it (tmpfs) keep buffered writes."""
+    direct = getattr(os, "O_DIRECT", 0)
+    if not direct:
+        return False
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | direct)
+    except OSError:
+        return False
+    return True
+
+
+def _buffered_io(fd):
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~getattr(os, "O_DIRECT", 0))
+
+
 class _OutputFile:
     """Writes through a background thread so that reading and encoding overlap the disk.
 
-    Data is copied into a small pool of buffers (bounded memory) that the thread writes
-    in order; a write error (e.g. a full disk) surfaces as OutputError on the next call."""
+    Data is copied (or encoded in place, see reserve) into a small pool of page-aligned
+    buffers (bounded memory) that the thread writes in order, whole, with O_DIRECT where
+    the file system allows it; only the last, partial buffer is written through the page
+    cache. A write error (e.g. a full disk) surfaces as OutputError on the next call."""
 
     def __init__(self, fd, target):
         self._fd = fd
         self._target = target
+        self._direct = _direct_io(fd)
         self._free = queue.Queue()
         for _ in range(POOL_BUFFERS):
-            self._free.put(bytearray(BUFFER_BYTES))
+            self._free.put(mmap.mmap(-1, BUFFER_BYTES))  # page-aligned, as O_DIRECT needs
         self._full = queue.Queue()
         self._current = None
         self._fill = 0
@@ -60,6 +86,23 @@ class _OutputFile:
             if self._fill == BUFFER_BYTES:
                 self._hand_over()
 
+    def reserve(self, nbytes):
+        """Room for nbytes in the current pool buffer, as a writable uint8 array to encode into in place
+        (saving a copy), or None when the buffer has less room left: buffers are only ever handed to
+        the writer thread full. commit(nbytes) adds what was encoded."""
+        self._raise_error()
+        if self._current is None:
+            self._current, self._fill = self._free.get(), 0
+        if BUFFER_BYTES - self._fill < nbytes:
+            return None
+        return np.frombuffer(self._current, dtype=np.uint8, count=nbytes, offset=self._fill)
+
+    def commit(self, nbytes):
+        """Add the nbytes just encoded into the array that reserve() gave."""
+        self._fill += nbytes
+        if self._fill == BUFFER_BYTES:
+            self._hand_over()
+
     def _hand_over(self):
         self._full.put((self._current, self._fill))
         self._current = None
@@ -72,12 +115,28 @@ class _OutputFile:
             buffer, size = item
             if self._error is None:
                 try:
-                    view = memoryview(buffer)[:size]
-                    while len(view):
-                        view = view[os.write(self._fd, view):]
+                    if self._direct and size < BUFFER_BYTES:  # the last buffer: through the page cache
+                        self._stop_direct_io()
+                    self._write_all(memoryview(buffer)[:size])
                 except OSError as exc:
                     self._error = exc
             self._free.put(buffer)
+
+    def _stop_direct_io(self):
+        _buffered_io(self._fd)
+        self._direct = False
+
+    def _write_all(self, view):
+        while len(view):
+            try:
+                view = view[os.write(self._fd, view):]
+            except OSError as exc:
+                if not (self._direct and exc.errno == errno.EINVAL):
+                    raise
+                self._stop_direct_io()  # the file system took the flag but refuses the write
+                continue
+            if len(view) and self._direct:
+                self._stop_direct_io()  # a short write leaves the file offset unaligned
 
     def _raise_error(self):
         if self._error is not None:

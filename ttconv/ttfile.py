@@ -529,6 +529,21 @@ class TtWriter:
         self.out.write(array_header(count))
         self._pending = count
 
+    def reserve(self, count):
+        """A uint8 array to encode count values into, in the output's own buffer (no copy), or None
+        when the output cannot lend one; commit(count) writes them."""
+        if count > self._pending:
+            raise RuntimeError(f"{count} values reserved where {self._pending} remain")
+        reserve = getattr(self.out, "reserve", None)
+        return reserve(count * 5) if reserve is not None else None
+
+    def commit(self, count):
+        """Write the count values encoded into the array reserve() gave."""
+        if count > self._pending:
+            raise RuntimeError(f"{count} values committed where {self._pending} remain")
+        self._pending -= count
+        self.out.commit(count * 5)
+
     def write(self, encoded):
         """Write encoded float32 values (5 bytes each) of the open array."""
         count = len(encoded) // 5
