@@ -138,7 +138,7 @@ def test_text_file_tokens_and_context_cap(cli, tmp_path):
     assert status == 0 and "verdict: the same model" in out and "perplexity" in out
 
 
-@pytest.mark.parametrize("case", ["other model", "no tokenizer", "short text", "missing file"])
+@pytest.mark.parametrize("case", ["other model", "other heads", "no tokenizer", "short text", "missing file"])
 def test_bad_input_is_one_line(cli, tmp_path, case):
     model, _ = trained("llama")
     tt_file = convert(cli, "llama", model, tmp_path / "tt.msgpack")
@@ -146,6 +146,13 @@ def test_bad_input_is_one_line(cli, tmp_path, case):
     if case == "other model":
         args = ["check", "llama", f"{support.FIXTURES}/llama-mini/init.msgpack", "--hf_model", model]
         expected = "describe different models"
+    elif case == "other heads":
+        shutil.copytree(model, tmp_path / "heads")
+        cfg = json.load(open(tmp_path / "heads" / "config.json"))
+        cfg["num_key_value_heads"] = cfg["num_attention_heads"]
+        json.dump(cfg, open(tmp_path / "heads" / "config.json", "w"))
+        args = ["check", "llama", tt_file, "--hf_model", tmp_path / "heads"]
+        expected = "kv_linear/weight has 64 rows in the tt file, the checkpoint's config says 128"
     elif case == "no tokenizer":
         shutil.copytree(model, tmp_path / "bare")
         os.unlink(tmp_path / "bare" / "tokenizer.json")

@@ -22,9 +22,9 @@ def _convert(family, init_path, hf_model, output_path, meta_style, revision, dry
 
 
 def _decide_meta_style(ckpt, text_path, quiet):
-    from .verify import _read_text, decide_meta_style
+    from .verify import decide_meta_style, read_text
 
-    decision = decide_meta_style(ckpt, _read_text(text_path), quiet=quiet)
+    decision = decide_meta_style(ckpt, read_text(text_path), quiet=quiet)
     log.info(decision.describe())
     if not decision.decided:
         raise TtconvError(

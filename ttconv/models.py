@@ -136,10 +136,30 @@ class TtModel:
             raise MappingError(f"{self.tt.path}: no tensor {self.prefix}/{name}")
         return self.tt.read_values(param.data).reshape(param.rows, param.cols)
 
+    def _rows(self, name):
+        param = self.params.get(f"{self.prefix}/{name}")
+        return param.rows if param is not None else None
+
+    @property
+    def context(self):
+        """Positions the tt model can take (GPT-2's pos_emb may be cropped below the checkpoint's)."""
+        if self.family == "gpt2":
+            return min(self.shape.max_sequence_length, self._rows("pos_emb/weight") or 0)
+        return self.shape.max_sequence_length
+
     def _check(self):
         layers = count_tt_layers(self.params, self.prefix, self.family)
         fc = self.params.get(f"{self.prefix}/fc/weight")
-        problems = []
+        shape = self.shape
+        if self.family == "llama":
+            expected = {"llama_block_0/attention/q_linear/weight": shape.num_heads * shape.head_dim,
+                        "llama_block_0/attention/kv_linear/weight": 2 * shape.num_groups * shape.head_dim,
+                        "llama_block_0/mlp/w1/weight": shape.intermediate_dim}
+        else:
+            expected = {"gpt_block_0/attention/qkv_linear/weight": 3 * shape.embedding_dim,
+                        "gpt_block_0/mlp/fc1/weight": shape.intermediate_dim}
+        problems = [f"{name} has {self._rows(name)} rows in the tt file, the checkpoint's config says {rows}"
+                    for name, rows in expected.items() if layers and self._rows(name) != rows]
         if layers != self.shape.num_blocks:
             problems.append(f"{layers} blocks in the tt file, {self.shape.num_blocks} layers in the checkpoint")
         if fc.cols != self.shape.embedding_dim:

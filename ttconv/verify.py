@@ -72,7 +72,8 @@ class LayoutDecision:
                 f"{self.meta:.4f} nats -> {verdict}")
 
 
-def _read_text(path):
+def read_text(path):
+    """The UTF-8 text of a --text file (None for None)."""
     if path is None:
         return None
     try:
@@ -82,7 +83,7 @@ def _read_text(path):
         raise TtconvError(f"{path}: cannot read the text ({getattr(exc, 'strerror', None) or exc})") from None
 
 
-def _model(ckpt, family):
+def _shape_and_epsilon(ckpt, family):
     from .models import norm_epsilon
 
     shape = model_shape(family, ckpt)
@@ -93,7 +94,7 @@ def decide_meta_style(ckpt, text=None, tokens=128, quiet=True):
     """LayoutDecision for a Llama checkpoint from its loss on the text (the built-in sample when None)."""
     from .models import HfModel, cross_entropy
 
-    shape, eps = _model(ckpt, "llama")
+    shape, eps = _shape_and_epsilon(ckpt, "llama")
     ids = np.array(sample_ids(ckpt.directory, text, tokens, shape.max_sequence_length, log.info))
     with Progress(shape.num_blocks, "deciding q/k layout", quiet, unit="layer") as progress:
         as_is, meta = HfModel(ckpt, "llama", shape, eps).logits(ids, progress, adjacent_pairs=(False, True))
@@ -125,19 +126,19 @@ def check(family, tt_path, hf_model, text_path=None, tokens=128, revision=None, 
 
     >>> check("llama", "out/llama.msgpack", "examples/llama-mini").ok  # doctest: +SKIP
     """
-    from .models import HfModel, TtModel
+    from .models import HfModel, TtModel, cross_entropy
 
     if tokens < 2:
         raise TtconvError(f"--tokens {tokens}: at least 2 tokens are needed to predict a next token")
-    text = _read_text(text_path)
+    text = read_text(text_path)
     if not os.path.isfile(tt_path):
         raise TtconvError(f"{tt_path}: no such file")
     ckpt = Checkpoint(resolve_model(hf_model, revision))
     try:
-        shape, eps = _model(ckpt, family)
+        shape, eps = _shape_and_epsilon(ckpt, family)
         tt = TtFile(tt_path)
         tt_model = TtModel(tt, family, shape, eps)
-        ids = np.array(sample_ids(ckpt.directory, text, tokens, shape.max_sequence_length, log.info))
+        ids = np.array(sample_ids(ckpt.directory, text, tokens, tt_model.context, log.info))
         if int(ids.max()) >= shape.vocab_size:
             raise MappingError(f"the tokenizer gives id {int(ids.max())}, beyond the vocabulary of {shape.vocab_size}")
         variants = (False, True) if family == "llama" else (False,)
@@ -148,8 +149,6 @@ def check(family, tt_path, hf_model, text_path=None, tokens=128, revision=None, 
         ckpt.close()
     if family == "gpt2":
         return _compare(tt_logits, hf_logits[0], ids, None)
-    from .models import cross_entropy
-
     layout = LayoutDecision(cross_entropy(hf_logits[0], ids), cross_entropy(hf_logits[1], ids))
     # A checkpoint whose own numbers say its q/k rows are Meta-interleaved is compared as such:
     # that is the model a correct (--meta_style) conversion holds.
