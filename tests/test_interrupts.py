@@ -26,21 +26,46 @@ def installed():
     interrupts.restore(previous)
 
 
+def test_signals_are_noted_and_raised_at_the_next_safe_point(installed):
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.01)  # a raising handler would have raised by now
+    with pytest.raises(interrupts.Interrupted):
+        interrupts.check()
+    interrupts.check()  # raised once only
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.01)
+    with pytest.raises(interrupts.Terminated):
+        interrupts.check()
+
+
+def test_immediate_blocks_raise_at_once(installed):
+    with pytest.raises(interrupts.Interrupted):
+        with interrupts.immediate():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+            pytest.fail("the signal did not interrupt the block")
+
+
 def test_held_delivers_a_signal_when_the_block_ends(installed):
+    seen_inside = []
+    with interrupts.held():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        seen_inside.append(interrupts._State.pending)
+    assert seen_inside == [None]  # deferred while held
+    with pytest.raises(interrupts.Interrupted):
+        interrupts.check()
+
+
+def test_held_without_handlers_installed_raises_at_the_end():
+    """Library use: Python's own SIGINT handler raises KeyboardInterrupt when the block ends."""
     reached_end_of_block = False
     with pytest.raises(KeyboardInterrupt):
         with interrupts.held():
             os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.01)  # a handler in force would have raised by now
+            time.sleep(0.01)
             reached_end_of_block = True
     assert reached_end_of_block
-
-
-def test_held_delivers_sigterm_as_terminated(installed):
-    with pytest.raises(interrupts.Terminated):
-        with interrupts.held():
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.01)
 
 
 def test_held_without_signal_restores_the_handlers(installed):
@@ -99,37 +124,56 @@ def test_signal_while_the_temporary_file_is_created(installed, monkeypatch, tmp_
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("where", ["fsync", "replace_before"])
-def test_signal_before_the_rename_leaves_nothing(installed, monkeypatch, tmp_path, where):
-    name = "fsync" if where == "fsync" else "replace"
-    signal_inside(monkeypatch, output.os, name, signal.SIGINT, after=where == "fsync")
-    (tmp_path / "out").write_bytes(b"previous")
+def test_library_use_keeps_python_s_keyboard_interrupt(monkeypatch, tmp_path):
+    """Without install(), Ctrl-C raises as usual, and a signal while the temporary file is created
+    still leaves no file: the creation is held and the exception comes right after it."""
+    signal_inside(monkeypatch, output.tempfile, "mkstemp", signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         with output.atomic_output(tmp_path / "out") as out:
-            out.write(b"new")
-    if where == "fsync":
-        assert os.listdir(tmp_path) == ["out"] and (tmp_path / "out").read_bytes() == b"previous"
-    else:
-        # the signal arrived inside the held rename: it is delivered once the file is in place
-        assert os.listdir(tmp_path) == ["out"] and (tmp_path / "out").read_bytes() == b"new"
+            out.write(b"never")
+    assert os.listdir(tmp_path) == []
 
 
-def test_signal_during_the_rename_counts_as_completed(cli, monkeypatch, tmp_path):
+@pytest.mark.parametrize("name", ["fsync", "replace"])
+def test_signal_after_the_last_write_lets_the_file_complete(installed, monkeypatch, tmp_path, name):
+    signal_inside(monkeypatch, output.os, name, signal.SIGINT)
+    (tmp_path / "out").write_bytes(b"previous")
+    with output.atomic_output(tmp_path / "out") as out:
+        out.write(b"new")
+    assert os.listdir(tmp_path) == ["out"] and (tmp_path / "out").read_bytes() == b"new"
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.check()  # the command line's last check: it then reports the file as written
+
+
+def test_signal_while_writing_leaves_nothing(installed, monkeypatch, tmp_path):
+    (tmp_path / "out").write_bytes(b"previous")
+    with pytest.raises(interrupts.Terminated):
+        with output.atomic_output(tmp_path / "out") as out:
+            out.write(b"part")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+            out.write(b"more")
+            pytest.fail("the write after the signal went through")
+    assert os.listdir(tmp_path) == ["out"] and (tmp_path / "out").read_bytes() == b"previous"
+
+
+def test_signal_during_the_rename_lets_the_run_complete(cli, monkeypatch, tmp_path):
     signal_inside(monkeypatch, output.os, "replace", signal.SIGTERM)
     out = tmp_path / "out.msgpack"
     mini = os.path.join(support.FIXTURES, "llama-mini")
     status, _, err = cli("llama", "-i", f"{mini}/init.msgpack", "--hf_model", mini, "-o", out)
-    assert status == 0 and err == f"ttconv: wrote {out}; a signal arrived as it was completed\n"
+    assert status == 0 and err.startswith(f"ttconv: wrote {out}: 19 tensors") and err.count("\n") == 1
     assert out.stat().st_size > 0 and leftovers(tmp_path) == []
 
 
 def test_signal_before_an_import_completes_is_not_an_import_error(installed):
     sys.modules.pop("json.tool", None)
-    with pytest.raises(KeyboardInterrupt):
-        with interrupts.held():
-            os.kill(os.getpid(), signal.SIGINT)
-            interrupts.import_held("json.tool")
+    with interrupts.held():
+        os.kill(os.getpid(), signal.SIGINT)
+        interrupts.import_held("json.tool")
     assert "json.tool" in sys.modules
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.check()
 
 
 RUNS = 50

@@ -1,8 +1,9 @@
 """`python -m ttconv` and the `ttconv` command.
 
 The signal handlers are installed before anything else is imported, so that Ctrl-C or
-SIGTERM at any instant, even while numpy or jax load, ends in one line and exit 130/143.
-The handlers stay until the process exits: once the command is done, signals are ignored.
+SIGTERM at any instant, even while numpy or jax load, ends in one line and exit 130/143
+(see ttconv.interrupts). The handlers stay until the process exits: once the command is
+done, signals are ignored.
 """
 import sys
 
@@ -16,6 +17,7 @@ def run():
         with interrupts.held():  # numpy turns an interrupt during its import into an ImportError
             import numpy  # noqa: F401
             from ttconv.cli import run_command
+        interrupts.check()
     except (KeyboardInterrupt, interrupts.Terminated) as exc:
         interrupts.finish()
         status, what = interrupts.outcome(exc)

@@ -340,20 +340,12 @@ def _output_of(args):
     return None
 
 
-def _identity(path):
-    try:
-        stat = os.stat(path)
-    except (OSError, TypeError, ValueError):
-        return None
-    return stat.st_dev, stat.st_ino, stat.st_mtime_ns
-
-
-def _interrupted(exc, output, before):
-    """Exit status and the one line for a SIGINT or SIGTERM that ended the run."""
+def _interrupted(exc, output, args):
+    """Exit status and the one line for a SIGINT or SIGTERM that ended the run (raised at a safe
+    point, always before the output was renamed into place)."""
     status, what = interrupts.outcome(exc)
-    if output is not None and _identity(output) not in (None, before):
-        # the signal came while the finished output was being renamed into place
-        return 0, f"ttconv: wrote {output}; a signal arrived as it was completed"
+    if args is not None and args.command == "to-hf":
+        return status, f"ttconv: {what}; {args.output_dir} may be missing files (each file in it is whole)"
     target = f"{output} was not written" if output else "no output was written"
     return status, f"ttconv: {what}; {target}"
 
@@ -369,15 +361,14 @@ def main(argv=None):
 
 def run_command(argv=None):
     """Run one command with interrupts.install() in force: one line for every error and signal."""
-    output = before = args = None
+    output = args = None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
         _setup_logging(args.quiet)
         output = _output_of(args)
-        before = _identity(output)
         status = _run(args)
-        interrupts.finish()
+        interrupts.finish()  # a signal noted after the last safe point came too late to stop anything
         return status
     except BrokenPipeError:
         # stdout went away (e.g. piped into head): stop quietly
@@ -393,6 +384,6 @@ def run_command(argv=None):
         return EXIT_ERROR
     except (KeyboardInterrupt, interrupts.Terminated) as exc:
         interrupts.finish()
-        status, line = _interrupted(exc, output, before)
+        status, line = _interrupted(exc, output, args)
         print(line, file=sys.stderr)
         return status

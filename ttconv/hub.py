@@ -7,6 +7,7 @@ asks only for the files it reads and turns the library's errors into one line.
 import os
 import re
 
+from . import interrupts
 from .errors import CheckpointError
 from .interrupts import import_held
 
@@ -29,7 +30,8 @@ def resolve_model(hf_model, revision=None):
     errors = import_held("huggingface_hub.utils")  # the exceptions live here in every supported version
     name = hf_model + (f" (revision {revision})" if revision else "")
     try:
-        return hub.snapshot_download(hf_model, revision=revision, allow_patterns=NEEDED_FILES)
+        with interrupts.immediate():  # a download has no safe points, and nothing of ours to clean up
+            return hub.snapshot_download(hf_model, revision=revision, allow_patterns=NEEDED_FILES)
     except errors.GatedRepoError:
         raise CheckpointError(
             f"{name}: gated model; accept its terms on the Hugging Face hub, then give a token that has "

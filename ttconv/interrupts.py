@@ -1,12 +1,17 @@
-"""SIGINT and SIGTERM as exceptions, and the short moments in which they must wait.
+"""SIGINT and SIGTERM under the command line: noted when they arrive, raised where it is safe.
 
-The command line turns both signals into exceptions (Interrupted, Terminated) so that
-clean-up code runs. ``held()`` defers them while a temporary file is created or
-renamed, so that no instant leaves a file behind with nobody left to remove it.
+A Python signal handler that raises can fire anywhere: inside a finalizer or weakref
+callback (where the exception is swallowed with a traceback), inside the threading
+internals of the writer's queues, between creating a temporary file and recording its
+name. So install() makes the handlers only note the signal, and the long-running work
+calls check() at safe points — every progress step, every buffer written, every window
+of a scanned file — which raises Interrupted (a KeyboardInterrupt) or Terminated there,
+so that clean-up code runs. Work that opens no file of ours and has no such points (a
+hub download) runs in an ``immediate()`` block, where the handlers raise at once.
 
 This module is the first thing `python -m ttconv` loads, so it imports nothing but
-``signal``: every import before install() is a moment in which a signal would end the
-process with Python's own traceback.
+``signal`` (loaded with the interpreter): every import before install() is a moment in
+which a signal would end the process with Python's own traceback.
 """
 import signal
 
@@ -23,10 +28,41 @@ class Terminated(BaseException):
     """SIGTERM under install(), raised like KeyboardInterrupt so that clean-up runs."""
 
 
-def _raise_for(signum, frame):
-    if signum == signal.SIGINT:
-        raise Interrupted()
-    raise Terminated()
+class _State:
+    pending = None  # the signal noted and not yet raised
+    immediate = 0  # depth of immediate() blocks
+
+
+def _exception(signum):
+    return Interrupted() if signum == signal.SIGINT else Terminated()
+
+
+def _note(signum, frame):
+    if _State.pending is None:
+        _State.pending = signum
+    if _State.immediate:
+        check()
+
+
+def check():
+    """Raise the exception of a signal that came since the last check (a safe point)."""
+    signum, _State.pending = _State.pending, None
+    if signum is not None:
+        raise _exception(signum)
+
+
+class immediate:
+    """Context manager: inside it the handlers raise at once (for work with no safe points and no
+    file of ours open, such as a download); a signal noted before it is raised on entry."""
+
+    def __enter__(self):
+        _State.immediate += 1
+        check()
+        return self
+
+    def __exit__(self, *exc_info):
+        _State.immediate -= 1
+        return False
 
 
 def outcome(exc):
@@ -35,8 +71,9 @@ def outcome(exc):
 
 
 def install():
-    """Make SIGINT raise Interrupted (a KeyboardInterrupt) and SIGTERM raise Terminated; returns the previous handlers."""
-    return {signum: signal.signal(signum, _raise_for) for signum in SIGNALS}
+    """Note SIGINT and SIGTERM for check(); returns the previous handlers, for restore()."""
+    _State.pending, _State.immediate = None, 0
+    return {signum: signal.signal(signum, _note) for signum in SIGNALS}
 
 
 def finish():
@@ -45,18 +82,19 @@ def finish():
     SIG_IGN, unlike a Python handler, stays in force while the interpreter shuts down."""
     for signum in SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+    _State.pending = None
 
 
 def restore(previous):
-    """Put back the handlers that install() replaced."""
+    """Put back the handlers that install() or held() replaced."""
     for signum, handler in previous.items():
         signal.signal(signum, handler)
 
 
 class held:
     """Context manager: SIGINT and SIGTERM that arrive inside the block are delivered, to the
-    handlers in force before it, when it ends. Outside the main thread (where handlers cannot
-    be changed) the block runs as it is."""
+    handlers in force before it, when it ends (with install()'s handlers: noted for check()).
+    Outside the main thread (where handlers cannot be changed) the block runs as it is."""
 
     def __enter__(self):
         self._pending = []

@@ -74,6 +74,7 @@ class _OutputFile:
         self._thread.start()
 
     def write(self, data):
+        interrupts.check()
         view = memoryview(data).cast("B")
         while len(view):
             self._raise_error()
@@ -90,6 +91,7 @@ class _OutputFile:
         """Room for nbytes in the current pool buffer, as a writable uint8 array to encode into in place
         (saving a copy), or None when the buffer has less room left: buffers are only ever handed to
         the writer thread full. commit(nbytes) adds what was encoded."""
+        interrupts.check()
         self._raise_error()
         if self._current is None:
             self._current, self._fill = self._free.get(), 0

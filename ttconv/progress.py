@@ -1,6 +1,8 @@
 """A progress bar on stderr (bytes, or layers), shown only when stderr is a terminal."""
 import sys
 
+from . import interrupts
+
 
 class Progress:
     """Context manager with advance(n); silent when quiet or stderr is not a terminal.
@@ -15,9 +17,11 @@ class Progress:
             self._bar = tqdm(total=total, desc=label, unit=unit, unit_scale=scaled,
                              unit_divisor=1024 if scaled else 1000, leave=False, file=sys.stderr)
 
-    def advance(self, nbytes):
+    def advance(self, n):
+        """Count n more units done; also a safe point for a pending Ctrl-C (interrupts.check)."""
+        interrupts.check()
         if self._bar is not None:
-            self._bar.update(nbytes)
+            self._bar.update(n)
 
     def __enter__(self):
         return self

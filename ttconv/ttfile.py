@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import kernels
+from . import interrupts, kernels
 from .errors import TtFileError
 
 HEADER_WINDOW = 1 << 16
@@ -138,6 +138,7 @@ class _Cursor:
         window = self.window(count)
         done = 0
         while done < count:
+            interrupts.check()
             if self.pos >= self.size:
                 self.fail(f"file ends inside {what} after {done} of {count} values")
             self.handle.seek(self.pos)
