@@ -334,7 +334,7 @@ def _one_line(exc):
 def _output_of(args):
     """The file a conversion command writes last, or None."""
     if args.command == "llama":
-        return args.output_path or "data/tinyllama_exported.msgpack"
+        return args.output_path or DEFAULT_OUTPUT
     if args.command == "gpt2":
         return args.output_file or args.output_pos
     return None
