@@ -9,7 +9,6 @@ import re
 
 from . import interrupts
 from .errors import CheckpointError
-from .interrupts import import_held
 
 NEEDED_FILES = [
     "config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
@@ -26,8 +25,8 @@ def resolve_model(hf_model, revision=None):
         raise CheckpointError(f"{hf_model}: is a file; --hf_model takes a model folder or a hub id")
     if not HUB_ID.match(hf_model) or hf_model.startswith((".", "/")):
         raise CheckpointError(f"{hf_model}: no such directory, and not a Hugging Face hub id")
-    hub = import_held("huggingface_hub")
-    errors = import_held("huggingface_hub.utils")  # the exceptions live here in every supported version
+    hub = interrupts.import_held("huggingface_hub")
+    errors = interrupts.import_held("huggingface_hub.utils")  # the exceptions live here in every supported version
     name = hf_model + (f" (revision {revision})" if revision else "")
     try:
         with interrupts.immediate():  # a download has no safe points, and nothing of ours to clean up

@@ -19,25 +19,24 @@ from .interrupts import import_held
 BACKEND_ENV = "TTCONV_BACKEND"
 
 _DTYPE_CODES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, np.dtype(np.uint16): 2}
+_HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _installed_kernel_elsewhere():
     """Folder of an installed ttconv that has the compiled kernel, other than this one, or None."""
-    here = os.path.dirname(os.path.abspath(__file__))
     for dist in importlib.metadata.distributions(name="ttconv"):
         for file in dist.files or ():
             if file.name.startswith("_kernel.") and file.name.endswith((".so", ".pyd")):
-                folder = os.path.dirname(os.path.abspath(dist.locate_file(file)))
-                if folder != here and os.path.exists(dist.locate_file(file)):
-                    return folder
+                path = os.path.abspath(dist.locate_file(file))
+                if os.path.dirname(path) != _HERE and os.path.exists(path):
+                    return os.path.dirname(path)
     return None
 
 
 def _why_no_kernel(exc):
     installed = _installed_kernel_elsewhere()
     if installed:
-        here = os.path.dirname(os.path.abspath(__file__))
-        return (f"running the source tree {here}, which has no compiled kernel and hides the installed "
+        return (f"running the source tree {_HERE}, which has no compiled kernel and hides the installed "
                 f"ttconv in {installed}; run ttconv from another folder, or build the kernel here with "
                 "`pip install -e .`")
     return (f"the C kernel is not built ({exc}); reinstall with a C compiler: "
