@@ -47,14 +47,15 @@ class Report:
         )
 
 
-def plan_conversion(family, tt, ckpt, meta_style=False):
-    """Build the plan (which tt tensor comes from which checkpoint tensors)."""
+def plan_conversion(family, tt, ckpt, meta_style=False, params=None):
+    """Build the plan (which tt tensor comes from which checkpoint tensors) for the model's
+    parameters (params: another set of them, e.g. tt.weights())."""
     shape = model_shape(family, ckpt)
     layout = {"n_layers": shape.num_blocks}
     if family == "llama":
         layout.update(rope_q=shape.num_heads, rope_kv=shape.num_groups, head_dim=shape.head_dim)
     tensors = canonical_names(family, ckpt.tensors, ckpt.directory)
-    return build_plan(family, tt, tt.parameters("model"), tensors, layout, meta_style)
+    return build_plan(family, tt, params or tt.parameters("model"), tensors, layout, meta_style)
 
 
 class _Buffers:

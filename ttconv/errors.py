@@ -10,7 +10,7 @@ class InputFileError(TtconvError):
 
 
 class TtFileError(TtconvError):
-    """A tt-train msgpack file that is malformed, truncated or not a parameter map."""
+    """A tt-train msgpack file or checkpoint directory that is malformed, truncated or not what it claims."""
 
 
 class CheckpointError(TtconvError):

@@ -17,11 +17,11 @@ from . import kernels
 from .checkpoint import Checkpoint
 from .convert import Report, plan_conversion
 from .errors import OutputError
+from .formats import open_tt
 from .hub import resolve_model
 from .output import atomic_output
 from .progress import Progress
 from .tokenizer import copy_tokenizer_files
-from .ttfile import TtFile
 
 OUTPUT_DTYPES = {
     "f32": ("F32", np.dtype("<f4"), "float32"),
@@ -102,7 +102,7 @@ def _safetensors_header(tensors, st_dtype, itemsize):
 
 
 def export_hf(family, tt_path, hf_model, output_dir, dtype="f32", meta_style=False, revision=None, quiet=True):
-    """Write model.safetensors, config.json and tokenizer files for a tt-train file.
+    """Write model.safetensors, config.json and tokenizer files for a tt-train file or checkpoint directory.
 
     The original checkpoint (hf_model, folder or hub id) supplies the config, the
     tensor names and layout, and any tensor the tt file does not hold. Round trip
@@ -122,8 +122,8 @@ def export_hf(family, tt_path, hf_model, output_dir, dtype="f32", meta_style=Fal
         raise OutputError(f"{output_dir}: is the original checkpoint folder; choose another output folder")
     ckpt = Checkpoint(model_dir)
     try:
-        tt = TtFile(tt_path)
-        plan = plan_conversion(family, tt, ckpt, meta_style)
+        tt = open_tt(tt_path)
+        plan = plan_conversion(family, tt, ckpt, meta_style, tt.weights())
         recovered = _recovered_tensors(plan, tt)
         by_name = {info.name: info for info in ckpt.tensors.values()}
         loaders = dict(recovered)
@@ -151,4 +151,4 @@ def export_hf(family, tt_path, hf_model, output_dir, dtype="f32", meta_style=Fal
         out.write(json.dumps(config, indent=2).encode("utf-8") + b"\n")
     copy_tokenizer_files(model_dir, output_dir)
     return Report(plan, output_dir, tensors=len(loaders), values=values, bytes_written=os.path.getsize(target),
-                  seconds=time.perf_counter() - started)
+                  seconds=time.perf_counter() - started, state=tt.weights_note or "")

@@ -2,7 +2,10 @@
 import json
 import os
 
+import numpy as np
+
 from .training import LOAD_PREFIX, SAVE_PREFIX
+from .ttdir import PARAMETER_FLAGS, TENSOR_FIELDS, TtDir, is_checkpoint_dir
 from .ttfile import SCHEDULER_ROOT, TtFile, array_header, state_group
 
 # ttnn DataType values as tt-train writes them
@@ -66,7 +69,10 @@ def _kind(prefix, groups, scalars):
 
 
 def describe(path):
-    """Parameters and state of a tt-train file, grouped (model, optimizer, scheduler), as a JSON-ready dict."""
+    """Parameters and state of a tt-train file or checkpoint directory, grouped (model, optimizer,
+    scheduler), as a JSON-ready dict."""
+    if is_checkpoint_dir(path):
+        return _describe_dir(path)
     tt = TtFile(path)
     groups = {group: [] for group in GROUPS}
     for name, param in tt.parameters().items():
@@ -85,6 +91,7 @@ def describe(path):
     everything = [row for rows in groups.values() for row in rows]
     return {
         "file": os.fspath(path),
+        "format": "msgpack",
         "kind": _kind(prefix, groups, scalars),
         "training_state": tt.is_training_state(),
         "model_prefix": prefix,
@@ -101,36 +108,114 @@ def describe(path):
     }
 
 
+def _dir_row(ttdir, key, entry):
+    header = entry.header
+    name = key[: -len("/value")] if key.endswith("/value") else key
+    declared = ttdir.values.get(key + "/layout")
+    flags = {flag: ttdir.values.get(f"{name}/{flag}") for flag in PARAMETER_FLAGS}
+    return {
+        "name": name,
+        "shape": list(header.logical_shape()),
+        "elements": int(np.prod(header.logical_shape(), dtype=np.int64)),
+        "data_type": header.dtype_name,
+        "layout": header.layout,
+        "declared_layout": LAYOUTS.get(declared.value, declared.value) if declared is not None else None,
+        "devices": header.devices,
+        "file": entry.filename,
+        "requires_grads": flags["requires_grads"].value if flags["requires_grads"] is not None else None,
+        "has_grads": flags["has_grads"].value if flags["has_grads"] is not None else None,
+    }
+
+
+def _dir_kind(prefix, roots, groups, scalars):
+    if not groups["optimizer"] and not groups["scheduler"] and not scalars["optimizer"] and not scalars["scheduler"]:
+        return f"model dump: parameters under {prefix or '?'} (what -s saves, or a converted model)"
+    steps = {k.split("/", 1)[0]: v for k, v in scalars["optimizer"].items() if k.endswith("/steps")}
+    parts = sorted({row["name"].split("/")[1] for row in groups["optimizer"]})
+    scheduler = ", ".join(f"{k[len('scheduler/'):]}={_value(v)}" for k, v in scalars["scheduler"].items())
+    return (f"training state: model under {prefix or '?'}; optimizer {', '.join(sorted(roots)) or '?'}: "
+            f"{', '.join(parts) or 'no moments'}, steps {', '.join(str(v) for v in steps.values()) or '?'}; "
+            f"scheduler: {scheduler or 'none'}")
+
+
+def _describe_dir(path):
+    ttdir = TtDir(path)
+    groups = {group: [] for group in GROUPS}
+    in_tensors = set()
+    for key, entry in sorted(ttdir.tensors.items()):
+        row = _dir_row(ttdir, key, entry)
+        groups[ttdir.group(key)].append(row)
+        in_tensors.update([key] + [f"{key}/{f}" for f in TENSOR_FIELDS] + [f"{row['name']}/{f}" for f in PARAMETER_FLAGS])
+    scalars = {group: {} for group in GROUPS}
+    for key, value in sorted(ttdir.values.items()):
+        if key not in in_tensors:
+            plain = value.value.tolist() if isinstance(value.value, np.ndarray) else value.value
+            scalars[ttdir.group(key)][key] = plain
+    prefix = _model_prefix([row["name"] for row in groups["model"]])
+    everything = [row for rows in groups.values() for row in rows]
+    return {
+        "file": ttdir.directory,
+        "format": "flatbuffer",
+        "kind": _dir_kind(prefix, ttdir.optimizer_roots, groups, scalars),
+        "training_state": ttdir.is_training_state(),
+        "model_prefix": prefix,
+        "bytes": sum(os.path.getsize(ttdir.tensor_path(e)) for e in ttdir.tensors.values())
+        + os.path.getsize(ttdir.metadata_path),
+        "entries": len(ttdir.values),
+        "parameters": groups["model"],
+        "optimizer": groups["optimizer"],
+        "optimizer_scalars": scalars["optimizer"],
+        "scheduler": scalars["scheduler"],
+        "other_entries": list(scalars["model"]),
+        "total_parameters": len(everything),
+        "total_elements": sum(r["elements"] for r in everything),
+        "model_elements": sum(r["elements"] for r in groups["model"]),
+    }
+
+
 def _flag(value):
     return {True: "yes", False: "no", None: "-"}.get(value, str(value))
 
 
-def _table(rows, width):
+def _columns(info, width):
+    """(header line, row formatter) for the format's table."""
+    if info["format"] == "flatbuffer":
+        header = (f"{'name':<{width}}  {'shape':<22} {'elements':>12}  {'data_type':<9} {'layout':<9} "
+                  f"{'devices':>7}  {'grad':<4} {'has_grad':<8} file")
+        return header, lambda r, shape: (
+            f"{r['name']:<{width}}  {shape:<22} {r['elements']:>12,}  {str(r['data_type']):<9} {r['layout']:<9} "
+            f"{r['devices']:>7}  {_flag(r['requires_grads']):<4} {_flag(r['has_grads']):<8} {r['file']}")
+    header = (f"{'name':<{width}}  {'shape':<22} {'elements':>12}  {'data_type':<9} {'variant':>7}  "
+              f"{'encoding':<8} {'grad':<4} {'has_grad'}")
+    return header, lambda r, shape: (
+        f"{r['name']:<{width}}  {shape:<22} {r['elements']:>12,}  {str(r['data_type']):<9} "
+        f"{r['variant']:>7}  {r['encoding']:<8} {_flag(r['requires_grads']):<4} {_flag(r['has_grads'])}")
+
+
+def _table(rows, line):
     for r in rows:
-        shape = "x".join(str(d) for d in r["shape"])
-        print(f"{r['name']:<{width}}  {shape:<22} {r['elements']:>12,}  {str(r['data_type']):<9} "
-              f"{r['variant']:>7}  {r['encoding']:<8} {_flag(r['requires_grads']):<4} {_flag(r['has_grads'])}")
+        print(line(r, "x".join(str(d) for d in r["shape"])))
 
 
 def inspect_file(path, as_json=False):
-    """Print the kind and the grouped parameters of a tt-train file (table or JSON); returns the exit status."""
+    """Print the kind and the grouped parameters of a tt-train file or checkpoint directory (table or
+    JSON); returns the exit status."""
     info = describe(path)
     if as_json:
         print(json.dumps(info, indent=2))
         return 0
     width = max([len(r["name"]) for r in info["parameters"] + info["optimizer"]] + [4])
     print(f"kind: {info['kind']}")
-    header = (f"{'name':<{width}}  {'shape':<22} {'elements':>12}  {'data_type':<9} {'variant':>7}  "
-              f"{'encoding':<8} {'grad':<4} {'has_grad'}")
+    header, line = _columns(info, width)
     print(f"\nmodel ({len(info['parameters'])} tensors, {info['model_elements']:,} values)")
     print(header)
-    _table(info["parameters"], width)
+    _table(info["parameters"], line)
     if info["training_state"]:
         print(f"\noptimizer ({len(info['optimizer'])} tensors)"
               + "".join(f"; {k} = {_value(v)}" for k, v in info["optimizer_scalars"].items()))
         if info["optimizer"]:
             print(header)
-            _table(info["optimizer"], width)
+            _table(info["optimizer"], line)
         print("\nscheduler" + ("".join(f"\n  {k} = {_value(v)}" for k, v in info["scheduler"].items()) or ": none"))
     if info["other_entries"]:
         print(f"\nother entries: {', '.join(info['other_entries'])}")

@@ -122,11 +122,11 @@ def _tt_gpt2_block(x, w, heads, eps):
 
 
 class TtModel:
-    """The model held in a tt-train file (TtFile), run as tt-train runs it."""
+    """The model held in a tt-train file or checkpoint directory (formats.open_tt), run as tt-train runs it."""
 
     def __init__(self, tt, family, shape, eps):
         self.tt, self.family, self.shape, self.eps = tt, family, shape, eps
-        self.params = tt.parameters("model")
+        self.params = tt.weights()
         self.prefix = find_prefix(self.params, family, tt.path)
         self._check()
 

@@ -304,6 +304,12 @@ class TtFile:
             if entry.key.endswith(DATA_SUFFIX) and (group is None or state_group(entry.key) == group)
         }
 
+    def weights(self):
+        """The model's parameters (a msgpack save holds no separate master weights)."""
+        return self.parameters("model")
+
+    weights_note = None
+
     def is_training_state(self):
         """True when the file holds optimizer or scheduler state beside the model (a training save)."""
         return any(state_group(entry.key) != "model" for entry in self.entries)

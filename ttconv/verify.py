@@ -14,11 +14,11 @@ import numpy as np
 
 from .checkpoint import Checkpoint
 from .errors import MappingError, TtconvError
+from .formats import open_tt
 from .hfconfig import model_shape
 from .hub import resolve_model
 from .progress import Progress
 from .tokenizer import sample_ids
-from .ttfile import TtFile
 
 log = logging.getLogger("ttconv")
 
@@ -131,12 +131,12 @@ def check(family, tt_path, hf_model, text_path=None, tokens=128, revision=None, 
     if tokens < 2:
         raise TtconvError(f"--tokens {tokens}: at least 2 tokens are needed to predict a next token")
     text = read_text(text_path)
-    if not os.path.isfile(tt_path):
-        raise TtconvError(f"{tt_path}: no such file")
+    if not os.path.exists(tt_path):
+        raise TtconvError(f"{tt_path}: no such file or directory")
     ckpt = Checkpoint(resolve_model(hf_model, revision))
     try:
         shape, eps = _shape_and_epsilon(ckpt, family)
-        tt = TtFile(tt_path)
+        tt = open_tt(tt_path)
         tt_model = TtModel(tt, family, shape, eps)
         ids = np.array(sample_ids(ckpt.directory, text, tokens, tt_model.context, log.info))
         if int(ids.max()) >= shape.vocab_size:

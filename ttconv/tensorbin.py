@@ -1,0 +1,367 @@
+"""ttnn `.tensorbin` files: one tensor, as `ttnn::dump_tensor_flatbuffer` writes it.
+
+    [0, 8)             uint64 header_size
+    [8, 8+header_size) flatbuffer `Tensor` (spec, mesh shape, shards, topology), zero-padded
+    [8+header_size, )  data; each shard's offset is relative to its start
+
+The header is read with every offset checked (flatbuf) before any data is touched;
+the data of a shard is read straight into numpy, untilized (32x32 tiles of 16x16
+faces), unpadded to the logical shape and, across devices, read once when
+replicated or reassembled along the sharded dimension. `encode_header` writes the
+header ttnn 0.81.1 writes for a single-device tensor.
+"""
+import os
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+from flatbuffers import Builder
+from flatbuffers import number_types as N
+
+from .errors import TtFileError
+from .flatbuf import FlatbufferError, root
+
+SUFFIX = ".tensorbin"
+MAX_HEADER = 1 << 26
+DATA_ALIGNMENT = 64
+FILE_IDENTIFIER = b"TTNB"
+
+# flatbuffer DataType -> (name, numpy dtype of the stored words); block-float types are not read
+DATA_TYPES = {0: ("BFLOAT16", "<u2"), 1: ("FLOAT32", "<f4"), 2: ("UINT32", "<u4"), 3: ("BFLOAT8_B", None),
+              4: ("BFLOAT4_B", None), 5: ("UINT8", "u1"), 6: ("UINT16", "<u2"), 7: ("INT32", "<i4")}
+BFLOAT16, FLOAT32 = 0, 1
+ROW_MAJOR_PAGE, TILE_PAGE = 1, 2
+INLINE_FILE_STORAGE = 1
+REPLICATE, SHARD = 0, 1
+FACE = 16
+
+# Root `Tensor` fields and the fields of the tables below it (ttnn/core/tensor/flatbuffer/*.fbs).
+T_SPEC, T_MESH, T_SHARDS, T_TOPOLOGY, T_VERSION = range(5)
+SPEC_SHAPE, SPEC_LAYOUT = 0, 1
+LAYOUT_DTYPE, LAYOUT_PAGE_TYPE, LAYOUT_PAGE, LAYOUT_MEMORY, LAYOUT_ALIGNMENT = range(5)
+TILE_H, TILE_W, TILE_TRANSPOSE = range(3)
+SHARD_BUFFER_TYPE, SHARD_BUFFER, SHARD_COORD = range(3)
+TOPO_DISTRIBUTION, TOPO_PLACEMENTS, TOPO_COORDS = range(3)
+
+
+@dataclass
+class Shard:
+    coordinate: tuple
+    offset: int
+    size: int
+
+
+@dataclass
+class TensorHeader:
+    """What a .tensorbin header says, checked against the file's size."""
+
+    path: str
+    shape: tuple
+    data_type: int
+    layout: str
+    tile: tuple
+    alignment: tuple
+    mesh_shape: tuple
+    shards: list
+    distribution: tuple = ()
+    placements: list = field(default_factory=list)
+    mesh_coords: list = field(default_factory=list)
+    schema_version: int = 0
+    identifier: bool = False
+    data_start: int = 0
+    file_size: int = 0
+
+    @property
+    def dtype_name(self):
+        return DATA_TYPES.get(self.data_type, (f"DataType {self.data_type}",))[0]
+
+    @property
+    def devices(self):
+        return len(self.shards)
+
+    def padded_dims(self):
+        """The shape with its trailing dims padded to the alignment (and, for TILE, to whole tiles)."""
+        dims = list(self.shape) if self.shape else [1]
+        align = list(self.alignment)
+        for back in range(1, min(len(align), len(dims)) + 1):
+            dims[-back] = _round_up(dims[-back], max(align[-back], 1))
+        if self.layout == "TILE":
+            if len(dims) == 1:
+                dims.insert(0, 1)
+            dims[-2] = _round_up(dims[-2], self.tile[0])
+            dims[-1] = _round_up(dims[-1], self.tile[1])
+        return dims
+
+    def matrix(self):
+        """(rows, cols) of one shard as stored: leading dims stacked vertically."""
+        dims = self.padded_dims()
+        return int(np.prod(dims[:-1], dtype=np.int64)), dims[-1]
+
+    def shard_bytes(self):
+        rows, cols = self.matrix()
+        return rows * cols * np.dtype(DATA_TYPES[self.data_type][1]).itemsize
+
+    def logical_shape(self):
+        """The whole tensor's shape once the shards are put together."""
+        dims = list(self.shape)
+        for (kind, dim), count in zip(self.placements, self.distribution):
+            if kind == SHARD:
+                dims[dim] *= count
+        return tuple(dims)
+
+
+def _round_up(value, multiple):
+    return -(-value // multiple) * multiple
+
+
+def _fail(path, message):
+    raise TtFileError(f"{path}: {message}")
+
+
+def read_header(path):
+    """The checked header of a .tensorbin file; TtFileError names the file and the problem."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size < 8:
+                _fail(path, f"{size} bytes, too short for a tensor file (an 8-byte header size comes first)")
+            header_size = int.from_bytes(handle.read(8), "little")
+            if header_size > min(size - 8, MAX_HEADER):
+                _fail(path, f"header_size {header_size} does not fit the {size}-byte file")
+            buf = handle.read(header_size)
+    except OSError as exc:
+        _fail(path, f"cannot read: {exc.strerror}")
+    try:
+        header = _parse(path, buf)
+    except FlatbufferError as exc:
+        _fail(path, f"corrupt tensor header: {exc}")
+    header.data_start, header.file_size = 8 + header_size, size
+    _check_shards(header)
+    return header
+
+
+def _parse(path, buf):
+    tensor = root(buf, "Tensor")
+    spec = tensor.table(T_SPEC, "TensorSpec")
+    if spec is None:
+        _fail(path, "tensor header has no tensor_spec")
+    shape = tuple(int(d) for d in spec.numbers(SPEC_SHAPE, np.uint32))
+    layout = spec.table(SPEC_LAYOUT, "TensorLayout")
+    if layout is None:
+        _fail(path, "tensor spec has no tensor_layout")
+    data_type = layout.scalar(LAYOUT_DTYPE, N.Uint8Flags)
+    if DATA_TYPES.get(data_type, (None, None))[1] is None:
+        name = DATA_TYPES.get(data_type, (f"unknown data type {data_type}",))[0]
+        _fail(path, f"data type {name} is not supported (BFLOAT16, FLOAT32 and integer types are)")
+    page_type, page = layout.union(LAYOUT_PAGE_TYPE, LAYOUT_PAGE, "page_config")
+    tile = (0, 0)
+    if page_type == TILE_PAGE:
+        tile_table = page.table(0, "Tile")
+        if tile_table is None:
+            _fail(path, "TILE page config without a tile")
+        tile = (tile_table.scalar(TILE_H, N.Uint32Flags), tile_table.scalar(TILE_W, N.Uint32Flags))
+        if tile_table.scalar(TILE_TRANSPOSE, N.BoolFlags, False):
+            _fail(path, "transposed tiles are not supported")
+        if tile[0] % min(FACE, tile[0] or 1) or tile[1] % FACE or not tile[0] or tile[0] > 32 or tile[1] != 32:
+            _fail(path, f"tile shape {list(tile)} is not supported (32x32 and 16x32 are)")
+    elif page_type != ROW_MAJOR_PAGE:
+        _fail(path, f"unknown page config type {page_type} (1 row-major, 2 tile)")
+    alignment = tuple(int(a) for a in layout.numbers(LAYOUT_ALIGNMENT, np.uint32)) or (1,)
+    header = TensorHeader(path, shape, data_type, "TILE" if page_type == TILE_PAGE else "ROW_MAJOR", tile,
+                          alignment, (), [], schema_version=tensor.scalar(T_VERSION, N.Uint32Flags),
+                          identifier=bytes(buf[4:8]) == FILE_IDENTIFIER)
+    mesh = tensor.table(T_MESH, "MeshShape")
+    header.mesh_shape = tuple(int(d) for d in mesh.numbers(0, np.uint32)) if mesh is not None else (1,)
+    for shard in tensor.tables(T_SHARDS, "TensorShard"):
+        kind, raw = shard.union_struct(SHARD_BUFFER_TYPE, SHARD_BUFFER, 16)
+        if kind != INLINE_FILE_STORAGE:
+            _fail(path, f"shard buffer of type {kind} is not stored in the file (only InlineFileStorage is read)")
+        offset, nbytes = struct.unpack("<QQ", raw)
+        coordinate = shard.table(SHARD_COORD, "MeshCoordinate")
+        coords = tuple(int(v) for v in coordinate.numbers(0, np.uint32)) if coordinate is not None else ()
+        header.shards.append(Shard(coords, offset, nbytes))
+    topology = tensor.table(T_TOPOLOGY, "TensorTopology")
+    if topology is not None:
+        distribution = topology.table(TOPO_DISTRIBUTION, "distribution_shape")
+        header.distribution = tuple(int(d) for d in distribution.numbers(0, np.uint32)) if distribution else ()
+        header.placements = [(p.scalar(0, N.Uint8Flags), p.scalar(1, N.Int32Flags))
+                             for p in topology.tables(TOPO_PLACEMENTS, "MeshMapperPlacement")]
+        header.mesh_coords = [tuple(int(v) for v in c.numbers(0, np.uint32))
+                              for c in topology.tables(TOPO_COORDS, "MeshCoordinate")]
+    return header
+
+
+def _check_shards(header):
+    path = header.path
+    if not header.shards:
+        _fail(path, "tensor header lists no shards")
+    if not header.shape or any(d == 0 for d in header.shape):
+        _fail(path, f"logical shape {list(header.shape)} is empty")
+    expected = header.shard_bytes()
+    region = header.file_size - header.data_start
+    for shard in header.shards:
+        if shard.size != expected:
+            _fail(path, f"shard at {list(shard.coordinate)} holds {shard.size} bytes; a {header.layout} "
+                        f"{header.dtype_name} tensor of shape {list(header.shape)} (alignment "
+                        f"{list(header.alignment)}) needs {expected}")
+        if shard.offset > region or shard.size > region - shard.offset:
+            _fail(path, f"shard at {list(shard.coordinate)} (bytes {shard.offset}..{shard.offset + shard.size} of the "
+                        f"data) runs past the end of the file ({region} data bytes)")
+    if len(header.placements) != len(header.distribution):
+        _fail(path, f"topology has {len(header.placements)} placements for a distribution of "
+                    f"{list(header.distribution)}")
+    for kind, dim in header.placements:
+        if kind == SHARD and not -len(header.shape) <= dim < len(header.shape):
+            _fail(path, f"shard placement along dimension {dim} of a rank-{len(header.shape)} tensor")
+        if kind not in (REPLICATE, SHARD):
+            _fail(path, f"unknown placement type {kind}")
+    header.placements = [(kind, dim % len(header.shape)) for kind, dim in header.placements]
+    sharded = [dim for kind, dim in header.placements if kind == SHARD]
+    if len(set(sharded)) != len(sharded):
+        _fail(path, f"several mesh axes shard tensor dimension {sharded[0]}")
+    if len(header.shards) > 1 and not header.placements:
+        _fail(path, f"{len(header.shards)} shards but no tensor_topology to say how they combine")
+
+
+def untilize(flat, rows, cols, tile):
+    """Row-major [rows, cols] from tiles of tile=(h, w) in row-major tile order, each tile's
+    16x16 faces (16 rows high at most) in row-major order."""
+    tile_h, tile_w = tile
+    face_h = min(FACE, tile_h)
+    tiles = flat.reshape(rows // tile_h, cols // tile_w, tile_h // face_h, tile_w // FACE, face_h, FACE)
+    return tiles.transpose(0, 2, 4, 1, 3, 5).reshape(rows, cols)
+
+
+def _read_shard(header, shard):
+    words = DATA_TYPES[header.data_type][1]
+    rows, cols = header.matrix()
+    data = np.fromfile(header.path, dtype=words, count=rows * cols, offset=header.data_start + shard.offset)
+    if data.size != rows * cols:
+        _fail(header.path, "file shrank while being read")
+    matrix = untilize(data, rows, cols, header.tile) if header.layout == "TILE" else data.reshape(rows, cols)
+    padded = header.padded_dims()
+    logical = matrix.reshape(padded)[tuple(slice(0, d) for d in header.shape)]
+    if header.data_type == BFLOAT16:
+        return (logical.astype(np.uint32) << 16).view(np.float32)
+    return logical.astype(np.float32, copy=False)
+
+
+def _distribution_index(header, shard):
+    if header.mesh_coords:
+        if shard.coordinate not in header.mesh_coords:
+            _fail(header.path, f"shard at {list(shard.coordinate)} is not in the topology's mesh coordinates")
+        linear = header.mesh_coords.index(shard.coordinate)
+    else:
+        linear = header.shards.index(shard)
+    return np.unravel_index(linear, header.distribution)
+
+
+def read_tensor(header):
+    """The tensor as float32 in its logical shape: one shard read when the tensor is replicated,
+    every distinct block put in its place along the sharded dimensions otherwise."""
+    if len(header.shards) == 1:
+        return _read_shard(header, header.shards[0])
+    count = int(np.prod(header.distribution, dtype=np.int64))
+    if count != len(header.shards):
+        _fail(header.path, f"{len(header.shards)} shards for a distribution of {list(header.distribution)}")
+    if all(kind == REPLICATE for kind, _ in header.placements):
+        return _read_shard(header, header.shards[0])
+    out = np.empty(header.logical_shape(), dtype=np.float32)
+    placed = set()
+    for shard in header.shards:
+        index = _distribution_index(header, shard)
+        block = [slice(None)] * len(header.shape)
+        for (kind, dim), position in zip(header.placements, index):
+            if kind == SHARD:
+                block[dim] = slice(position * header.shape[dim], (position + 1) * header.shape[dim])
+        key = tuple((s.start, s.stop) for s in block)
+        if key not in placed:
+            out[tuple(block)] = _read_shard(header, shard)
+            placed.add(key)
+    return out
+
+
+def _uint32_vector(builder, values):
+    return builder.CreateNumpyVector(np.asarray(values, dtype="<u4"))
+
+
+def _table_with_vector(builder, values):
+    vector = _uint32_vector(builder, values)
+    builder.StartObject(1)
+    builder.PrependUOffsetTRelativeSlot(0, vector, 0)
+    return builder.EndObject()
+
+
+def _vector_of(builder, offsets):
+    builder.StartVector(4, len(offsets), 4)
+    for offset in reversed(offsets):
+        builder.PrependUOffsetTRelative(offset)
+    return builder.EndVector()
+
+
+def encode_header(rows, cols, data_type=BFLOAT16, tile=True):
+    """The bytes before the data of a single-device [1, 1, rows, cols] tensor file as ttnn 0.81.1
+    writes it: header size, `Tensor` (TILE 32x32 or ROW_MAJOR, mesh [1, 1], one shard at [0, 0],
+    replicated topology), zero padding up to a 64-byte boundary."""
+    builder = Builder(256)
+    shape = _uint32_vector(builder, [1, 1, rows, cols])
+    if tile:
+        builder.StartObject(3)
+        builder.PrependUint32Slot(TILE_W, 32, 0)
+        builder.PrependUint32Slot(TILE_H, 32, 0)
+        tile_table = builder.EndObject()
+        builder.StartObject(1)
+        builder.PrependUOffsetTRelativeSlot(0, tile_table, 0)
+    else:
+        builder.StartObject(0)
+    page = builder.EndObject()
+    builder.StartObject(3)
+    memory = builder.EndObject()
+    alignment = _uint32_vector(builder, [32, 32] if tile else [1])
+    builder.StartObject(5)
+    builder.PrependUOffsetTRelativeSlot(LAYOUT_ALIGNMENT, alignment, 0)
+    builder.PrependUOffsetTRelativeSlot(LAYOUT_MEMORY, memory, 0)
+    builder.PrependUOffsetTRelativeSlot(LAYOUT_PAGE, page, 0)
+    builder.PrependUint8Slot(LAYOUT_PAGE_TYPE, TILE_PAGE if tile else ROW_MAJOR_PAGE, 0)
+    builder.PrependUint8Slot(LAYOUT_DTYPE, data_type, 255)
+    layout = builder.EndObject()
+    builder.StartObject(2)
+    builder.PrependUOffsetTRelativeSlot(SPEC_LAYOUT, layout, 0)
+    builder.PrependUOffsetTRelativeSlot(SPEC_SHAPE, shape, 0)
+    spec = builder.EndObject()
+    mesh = _table_with_vector(builder, [1, 1])
+    itemsize = np.dtype(DATA_TYPES[data_type][1]).itemsize
+    nbytes = _round_up(rows, 32 if tile else 1) * _round_up(cols, 32 if tile else 1) * itemsize
+    coordinate = _table_with_vector(builder, [0, 0])
+    builder.Prep(8, 16)
+    builder.PrependUint64(nbytes)
+    builder.PrependUint64(0)
+    storage = builder.Offset()
+    builder.StartObject(3)
+    builder.PrependUOffsetTRelativeSlot(SHARD_COORD, coordinate, 0)
+    builder.PrependUOffsetTRelativeSlot(SHARD_BUFFER, storage, 0)
+    builder.PrependUint8Slot(SHARD_BUFFER_TYPE, INLINE_FILE_STORAGE, 0)
+    shard = builder.EndObject()
+    shards = _vector_of(builder, [shard])
+    distribution = _table_with_vector(builder, [1])
+    builder.StartObject(2)
+    builder.PrependInt32Slot(1, -1, 0)
+    builder.PrependUint8Slot(0, REPLICATE, 255)
+    placement = builder.EndObject()
+    placements = _vector_of(builder, [placement])
+    coords = _vector_of(builder, [_table_with_vector(builder, [0, 0])])
+    builder.StartObject(3)
+    builder.PrependUOffsetTRelativeSlot(TOPO_COORDS, coords, 0)
+    builder.PrependUOffsetTRelativeSlot(TOPO_PLACEMENTS, placements, 0)
+    builder.PrependUOffsetTRelativeSlot(TOPO_DISTRIBUTION, distribution, 0)
+    topology = builder.EndObject()
+    builder.StartObject(4)
+    builder.PrependUOffsetTRelativeSlot(T_TOPOLOGY, topology, 0)
+    builder.PrependUOffsetTRelativeSlot(T_SHARDS, shards, 0)
+    builder.PrependUOffsetTRelativeSlot(T_MESH, mesh, 0)
+    builder.PrependUOffsetTRelativeSlot(T_SPEC, spec, 0)
+    builder.Finish(builder.EndObject())
+    body = bytes(builder.Output())
+    header_size = _round_up(8 + len(body), DATA_ALIGNMENT) - 8
+    return header_size.to_bytes(8, "little") + body + bytes(header_size - len(body)), nbytes
