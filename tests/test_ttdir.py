@@ -1,0 +1,253 @@
+"""Reading checkpoint directories: tensor files written by the real ttnn library, every header variant,
+shards, metadata checked by flatc, and the directory through inspect, to-hf and check."""
+import json
+import os
+
+import ml_dtypes
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import support
+import ttdir_support as ts
+from ttconv import tensorbin
+from ttconv.ttdir import TtDir, read_metadata
+
+SCHEMAS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schemas")
+SHAPES = [(1, 1, 40, 70), (1, 1, 1, 33), (1, 1, 64, 32), (2, 3, 5, 7), (1, 1, 96, 100)]
+
+
+def values_of(shape, seed=0):
+    return (np.random.default_rng(seed).standard_normal(shape) * 3).astype(np.float32)
+
+
+def read(path):
+    return tensorbin.read_tensor(tensorbin.read_header(path))
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f32"])
+@pytest.mark.parametrize("layout", ["tile", "row_major"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_files_written_by_ttnn_read_exactly(tmp_path, ttnn_tool, dtype, layout, shape):
+    values = values_of(shape)
+    expected = ts.bf16(values) if dtype == "bf16" else values
+    ours = tmp_path / "in.tensorbin"
+    ours.write_bytes(ts.tensorbin_bytes(values, dtype=dtype, layout="tile"))
+    written = tmp_path / "ttnn.tensorbin"
+    ttnn_tool.rewrite(ours, written, None if layout == "tile" else "row_major")
+    header = tensorbin.read_header(written)
+    assert header.layout == layout.upper() and header.dtype_name == ("BFLOAT16" if dtype == "bf16" else "FLOAT32")
+    got = read(written)
+    assert got.shape == shape and got.tobytes() == expected.tobytes()
+    _, ttnn_layout, _, ttnn_values = ttnn_tool.read(written, tmp_path)
+    assert ttnn_values.tobytes() == expected.reshape(-1).tobytes()
+    assert ttnn_layout == (1 if layout == "tile" else 0)
+
+
+def test_row_major_keeps_tile_padding(tmp_path, ttnn_tool):
+    """ttnn writes a 40x70 tensor turned ROW_MAJOR from TILE with alignment [64, 96] (spec section 3)."""
+    values = values_of((1, 1, 40, 70))
+    (tmp_path / "tile.tensorbin").write_bytes(ts.tensorbin_bytes(values))
+    ttnn_tool.rewrite(tmp_path / "tile.tensorbin", tmp_path / "rm.tensorbin", "row_major")
+    header = tensorbin.read_header(tmp_path / "rm.tensorbin")
+    assert header.alignment == (64, 96) and header.matrix() == (64, 96)
+    assert read(tmp_path / "rm.tensorbin").tobytes() == ts.bf16(values).tobytes()
+
+
+@pytest.mark.parametrize("variant", [
+    dict(identifier=True, version=1), dict(topology=False), dict(data_align=8),
+    dict(identifier=True, version=1, topology=False, data_align=8),
+])
+def test_header_versions(tmp_path, ttnn_tool, variant):
+    values = values_of((1, 1, 40, 70), seed=3)
+    path = tmp_path / "v.tensorbin"
+    path.write_bytes(ts.tensorbin_bytes(values, **variant))
+    header = tensorbin.read_header(path)
+    assert header.identifier == variant.get("identifier", False)
+    assert header.schema_version == variant.get("version", 0)
+    assert read(path).tobytes() == ts.bf16(values).tobytes()
+    assert ttnn_tool.read(path, tmp_path)[3].tobytes() == ts.bf16(values).reshape(-1).tobytes()
+
+
+def test_row_major_alignment_one_and_fp32(tmp_path):
+    values = values_of((1, 1, 3, 5))
+    path = tmp_path / "rm.tensorbin"
+    path.write_bytes(ts.tensorbin_bytes(values, dtype="f32", layout="row_major", alignment=[1]))
+    assert read(path).tobytes() == values.tobytes()
+
+
+def test_replicated_shards_are_read_once(tmp_path):
+    values = values_of((1, 1, 40, 70))
+    path = tmp_path / "r.tensorbin"
+    path.write_bytes(ts.tensorbin_bytes(values, shards=[((0, i), values) for i in range(4)], mesh=[1, 4],
+                                        distribution=[4], placements=[(0, -1)]))
+    header = tensorbin.read_header(path)
+    assert header.devices == 4
+    assert read(path).tobytes() == ts.bf16(values).tobytes()
+
+
+@pytest.mark.parametrize("dims", [(2,), (3,), (2, 3)])
+def test_sharded_tensors_are_reassembled(tmp_path, dims):
+    whole = values_of((1, 1, 64, 96), seed=4)
+    mesh = (2, 2) if len(dims) == 2 else (1, 2)
+    shards = []
+    for row in range(mesh[0]):
+        for col in range(mesh[1]):
+            index = (row, col) if len(dims) == 2 else (col,)
+            block = [slice(None)] * 4
+            for axis, position in zip(dims, index):
+                size = whole.shape[axis] // 2
+                block[axis] = slice(position * size, (position + 1) * size)
+            shards.append(((row, col), whole[tuple(block)]))
+    path = tmp_path / "s.tensorbin"
+    path.write_bytes(ts.tensorbin_bytes(whole, shards=shards, mesh=list(mesh), distribution=list(mesh)
+                                        if len(dims) == 2 else [2], placements=[(1, d) for d in dims]))
+    assert read(path).tobytes() == ts.bf16(whole).tobytes()
+
+
+def test_metadata_reader_agrees_with_flatc(tmp_path, flatc):
+    pairs = [("a/steps", "SizeTValue", 12), ("a/lr", "FloatValue", 0.25), ("a/flag", "BoolValue", True),
+             ("s", "StringValue", "x.tensorbin"), ("v", "VectorUInt8", [1, 0, 0, 0, 7, 0, 0, 0]),
+             ("i", "IntValue", -3), ("d", "DoubleValue", 1.5), ("c", "CharValue", -2), ("u", "UInt32Value", 9),
+             ("b", "BFloat16Value", 0x3F80), ("vi", "VectorInt", [1, -2]), ("vf", "VectorFloat", [0.5]),
+             ("vd", "VectorDouble", [2.5]), ("vu", "VectorUInt32", [4, 5]), ("vb", "VectorBFloat16", [1, 2]),
+             ("vc", "VectorChar", [-1, 1]), ("vs", "VectorString", ["p", "q"])]
+    path = tmp_path / "metadata.flatbuffer"
+    path.write_bytes(ts.metadata_bytes(pairs))
+    ours = read_metadata(path)
+    theirs = ts.flatc_json(flatc, os.path.join(SCHEMAS, "ttml_metadata.fbs"), path, tmp_path)["pairs"]
+    assert len(theirs) == len(ours) == len(pairs)
+    for pair in theirs:
+        value = ours[pair["key"]]
+        assert value.type == pair["value_type"]
+        inner = pair["value"].get("value", pair["value"].get("values"))
+        mine = value.value.tolist() if isinstance(value.value, np.ndarray) else value.value
+        assert mine == pytest.approx(inner), pair["key"]
+
+
+# ---------------------------------------------------------------- whole directories
+
+def llama_dir(tmp_path, cfg, tensors, vocab_rows, tied, ttnn_tool=None, kind="model", optimizer="AdamW",
+              model_name="llama", masters=None):
+    shapes = support.llama_tt_shapes(cfg, vocab_rows, tied=tied)
+    tt = support.expected_llama(cfg, tensors, shapes)
+    model = {f"llama/{name}": v.reshape(1, 1, *v.shape) for name, v in tt.items()}
+    if kind == "model":
+        path = ts.write_dir(tmp_path / "dir", {f"{model_name}/{k}": v for k, v in model.items()})
+    else:
+        path = ts.training_dir(tmp_path / "dir", model, model_name, optimizer=optimizer, masters=masters)
+    if ttnn_tool is not None:
+        ttnn_tool.rewrite_dir(path)
+    return path, model
+
+
+def hf_checkpoint(tmp_path, cfg, tensors, name="ckpt"):
+    support.write_checkpoint(tmp_path / name, cfg, tensors)
+    (tmp_path / name / "tokenizer.json").write_text("{}")
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("tie,tied_tt,vocab", [(False, False, 96), (True, True, 70)])
+def test_to_hf_llama_dump_written_by_ttnn(cli, tmp_path, ttnn_tool, tie, tied_tt, vocab):
+    cfg = support.llama_config(vocab=vocab, tie=tie)
+    tensors = support.llama_tensors(cfg, tie=tie)
+    ckpt = hf_checkpoint(tmp_path, cfg, tensors)
+    path, _ = llama_dir(tmp_path, cfg, tensors, 96, tied_tt, ttnn_tool)
+    status, _, err = cli("to-hf", "llama", "-i", path, "--hf_model", ckpt, "-o", tmp_path / "hf")
+    assert status == 0, err
+    exported = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    assert sorted(exported) == sorted(tensors)
+    for name, original in tensors.items():
+        assert exported[name].tobytes() == ts.bf16(original).tobytes(), name
+    status, _, err = cli("to-hf", "llama", "-i", path / "metadata.flatbuffer", "--hf_model", ckpt,
+                         "-o", tmp_path / "hf16", "--dtype", "bf16")
+    assert status == 0, err
+    exported = load_file(str(tmp_path / "hf16" / "model.safetensors"))
+    for name, original in tensors.items():
+        assert exported[name].dtype == ml_dtypes.bfloat16
+        assert exported[name].tobytes() == original.astype(ml_dtypes.bfloat16).tobytes(), name
+
+
+@pytest.mark.parametrize("optimizer", ["AdamW", "old", "AdamWFullPrecision"])
+def test_to_hf_training_states(cli, tmp_path, optimizer):
+    cfg = support.llama_config()
+    tensors = support.llama_tensors(cfg)
+    ckpt = hf_checkpoint(tmp_path, cfg, tensors)
+    shapes = support.llama_tt_shapes(cfg, 96)
+    exact = {f"llama/{n}": v.reshape(1, 1, *v.shape) for n, v in support.expected_llama(cfg, tensors, shapes).items()}
+    masters = exact if optimizer == "AdamWFullPrecision" else None
+    path, _ = llama_dir(tmp_path, cfg, tensors, 96, False, kind="training", optimizer=optimizer, masters=masters)
+    status, _, err = cli("to-hf", "llama", "-i", path, "--hf_model", ckpt, "-o", tmp_path / "hf")
+    assert status == 0, err
+    exported = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    for name, original in tensors.items():
+        expected = original if masters else ts.bf16(original)
+        assert exported[name].tobytes() == expected.tobytes(), name
+    assert ("master weights" in err) == bool(masters)
+
+
+def test_to_hf_gpt2_dump(cli, tmp_path, ttnn_tool):
+    cfg = support.gpt2_config(vocab=90)
+    tensors = support.gpt2_tensors(cfg)
+    ckpt = hf_checkpoint(tmp_path, cfg, tensors)
+    shapes = support.gpt2_tt_shapes(cfg, 96, cfg["n_positions"])
+    tt = support.expected_gpt2(tensors, shapes)
+    path = ts.write_dir(tmp_path / "dir", {f"gpt2/transformer/{n}": v.reshape(1, 1, *v.shape) for n, v in tt.items()})
+    ttnn_tool.rewrite_dir(path)
+    status, _, err = cli("to-hf", "gpt2", "-i", path, "--hf_model", ckpt, "-o", tmp_path / "hf")
+    assert status == 0, err
+    exported = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    for name, original in tensors.items():
+        assert exported[name].tobytes() == ts.bf16(original).tobytes(), name
+
+
+def test_inspect_model_dump_and_training_state(cli, tmp_path):
+    cfg = support.llama_config()
+    tensors = support.llama_tensors(cfg)
+    dump, model = llama_dir(tmp_path / "a", cfg, tensors, 96, False)
+    status, out, err = cli("inspect", dump, "--json")
+    assert status == 0, err
+    info = json.loads(out)
+    assert info["format"] == "flatbuffer" and not info["training_state"]
+    assert info["kind"].startswith("model dump: parameters under llama/llama")
+    rows = {r["name"]: r for r in info["parameters"]}
+    assert set(rows) == {f"llama/{n}" for n in model}
+    fc = rows["llama/llama/fc/weight"]
+    assert fc["shape"] == [1, 1, 96, 32] and fc["data_type"] == "BFLOAT16" and fc["layout"] == "TILE"
+    assert fc["devices"] == 1 and fc["file"] == "llama_llama_fc_weight_value.tensorbin"
+    state, _ = llama_dir(tmp_path / "b", cfg, tensors, 96, False, kind="training")
+    status, out, _ = cli("inspect", state / "metadata.flatbuffer")
+    assert status == 0
+    assert out.startswith("kind: training state: model under llama/llama; optimizer AdamW: exp_avg, exp_avg_sq, "
+                          "steps 7; scheduler: m_base_lr=0.0003, m_last_lr=0.0003, m_last_step=7")
+    assert "\noptimizer (" in out and "AdamW/exp_avg/llama/fc/weight" in out
+
+
+def test_check_trained_models_as_directories(cli, tmp_path, ttnn_tool):
+    from test_check import CORPUS, TRAINED, run_check
+
+    for family in ("llama", "gpt2"):
+        model = os.path.join(TRAINED, family)
+        cfg = json.load(open(os.path.join(model, "config.json")))
+        tensors = load_file(os.path.join(model, "model.safetensors"))
+        if family == "llama":
+            shapes = support.llama_tt_shapes(cfg, 32 * -(-cfg["vocab_size"] // 32), tied=cfg.get("tie_word_embeddings"))
+            tt = support.expected_llama(cfg, tensors, shapes)
+            root = "llama/llama"
+        else:
+            shapes = support.gpt2_tt_shapes(cfg, 32 * -(-cfg["vocab_size"] // 32), cfg["n_positions"])
+            tt = support.expected_gpt2(tensors, shapes)
+            root = "gpt2/transformer"
+        path = ts.write_dir(tmp_path / family, {f"{root}/{n}": v.reshape(1, 1, *v.shape) for n, v in tt.items()},
+                            dtype="f32")
+        ttnn_tool.rewrite_dir(path)
+        status, result, err = run_check(cli, family, path, model, "--text", CORPUS)
+        assert status == 0 and result["ok"], err
+    wrong = support.expected_llama(cfg := json.load(open(os.path.join(TRAINED, "llama", "config.json"))),
+                                   load_file(os.path.join(TRAINED, "llama", "model.safetensors")),
+                                   support.llama_tt_shapes(cfg, 32 * -(-cfg["vocab_size"] // 32),
+                                                           tied=cfg.get("tie_word_embeddings")), meta_style=True)
+    path = ts.write_dir(tmp_path / "wrong", {f"llama/llama/{n}": v.reshape(1, 1, *v.shape) for n, v in wrong.items()},
+                        dtype="f32")
+    status, result, err = run_check(cli, "llama", path, os.path.join(TRAINED, "llama"), "--text", CORPUS)
+    assert status == 1 and not result["ok"]
