@@ -1,4 +1,4 @@
-"""Fuzzing the two readers: every input parses or raises ttconv's own error class.
+"""Fuzzing the readers (msgpack files, safetensors, checkpoint directories): every input parses or raises ttconv's own error class.
 The init-file reader runs on both backends (their number scanners differ).
 
 TTCONV_FUZZ_EXAMPLES raises the number of examples for a longer local run."""
@@ -10,8 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import support
+import ttdir_support
 from ttconv.checkpoint import Checkpoint, read_safetensors_header
 from ttconv.errors import CheckpointError, TtFileError
+from ttconv import tensorbin
+from ttconv.ttdir import TtDir
 from ttconv.ttfile import TtFile
 
 EXAMPLES = int(os.environ.get("TTCONV_FUZZ_EXAMPLES", "400"))
@@ -22,6 +25,14 @@ _tmp = tempfile.mkdtemp(prefix="ttconv-fuzz-")
 support.write_checkpoint(_tmp, {}, {"a": np.arange(12, dtype=np.float32).reshape(3, 4),
                                     "b": np.ones(5, np.float32)}, dtype="BF16")
 SEED_SAFETENSORS = open(os.path.join(_tmp, "model.safetensors"), "rb").read()
+_seed_dir = ttdir_support.write_dir(os.path.join(_tmp, "seed-dir"), {
+    "m/w": np.arange(40 * 70, dtype=np.float32).reshape(1, 1, 40, 70),
+    "m/g": np.ones((1, 1, 1, 5), np.float32)}, scalars=[("AdamW/steps", "SizeTValue", 3)])
+SEED_METADATA = open(os.path.join(_seed_dir, "metadata.flatbuffer"), "rb").read()
+SEED_TENSOR = open(os.path.join(_seed_dir, "m_w_value.tensorbin"), "rb").read()
+SEED_SHARDED = ttdir_support.tensorbin_bytes(
+    np.zeros((1, 1, 64, 64), np.float32), shards=[((0, i), np.ones((1, 1, 64, 32), np.float32)) for i in range(2)],
+    distribution=[2], placements=[(1, 3)], identifier=True, version=1)
 
 
 @st.composite
@@ -99,6 +110,50 @@ def test_safetensors_header_random_bytes(data):
         pass
 
 
+def read_dir(metadata=SEED_METADATA, tensor=SEED_TENSOR):
+    directory = os.path.join(_tmp, "fuzz-dir")
+    os.makedirs(directory, exist_ok=True)
+    write(metadata, "fuzz-dir/metadata.flatbuffer")
+    write(tensor, "fuzz-dir/m_w_value.tensorbin")
+    with open(os.path.join(_seed_dir, "m_g_value.tensorbin"), "rb") as f:
+        write(f.read(), "fuzz-dir/m_g_value.tensorbin")
+    try:
+        ttdir = TtDir(directory)
+        for param in ttdir.parameters().values():
+            assert ttdir.read_values(param.data).size == param.rows * param.cols
+    except TtFileError:
+        pass
+
+
+@FUZZ
+@given(mutated(SEED_METADATA))
+def test_metadata_mutations(data):
+    read_dir(metadata=data)
+
+
+@FUZZ
+@given(st.binary(max_size=200))
+def test_metadata_random_bytes(data):
+    read_dir(metadata=data)
+
+
+@FUZZ
+@given(mutated(SEED_TENSOR[:512]))
+def test_tensor_header_mutations(data):
+    read_dir(tensor=data + SEED_TENSOR[512:])
+
+
+@FUZZ
+@given(mutated(SEED_SHARDED))
+def test_sharded_tensor_mutations(data):
+    try:
+        header = tensorbin.read_header(write(data, "sharded.tensorbin"))
+        assert tensorbin.read_tensor(header).size == np.prod(header.logical_shape())
+    except TtFileError:
+        pass
+
+
 def test_seeds_are_valid():
+    assert len(TtDir(_seed_dir).parameters()) == 2
     assert len(TtFile(write(SEED_INIT, "seed.msgpack")).parameters()) == 2
     assert sorted(read_safetensors_header(write(SEED_SAFETENSORS, "seed.safetensors"))) == ["a", "b"]

@@ -251,3 +251,112 @@ def test_check_trained_models_as_directories(cli, tmp_path, ttnn_tool):
                         dtype="f32")
     status, result, err = run_check(cli, "llama", path, os.path.join(TRAINED, "llama"), "--text", CORPUS)
     assert status == 1 and not result["ok"]
+
+
+# ---------------------------------------------------------------- hostile directories
+
+def one_error_line(err):
+    return err.startswith("ttconv: error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def small_dir(path, **options):
+    return ts.write_dir(path, {"m/llama/fc/weight": values_of((1, 1, 40, 70))}, **options)
+
+
+def replace_pairs(path, change):
+    """Rewrite the metadata with change(list of (key, type, value)) applied."""
+    values = read_metadata(path / "metadata.flatbuffer")
+    pairs = [(k, v.type, v.value) for k, v in values.items()]
+    (path / "metadata.flatbuffer").write_bytes(ts.metadata_bytes(change(pairs)))
+
+
+def renamed_file(name):
+    def change(pairs):
+        return [(k, t, name if k == "m/llama/fc/weight/value" else v) for k, t, v in pairs]
+    return change
+
+
+def corrupt_header_size(path):
+    tensor = path / "m_llama_fc_weight_value.tensorbin"
+    tensor.write_bytes((10 ** 9).to_bytes(8, "little") + tensor.read_bytes()[8:])
+
+
+def shard_past_end(path):
+    tensor = path / "m_llama_fc_weight_value.tensorbin"
+    tensor.write_bytes(tensor.read_bytes()[:-100])
+
+
+def symlink_out(path):
+    outside = path.parent / "outside.tensorbin"
+    outside.write_bytes((path / "m_llama_fc_weight_value.tensorbin").read_bytes())
+    (path / "m_llama_fc_weight_value.tensorbin").unlink()
+    os.symlink(outside, path / "m_llama_fc_weight_value.tensorbin")
+
+
+HOSTILE = {
+    "parent": (lambda p: replace_pairs(p, renamed_file("../x.tensorbin")), "not a plain file name"),
+    "absolute": (lambda p: replace_pairs(p, renamed_file("/etc/passwd.tensorbin")), "not a plain file name"),
+    "backslash": (lambda p: replace_pairs(p, renamed_file("..\\\\x.tensorbin")), "not a plain"),
+    "symlink": (symlink_out, "leads outside the checkpoint directory"),
+    "missing": (lambda p: (p / "m_llama_fc_weight_value.tensorbin").unlink(), "is missing"),
+    "header_size": (corrupt_header_size, "header_size 1000000000 does not fit"),
+    "truncated": (shard_past_end, "runs past the end of the file"),
+    "shape": (lambda p: replace_pairs(p, lambda pairs: [
+        (k, t, np.frombuffer(np.array([1, 1, 40, 71], "<u4").tobytes(), np.uint8) if k.endswith("/shape") else v)
+        for k, t, v in pairs]), "shape is [1, 1, 40, 71] but"),
+    "union": (lambda p: replace_pairs(p, lambda pairs: pairs + [("x", 40, None)]), "unknown value type 40"),
+    "empty": (lambda p: (p / "metadata.flatbuffer").write_bytes(b""), "file is empty"),
+    "garbage": (lambda p: (p / "metadata.flatbuffer").write_bytes(b"\xff" * 64), "not tt-train metadata"),
+    "no_metadata": (lambda p: (p / "metadata.flatbuffer").unlink(), "a directory without metadata.flatbuffer"),
+    "tensor_garbage": (lambda p: (p / "m_llama_fc_weight_value.tensorbin").write_bytes(
+        (24).to_bytes(8, "little") + b"\x7f" * 40), "corrupt tensor header"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_directories_end_in_one_line(cli, tmp_path, case):
+    make_bad, message = HOSTILE[case]
+    path = small_dir(tmp_path / "dir")
+    make_bad(path)
+    before = {p: p.read_bytes() for p in path.iterdir() if p.is_file() and not p.is_symlink()}
+    status, _, err = cli("inspect", path)
+    assert status == 1 and one_error_line(err) and message in err, err
+    cfg = support.llama_config()
+    ckpt = hf_checkpoint(tmp_path, cfg, support.llama_tensors(cfg))
+    status, _, err = cli("to-hf", "llama", "-i", path, "--hf_model", ckpt, "-o", tmp_path / "hf")
+    assert status == 1 and one_error_line(err), err
+    assert not (tmp_path / "hf").exists()
+    assert before == {p: p.read_bytes() for p in before}
+
+
+def test_to_hf_writes_nothing_when_a_tensor_fails_midway(cli, tmp_path):
+    cfg = support.llama_config()
+    tensors = support.llama_tensors(cfg)
+    ckpt = hf_checkpoint(tmp_path, cfg, tensors)
+    path, _ = llama_dir(tmp_path, cfg, tensors, 96, False)
+    shard_past_end_file = path / "llama_llama_llama_block_1_mlp_w2_weight_value.tensorbin"
+    shard_past_end_file.write_bytes(shard_past_end_file.read_bytes()[:-64])
+    status, _, err = cli("to-hf", "llama", "-i", path, "--hf_model", ckpt, "-o", tmp_path / "hf")
+    assert status == 1 and one_error_line(err) and "w2_weight_value.tensorbin" in err, err
+    assert not (tmp_path / "hf").exists()
+
+
+def test_check_bf16_trained_llama_directory(cli, tmp_path, ttnn_tool):
+    """A bfloat16 checkpoint and its bf16 directory are the same model: losses to 1e-4, every top-1."""
+    import shutil
+
+    from test_check import CORPUS, TRAINED, run_check
+
+    source = os.path.join(TRAINED, "llama")
+    cfg = json.load(open(os.path.join(source, "config.json")))
+    tensors = {k: ts.bf16(v) for k, v in load_file(os.path.join(source, "model.safetensors")).items()}
+    support.write_checkpoint(tmp_path / "bf16", cfg, tensors, dtype="BF16")
+    shutil.copy(os.path.join(source, "tokenizer.json"), tmp_path / "bf16")
+    shapes = support.llama_tt_shapes(cfg, 32 * -(-cfg["vocab_size"] // 32), tied=cfg.get("tie_word_embeddings"))
+    tt = support.expected_llama(cfg, tensors, shapes)
+    path = ts.training_dir(tmp_path / "dir", {f"llama/{n}": v.reshape(1, 1, *v.shape) for n, v in tt.items()},
+                           "llama")
+    ttnn_tool.rewrite_dir(path)
+    status, result, err = run_check(cli, "llama", path, tmp_path / "bf16", "--text", CORPUS)
+    assert status == 0 and result["ok"] and result["top1_agreement"] == 1.0, err
+    assert abs(result["tt_loss"] - result["hf_loss"]) <= 1e-4 * result["hf_loss"]

@@ -121,6 +121,7 @@ def export_hf(family, tt_path, hf_model, output_dir, dtype="f32", meta_style=Fal
     if os.path.isdir(output_dir) and os.path.abspath(output_dir) == os.path.abspath(model_dir):
         raise OutputError(f"{output_dir}: is the original checkpoint folder; choose another output folder")
     ckpt = Checkpoint(model_dir)
+    created = False
     try:
         tt = open_tt(tt_path)
         plan = plan_conversion(family, tt, ckpt, meta_style, tt.weights())
@@ -132,6 +133,7 @@ def export_hf(family, tt_path, hf_model, output_dir, dtype="f32", meta_style=Fal
         header = _safetensors_header([(n, by_name[n]) for n in loaders], st_dtype, np_dtype.itemsize)
         values = sum(int(np.prod(by_name[n].shape, dtype=np.int64)) for n in loaders)
         total = values * np_dtype.itemsize
+        created = not os.path.exists(output_dir)
         os.makedirs(output_dir, exist_ok=True)
         target = os.path.join(output_dir, "model.safetensors")
         with Progress(total, "writing safetensors", quiet) as progress, \
@@ -141,6 +143,10 @@ def export_hf(family, tt_path, hf_model, output_dir, dtype="f32", meta_style=Fal
                 data = np.ascontiguousarray(load().astype(np_dtype)).view(np.uint8).reshape(-1)
                 out.write(data)
                 progress.advance(data.size)
+    except BaseException:
+        if created:
+            os.rmdir(output_dir)  # made here and still empty: the safetensors file is written atomically
+        raise
     finally:
         ckpt.close()
     config = dict(ckpt.config)
