@@ -51,7 +51,7 @@ def test_version_output(capsys):
     ("llama", ["--input_path", "--output_path", "--hf_model", "--meta_style", "--dump_tokenizer_path", "-i", "-o",
                "-t", "--dry-run", "--revision", "--quiet", "--verbose"]),
     ("gpt2", ["INPUT_FILE", "OUTPUT_FILE", "--input_file", "--output_file", "--hf_model", "-t", "--dry-run"]),
-    ("inspect", ["FILE", "--json"]),
+    ("inspect", ["PATH", "--json", "metadata.flatbuffer"]),
     ("to-hf", ["--hf_model", "--output_dir", "--dtype", "--input_path"]),
 ])
 def test_help_lists_flags(capsys, command, flags):

@@ -1,4 +1,4 @@
-"""Command line: python -m ttconv {llama,gpt2,inspect,to-hf} ..."""
+"""Command line: python -m ttconv {llama,gpt2,inspect,to-hf,check,config} ..."""
 import argparse
 import math
 import logging
@@ -18,7 +18,10 @@ EXIT_ERROR = 1
 DESCRIPTION = """\
 Convert Hugging Face Llama and GPT-2 checkpoints (safetensors) into tt-train msgpack
 weight files, without torch. The output has exactly the keys of the tt-train init file
-you give, in its order; weights come from the checkpoint as float32."""
+you give, in its order; weights come from the checkpoint as float32.
+
+inspect, to-hf and check also read the checkpoint directories today's tt-train saves
+(metadata.flatbuffer + one .tensorbin per tensor)."""
 
 LLAMA_HELP = """\
 Fill a tt-train Llama init file with the weights of a Llama-family checkpoint
@@ -136,20 +139,30 @@ def build_parser():
     _file_options(gpt2)
     _common(gpt2)
 
-    inspect = sub.add_parser("inspect", help="list the parameters of a tt-train msgpack file",
-                             description="List every parameter of a tt-train msgpack file (init files, "
-                                         "ttconv output, upstream float64 output) with shape, size, data "
-                                         "type, variant index and flags, then totals.")
-    inspect.add_argument("file", metavar="FILE")
+    inspect = sub.add_parser("inspect", help="list the parameters of a tt-train msgpack file or checkpoint directory",
+                             description="Say what a tt-train msgpack file (init file, -s dump, training save, "
+                                         "ttconv or upstream output) or checkpoint directory (model dump or "
+                                         "training state) holds, and list its model, optimizer and scheduler "
+                                         "apart: every tensor with shape, size, data type and flags; for a msgpack "
+                                         "file the variant index and number encoding, for a directory the "
+                                         "tensor file's layout, device count and name. Directories are read "
+                                         "from their headers only.")
+    inspect.add_argument("file", metavar="PATH",
+                         help="a msgpack file, a checkpoint directory or its metadata.flatbuffer")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _common(inspect)
 
-    to_hf = sub.add_parser("to-hf", help="write a Hugging Face checkpoint from a tt-train file",
-                           description="Turn a tt-train file back into a Hugging Face checkpoint folder "
+    to_hf = sub.add_parser("to-hf", help="write a Hugging Face checkpoint from a tt-train file or directory",
+                           description="Turn a tt-train msgpack file or checkpoint directory (model dump or "
+                                       "training state) back into a Hugging Face checkpoint folder "
                                        "(model.safetensors, config.json, tokenizer files), undoing the "
-                                       "RoPE permutation, transposes, kv concatenation, padding and tying.")
+                                       "tilization, RoPE permutation, transposes, kv concatenation, padding and "
+                                       "tying. Values are exact (bfloat16 widens to the identical float32); a "
+                                       "training state's full-precision master weights are exported where it "
+                                       "holds them.")
     to_hf.add_argument("family", choices=["llama", "gpt2"])
-    to_hf.add_argument("-i", "--input_path", required=True, metavar="TT_FILE", help="tt-train weights file")
+    to_hf.add_argument("-i", "--input_path", required=True, metavar="TT_PATH",
+                       help="tt-train msgpack file, checkpoint directory or its metadata.flatbuffer")
     to_hf.add_argument("--hf_model", required=True,
                        help="the original checkpoint (folder or hub id): config and tokenizer come from it")
     to_hf.add_argument("-o", "--output_dir", required=True, metavar="OUT_DIR", help="folder to write")
@@ -160,13 +173,14 @@ def build_parser():
     _common(to_hf)
 
     check = sub.add_parser("check", help="run a tt-train file's model beside the Hugging Face model it came from",
-                           description="Run the model a tt-train file holds (as tt-train computes it) and the "
+                           description="Run the model a tt-train msgpack file or checkpoint directory holds (as "
+                                       "tt-train computes it) and the "
                                        "Hugging Face checkpoint (as transformers computes it) on the same tokens, "
                                        "in jax on the CPU; compare their losses, logits and top-1 predictions. "
                                        "Exit 0 when they agree, 1 when not.")
     check.add_argument("family", choices=["llama", "gpt2"])
-    check.add_argument("tt_file", metavar="TT_FILE",
-                       help="a ttconv output, an upstream output, or a file tt-train saved after training")
+    check.add_argument("tt_file", metavar="TT_PATH",
+                       help="a ttconv output, an upstream output, or a file or checkpoint directory tt-train saved")
     check.add_argument("--hf_model", required=True, help="the checkpoint it came from: folder or hub id")
     check.add_argument("--revision", help="hub revision when --hf_model is a hub id")
     check.add_argument("--text", metavar="FILE", help="UTF-8 text to run on (default: a built-in English sample)")
