@@ -140,7 +140,7 @@ def export_hf(family, tt_path, hf_model, output_dir, dtype="f32", meta_style=Fal
                 atomic_output(target, [tt_path] + [i.path for i in by_name.values()]) as out:
             out.write(header)
             for name, load in loaders.items():
-                data = np.ascontiguousarray(load().astype(np_dtype)).view(np.uint8).reshape(-1)
+                data = np.ascontiguousarray(load().astype(np_dtype, copy=False)).view(np.uint8).reshape(-1)
                 out.write(data)
                 progress.advance(data.size)
     except BaseException:

@@ -240,11 +240,13 @@ def _read_shard(header, shard):
     if data.size != rows * cols:
         _fail(header.path, "file shrank while being read")
     matrix = untilize(data, rows, cols, header.tile) if header.layout == "TILE" else data.reshape(rows, cols)
-    padded = header.padded_dims()
-    logical = matrix.reshape(padded)[tuple(slice(0, d) for d in header.shape)]
+    del data
+    logical = matrix.reshape(header.padded_dims())[tuple(slice(0, d) for d in header.shape)]
     if header.data_type == BFLOAT16:
-        return (logical.astype(np.uint32) << 16).view(np.float32)
-    return logical.astype(np.float32, copy=False)
+        widened = np.empty(logical.shape, dtype=np.uint32)  # bfloat16 bits are a float32's upper half
+        np.left_shift(logical, 16, out=widened, dtype=np.uint32)
+        return widened.view(np.float32)
+    return np.ascontiguousarray(logical, dtype=np.float32)
 
 
 def _distribution_index(header, shard):
