@@ -75,8 +75,8 @@ def convert_gpt2(init_path, hf_model, output_path, revision=None, dry_run=False,
 
 def to_hf(family, tt_path, hf_model, output_dir, dtype="f32", meta_style=False, revision=None, quiet=True):
     """Write a Hugging Face checkpoint folder (model.safetensors, config.json, tokenizer files)
-    from a tt-train file (a model file or a training save), undoing the permutation,
-    transposes, kv concatenation, padding and tying.
+    from a tt-train file or checkpoint directory (a model file or dump, or a training save),
+    undoing the tilization, permutation, transposes, kv concatenation, padding and tying.
 
     hf_model is the original checkpoint (folder or hub id); dtype is "f32", "bf16" or "f16"
     (round to nearest even). Returns a Report (see convert_llama).
@@ -113,7 +113,7 @@ def write_config(family, hf_model, output_path=None, model_path="data/tt_model.m
 
 
 def check(family, tt_path, hf_model, text_path=None, tokens=128, revision=None, quiet=True):
-    """Run the model of a tt-train file (as tt-train computes it) beside the Hugging Face checkpoint
+    """Run the model of a tt-train file or checkpoint directory (as tt-train computes it) beside the Hugging Face checkpoint
     (as transformers computes it) on the same tokens; returns a check.CheckResult with tt_loss,
     hf_loss, max_abs_logit_diff, top1_agreement, tokens, ok (and, for Llama, the q/k layout losses).
 
