@@ -11,7 +11,7 @@ from safetensors.numpy import load_file
 import support
 import ttdir_support as ts
 from ttconv import tensorbin
-from ttconv.ttdir import TtDir, read_metadata
+from ttconv.ttdir import read_metadata
 
 SCHEMAS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schemas")
 SHAPES = [(1, 1, 40, 70), (1, 1, 1, 33), (1, 1, 64, 32), (2, 3, 5, 7), (1, 1, 96, 100)]
@@ -360,3 +360,13 @@ def test_check_bf16_trained_llama_directory(cli, tmp_path, ttnn_tool):
     status, result, err = run_check(cli, "llama", path, tmp_path / "bf16", "--text", CORPUS)
     assert status == 0 and result["ok"] and result["top1_agreement"] == 1.0, err
     assert abs(result["tt_loss"] - result["hf_loss"]) <= 1e-4 * result["hf_loss"]
+
+
+def test_conversion_into_a_directory_is_refused_in_one_line(cli, tmp_path):
+    cfg = support.llama_config()
+    tensors = support.llama_tensors(cfg)
+    ckpt = hf_checkpoint(tmp_path, cfg, tensors)
+    path, _ = llama_dir(tmp_path, cfg, tensors, 96, False)
+    status, _, err = cli("llama", "-i", path, "--hf_model", ckpt, "-o", tmp_path / "out.msgpack")
+    assert status == 1 and one_error_line(err) and "is a tt-train checkpoint directory" in err, err
+    assert not (tmp_path / "out.msgpack").exists()

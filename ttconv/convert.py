@@ -9,6 +9,7 @@ import numpy as np
 
 from . import kernels
 from .checkpoint import Checkpoint
+from .errors import InputFileError
 from .hfconfig import model_shape
 from .hub import resolve_model
 from .mapping import build_plan, canonical_names
@@ -16,6 +17,7 @@ from .output import atomic_output
 from .progress import Progress
 from .training import LOAD_PREFIX, SAVE_PREFIX, reset_kind
 from .ttbuild import BuiltFile, build_file
+from .ttdir import is_checkpoint_dir
 from .ttfile import TtFile, TtWriter, pack_int
 
 log = logging.getLogger("ttconv")
@@ -164,6 +166,10 @@ def write_converted(plan, tt, ckpt, out, progress, reset_state=True, prefix=None
 def _open_source(family, init_path, ckpt, build, quiet):
     if init_path is None:
         return build_file(family, ckpt, **build)
+    if is_checkpoint_dir(init_path):
+        raise InputFileError(
+            f"{init_path}: is a tt-train checkpoint directory; ttconv reads these (inspect, to-hf, check) but "
+            "writes only msgpack files: give a msgpack init file or training save, or --no-init")
     size = os.path.getsize(init_path) if os.path.isfile(init_path) else 0
     with Progress(size, "reading init file", quiet) as progress:
         return TtFile(init_path, progress.advance)

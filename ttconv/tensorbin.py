@@ -7,15 +7,13 @@
 The header is read with every offset checked (flatbuf) before any data is touched;
 the data of a shard is read straight into numpy, untilized (32x32 tiles of 16x16
 faces), unpadded to the logical shape and, across devices, read once when
-replicated or reassembled along the sharded dimension. `encode_header` writes the
-header ttnn 0.81.1 writes for a single-device tensor.
+replicated or reassembled along the sharded dimension.
 """
 import os
 import struct
 from dataclasses import dataclass, field
 
 import numpy as np
-from flatbuffers import Builder
 from flatbuffers import number_types as N
 
 from .errors import TtFileError
@@ -23,7 +21,6 @@ from .flatbuf import FlatbufferError, root
 
 SUFFIX = ".tensorbin"
 MAX_HEADER = 1 << 26
-DATA_ALIGNMENT = 64
 FILE_IDENTIFIER = b"TTNB"
 
 # flatbuffer DataType -> (name, numpy dtype of the stored words); block-float types are not read
@@ -282,88 +279,3 @@ def read_tensor(header):
             out[tuple(block)] = _read_shard(header, shard)
             placed.add(key)
     return out
-
-
-def _uint32_vector(builder, values):
-    return builder.CreateNumpyVector(np.asarray(values, dtype="<u4"))
-
-
-def _table_with_vector(builder, values):
-    vector = _uint32_vector(builder, values)
-    builder.StartObject(1)
-    builder.PrependUOffsetTRelativeSlot(0, vector, 0)
-    return builder.EndObject()
-
-
-def _vector_of(builder, offsets):
-    builder.StartVector(4, len(offsets), 4)
-    for offset in reversed(offsets):
-        builder.PrependUOffsetTRelative(offset)
-    return builder.EndVector()
-
-
-def encode_header(rows, cols, data_type=BFLOAT16, tile=True):
-    """The bytes before the data of a single-device [1, 1, rows, cols] tensor file as ttnn 0.81.1
-    writes it: header size, `Tensor` (TILE 32x32 or ROW_MAJOR, mesh [1, 1], one shard at [0, 0],
-    replicated topology), zero padding up to a 64-byte boundary."""
-    builder = Builder(256)
-    shape = _uint32_vector(builder, [1, 1, rows, cols])
-    if tile:
-        builder.StartObject(3)
-        builder.PrependUint32Slot(TILE_W, 32, 0)
-        builder.PrependUint32Slot(TILE_H, 32, 0)
-        tile_table = builder.EndObject()
-        builder.StartObject(1)
-        builder.PrependUOffsetTRelativeSlot(0, tile_table, 0)
-    else:
-        builder.StartObject(0)
-    page = builder.EndObject()
-    builder.StartObject(3)
-    memory = builder.EndObject()
-    alignment = _uint32_vector(builder, [32, 32] if tile else [1])
-    builder.StartObject(5)
-    builder.PrependUOffsetTRelativeSlot(LAYOUT_ALIGNMENT, alignment, 0)
-    builder.PrependUOffsetTRelativeSlot(LAYOUT_MEMORY, memory, 0)
-    builder.PrependUOffsetTRelativeSlot(LAYOUT_PAGE, page, 0)
-    builder.PrependUint8Slot(LAYOUT_PAGE_TYPE, TILE_PAGE if tile else ROW_MAJOR_PAGE, 0)
-    builder.PrependUint8Slot(LAYOUT_DTYPE, data_type, 255)
-    layout = builder.EndObject()
-    builder.StartObject(2)
-    builder.PrependUOffsetTRelativeSlot(SPEC_LAYOUT, layout, 0)
-    builder.PrependUOffsetTRelativeSlot(SPEC_SHAPE, shape, 0)
-    spec = builder.EndObject()
-    mesh = _table_with_vector(builder, [1, 1])
-    itemsize = np.dtype(DATA_TYPES[data_type][1]).itemsize
-    nbytes = _round_up(rows, 32 if tile else 1) * _round_up(cols, 32 if tile else 1) * itemsize
-    coordinate = _table_with_vector(builder, [0, 0])
-    builder.Prep(8, 16)
-    builder.PrependUint64(nbytes)
-    builder.PrependUint64(0)
-    storage = builder.Offset()
-    builder.StartObject(3)
-    builder.PrependUOffsetTRelativeSlot(SHARD_COORD, coordinate, 0)
-    builder.PrependUOffsetTRelativeSlot(SHARD_BUFFER, storage, 0)
-    builder.PrependUint8Slot(SHARD_BUFFER_TYPE, INLINE_FILE_STORAGE, 0)
-    shard = builder.EndObject()
-    shards = _vector_of(builder, [shard])
-    distribution = _table_with_vector(builder, [1])
-    builder.StartObject(2)
-    builder.PrependInt32Slot(1, -1, 0)
-    builder.PrependUint8Slot(0, REPLICATE, 255)
-    placement = builder.EndObject()
-    placements = _vector_of(builder, [placement])
-    coords = _vector_of(builder, [_table_with_vector(builder, [0, 0])])
-    builder.StartObject(3)
-    builder.PrependUOffsetTRelativeSlot(TOPO_COORDS, coords, 0)
-    builder.PrependUOffsetTRelativeSlot(TOPO_PLACEMENTS, placements, 0)
-    builder.PrependUOffsetTRelativeSlot(TOPO_DISTRIBUTION, distribution, 0)
-    topology = builder.EndObject()
-    builder.StartObject(4)
-    builder.PrependUOffsetTRelativeSlot(T_TOPOLOGY, topology, 0)
-    builder.PrependUOffsetTRelativeSlot(T_SHARDS, shards, 0)
-    builder.PrependUOffsetTRelativeSlot(T_MESH, mesh, 0)
-    builder.PrependUOffsetTRelativeSlot(T_SPEC, spec, 0)
-    builder.Finish(builder.EndObject())
-    body = bytes(builder.Output())
-    header_size = _round_up(8 + len(body), DATA_ALIGNMENT) - 8
-    return header_size.to_bytes(8, "little") + body + bytes(header_size - len(body)), nbytes
