@@ -6,8 +6,8 @@
 
 The header is read with every offset checked (flatbuf) before any data is touched;
 the data of a shard is read straight into numpy, untilized (32x32 tiles of 16x16
-faces), unpadded to the logical shape and, across devices, read once when
-replicated or reassembled along the sharded dimension.
+faces; other tile shapes are refused), unpadded to the logical shape and, across
+devices, read once when replicated or reassembled along the sharded dimensions.
 """
 import os
 import struct
@@ -30,7 +30,7 @@ BFLOAT16, FLOAT32 = 0, 1
 ROW_MAJOR_PAGE, TILE_PAGE = 1, 2
 INLINE_FILE_STORAGE = 1
 REPLICATE, SHARD = 0, 1
-FACE = 16
+TILE, FACE = 32, 16
 
 # Root `Tensor` fields and the fields of the tables below it (ttnn/core/tensor/flatbuffer/*.fbs).
 T_SPEC, T_MESH, T_SHARDS, T_TOPOLOGY, T_VERSION = range(5)
@@ -85,8 +85,8 @@ class TensorHeader:
         if self.layout == "TILE":
             if len(dims) == 1:
                 dims.insert(0, 1)
-            dims[-2] = _round_up(dims[-2], self.tile[0])
-            dims[-1] = _round_up(dims[-1], self.tile[1])
+            dims[-2] = _round_up(dims[-2], TILE)
+            dims[-1] = _round_up(dims[-1], TILE)
         return dims
 
     def matrix(self):
@@ -160,8 +160,8 @@ def _parse(path, buf):
         tile = (tile_table.scalar(TILE_H, N.Uint32Flags), tile_table.scalar(TILE_W, N.Uint32Flags))
         if tile_table.scalar(TILE_TRANSPOSE, N.BoolFlags, False):
             _fail(path, "transposed tiles are not supported")
-        if tile[0] % min(FACE, tile[0] or 1) or tile[1] % FACE or not tile[0] or tile[0] > 32 or tile[1] != 32:
-            _fail(path, f"tile shape {list(tile)} is not supported (32x32 and 16x32 are)")
+        if tile != (TILE, TILE):
+            _fail(path, f"tile shape {list(tile)} is not supported (32x32 is)")
     elif page_type != ROW_MAJOR_PAGE:
         _fail(path, f"unknown page config type {page_type} (1 row-major, 2 tile)")
     alignment = tuple(int(a) for a in layout.numbers(LAYOUT_ALIGNMENT, np.uint32)) or (1,)
@@ -221,12 +221,10 @@ def _check_shards(header):
         _fail(path, f"{len(header.shards)} shards but no tensor_topology to say how they combine")
 
 
-def untilize(flat, rows, cols, tile):
-    """Row-major [rows, cols] from tiles of tile=(h, w) in row-major tile order, each tile's
-    16x16 faces (16 rows high at most) in row-major order."""
-    tile_h, tile_w = tile
-    face_h = min(FACE, tile_h)
-    tiles = flat.reshape(rows // tile_h, cols // tile_w, tile_h // face_h, tile_w // FACE, face_h, FACE)
+def untilize(flat, rows, cols):
+    """Row-major [rows, cols] from 32x32 tiles in row-major tile order, each tile's four 16x16 faces
+    in the order top-left, top-right, bottom-left, bottom-right, each face row-major."""
+    tiles = flat.reshape(rows // TILE, cols // TILE, TILE // FACE, TILE // FACE, FACE, FACE)
     return tiles.transpose(0, 2, 4, 1, 3, 5).reshape(rows, cols)
 
 
@@ -236,7 +234,7 @@ def _read_shard(header, shard):
     data = np.fromfile(header.path, dtype=words, count=rows * cols, offset=header.data_start + shard.offset)
     if data.size != rows * cols:
         _fail(header.path, "file shrank while being read")
-    matrix = untilize(data, rows, cols, header.tile) if header.layout == "TILE" else data.reshape(rows, cols)
+    matrix = untilize(data, rows, cols) if header.layout == "TILE" else data.reshape(rows, cols)
     del data
     logical = matrix.reshape(header.padded_dims())[tuple(slice(0, d) for d in header.shape)]
     if header.data_type == BFLOAT16:
