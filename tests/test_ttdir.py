@@ -10,6 +10,7 @@ from safetensors.numpy import load_file
 
 import support
 import ttdir_support as ts
+from test_export_hf import raw_safetensors
 from ttconv import tensorbin
 from ttconv.ttdir import read_metadata
 
@@ -162,10 +163,10 @@ def test_to_hf_llama_dump_written_by_ttnn(cli, tmp_path, ttnn_tool, tie, tied_tt
     status, _, err = cli("to-hf", "llama", "-i", path / "metadata.flatbuffer", "--hf_model", ckpt,
                          "-o", tmp_path / "hf16", "--dtype", "bf16")
     assert status == 0, err
-    exported = load_file(str(tmp_path / "hf16" / "model.safetensors"))
+    exported = raw_safetensors(tmp_path / "hf16" / "model.safetensors")
     for name, original in tensors.items():
-        assert exported[name].dtype == ml_dtypes.bfloat16
-        assert exported[name].tobytes() == original.astype(ml_dtypes.bfloat16).tobytes(), name
+        assert exported[name][:2] == ("BF16", list(original.shape)), name
+        assert exported[name][2] == original.astype(ml_dtypes.bfloat16).tobytes(), name
 
 
 @pytest.mark.parametrize("optimizer", ["AdamW", "old", "AdamWFullPrecision"])
