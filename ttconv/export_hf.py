@@ -50,6 +50,7 @@ class _LastDecoded:
 
     def rows(self, param):
         if self._key != param.data.key:
+            self._values = None  # dropped before the next tensor is read: one decoded tensor at a time
             self._values = self._tt.read_values(param.data).reshape(param.rows, param.cols)
             self._key = param.data.key
         return self._values
