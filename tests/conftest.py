@@ -84,10 +84,13 @@ TTNN_TOOL_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ttn
 def _ttnn_libraries():
     """Folder holding the ttnn 0.81.1 wheel's libraries: $TTCONV_TTNN_LIB, else a cache that this
     fetches once with pip download; (None, reason) where the wheel cannot be had."""
+    import platform
     import subprocess
     import sys
     import zipfile
 
+    if platform.machine() != "x86_64":
+        return None, f"the {TTNN_WHEEL} wheel is built for x86_64 only, not {platform.machine()}"
     given = os.environ.get("TTCONV_TTNN_LIB")
     if given:
         return given, None
