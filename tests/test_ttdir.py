@@ -77,6 +77,16 @@ def test_row_major_alignment_one_and_fp32(tmp_path):
     assert read(path).tobytes() == values.tobytes()
 
 
+@pytest.mark.parametrize("dtype,name", [("u32", "UINT32"), ("i32", "INT32")])
+def test_integer_tensors(tmp_path, dtype, name):
+    values = np.arange(40, dtype=np.float32).reshape(1, 1, 5, 8) * (1 if dtype == "u32" else -3)
+    path = tmp_path / "int.tensorbin"
+    path.write_bytes(ts.tensorbin_bytes(values, dtype=dtype, layout="row_major"))
+    header = tensorbin.read_header(path)
+    assert header.dtype_name == name
+    assert read(path).tobytes() == values.tobytes()
+
+
 def test_replicated_shards_are_read_once(tmp_path):
     values = values_of((1, 1, 40, 70))
     path = tmp_path / "r.tensorbin"

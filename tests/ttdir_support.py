@@ -20,7 +20,8 @@ SCALAR_SLOTS = {"BoolValue": "PrependBoolSlot", "CharValue": "PrependInt8Slot", 
                 "BFloat16Value": "PrependUint16Slot"}
 VECTOR_DTYPES = {"VectorChar": "<i1", "VectorInt": "<i4", "VectorFloat": "<f4", "VectorDouble": "<f8",
                  "VectorUInt8": "u1", "VectorUInt32": "<u4", "VectorBFloat16": "<u2"}
-DTYPES = {"bf16": 0, "f32": 1}
+DTYPES = {"bf16": 0, "f32": 1, "u32": 2, "i32": 7}
+WORDS = {"bf16": "<u2", "f32": "<u4", "u32": "<u4", "i32": "<i4"}
 
 
 def bf16(values):
@@ -104,8 +105,13 @@ def tensor_payload(values, dtype="bf16", layout="tile", alignment=None):
     """(stored bytes, alignment) of one shard holding values (any shape)."""
     values = np.asarray(values, np.float32)
     dims = values.shape
-    words = bf16(values).view(np.uint32) >> 16 if dtype == "bf16" else values.view(np.uint32)
-    words = words.astype("<u2" if dtype == "bf16" else "<u4")
+    if dtype == "bf16":
+        words = bf16(values).view(np.uint32) >> 16
+    elif dtype == "f32":
+        words = values.view(np.uint32)
+    else:
+        words = values
+    words = words.astype(WORDS[dtype])
     alignment = alignment or ([32, 32] if layout == "tile" else [1])
     matrix = _padded(words, dims, alignment)
     data = tile_loops(matrix) if layout == "tile" else matrix.reshape(-1)
