@@ -59,10 +59,6 @@ class FlatTable:
             self._fail(f"field {slot} ({width} bytes at +{offset}) lies outside its {self._size}-byte table")
         return self._table.Pos + offset
 
-    def has(self, slot):
-        """True when the field is present."""
-        return self._table.Offset(4 + 2 * slot) != 0
-
     def scalar(self, slot, flags, default=0):
         """A scalar field (flags: a flatbuffers.number_types class), or default when absent."""
         pos = self._field(slot, flags.bytewidth)

@@ -30,7 +30,6 @@ VALUE_TYPES = {
     13: ("VectorDouble", np.float64), 14: ("VectorUInt8", np.uint8), 15: ("VectorUInt32", np.uint32),
     16: ("VectorBFloat16", np.uint16), 17: ("VectorString", "strings"),
 }
-TYPE_IDS = {name: type_id for type_id, (name, _) in VALUE_TYPES.items()}
 
 TENSOR_FIELDS = ("shape", "data_type", "layout", "storage_type")
 PARAMETER_FLAGS = ("requires_grads", "has_grads")
@@ -91,11 +90,6 @@ def _pairs(path, buf):
             raise TtFileError(f"{path}: key {key!r} appears twice")
         values[key] = Value(name, value)
     return values
-
-
-def sanitized(key):
-    """The file name tt-train gives the tensor at key."""
-    return key.replace("/", "_").replace("\\", "_") + tensorbin.SUFFIX
 
 
 def state_group(key, optimizer_roots):
@@ -227,8 +221,7 @@ class TtDir:
         model = self.parameters("model")
         masters = {}
         for name, param in self.parameters("optimizer").items():
-            root, _, rest = name.partition("/")
-            part, _, bare = rest.partition("/")
+            part, _, bare = name.partition("/")[2].partition("/")
             if part == MASTER_WEIGHTS:
                 masters[bare] = param
         used = 0
@@ -256,6 +249,6 @@ def _optimizer_roots(values):
     roots = set()
     for key in values:
         head, _, rest = key.partition("/")
-        if head != SCHEDULER_ROOT and rest.split("/", 1)[0] in OPTIMIZER_PARTS and rest != "value":
+        if head != SCHEDULER_ROOT and rest.split("/", 1)[0] in OPTIMIZER_PARTS:
             roots.add(head)
     return roots
