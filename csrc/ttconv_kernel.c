@@ -338,3 +338,53 @@ int tt_transpose_f32(const float *src, size_t rows, size_t cols, float *out)
     }
     return TT_OK;
 }
+
+static inline uint16_t bf16_nearest_even(uint32_t bits)
+{
+    if ((bits & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)(((bits >> 16) & 0x8000u) | 0x7fc0u); /* NaN: the sign and a quiet NaN */
+    return (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
+/* Where value (r, c) of a tile row lands: tile, face, then row and column inside the face. */
+static inline size_t tiled_offset(size_t r, size_t c)
+{
+    return (c >> 5) * 1024 + ((r & 16) << 5) + ((c & 16) << 4) + ((r & 15) << 4) + (c & 15);
+}
+
+/* One output row (r within its tile row) of n source values: converted, placed, counted. */
+static size_t tile_row(const void *src, int dtype, size_t first, size_t col_stride, size_t cols,
+                       size_t r, int out_dtype, void *tile_base)
+{
+    size_t nonfinite = 0;
+    for (size_t c = 0; c < cols; c++) {
+        uint32_t bits = source_bits(src, dtype, first + c * col_stride);
+        nonfinite += is_nonfinite(bits);
+        size_t at = tiled_offset(r, c);
+        if (out_dtype == TT_OUT_BF16)
+            ((uint16_t *)tile_base)[at] = bf16_nearest_even(bits);
+        else
+            ((uint32_t *)tile_base)[at] = bits;
+    }
+    return nonfinite;
+}
+
+long long tt_tile(const void *src, int dtype, const uint32_t *row_index, size_t n_rows,
+                  size_t row_stride, size_t col_stride, size_t cols, size_t first_row,
+                  size_t padded_cols, int out_dtype, void *out)
+{
+    if (!valid_dtype(dtype) || (out_dtype != TT_OUT_BF16 && out_dtype != TT_OUT_F32)
+        || padded_cols % 32 || cols > padded_cols)
+        return TT_E_BAD_ARGUMENT;
+    size_t width = out_dtype == TT_OUT_BF16 ? 2 : 4;
+    size_t nonfinite = 0;
+    for (size_t k = 0; k < n_rows; k++) {
+        size_t r = first_row + k;
+        uint8_t *base = (uint8_t *)out + (r / 32) * 32 * padded_cols * width;
+        nonfinite += tile_row(src, dtype, (size_t)row_index[k] * row_stride, col_stride, cols,
+                              r & 31, out_dtype, base);
+        for (size_t c = cols; c < padded_cols; c++)
+            memset(base + tiled_offset(r & 31, c) * width, 0, width);
+    }
+    return clamp_count(nonfinite);
+}

@@ -223,3 +223,76 @@ def test_unbuilt_kernel_says_how_to_build_it(tmp_path):
     package_copy(tmp_path, with_kernel=False)
     line = version_line(tmp_path)
     assert "backend: jax; the C kernel is not built" in line and "reinstall with a C compiler" in line
+
+
+def tiled_reference(matrix, padded_rows, padded_cols, dtype):
+    """ttnn's TILE order by numpy reshapes (spec §4): 32x32 tiles, four 16x16 faces each."""
+    full = np.zeros((padded_rows, padded_cols), dtype=dtype)
+    full[:matrix.shape[0], :matrix.shape[1]] = matrix
+    return full.reshape(padded_rows // 32, 2, 16, padded_cols // 32, 2, 16).transpose(0, 3, 1, 4, 2, 5).reshape(-1)
+
+
+def bf16_reference(bits):
+    """bfloat16 bits by ml_dtypes' round to nearest even (NaNs become the sign's quiet NaN)."""
+    with np.errstate(invalid="ignore"):
+        return bits.view(np.float32).astype(ml_dtypes.bfloat16).view(np.uint16)
+
+
+@pytest.mark.parametrize("kind", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("rows,cols", [(1, 5), (32, 32), (40, 70), (65, 33)])
+def test_tile_matches_numpy_tiles_of_bf16(backend, kind, rows, cols):
+    src = sources(rows, cols, seed=rows + cols)[kind]
+    padded_rows, padded_cols = -(-rows // 32) * 32, -(-cols // 32) * 32
+    out = np.zeros(padded_rows * padded_cols * 2, dtype=np.uint8)
+    bad = kernels.tile(src, out, padded_cols)
+    bits = f32_bits_reference(src)
+    expected = tiled_reference(bf16_reference(bits), padded_rows, padded_cols, np.uint16)
+    assert out.view(np.uint16).tobytes() == expected.tobytes()
+    assert bad == int(np.count_nonzero((bits & 0x7F800000) == 0x7F800000))
+
+
+def test_tile_rounds_ties_to_even(backend):
+    bits = np.array([[0x3F808000, 0x3F818000, 0x3F80FFFF, 0x7F7FFFFF, 0xBF808001]], dtype=np.uint32)
+    out = np.zeros(32 * 32 * 2, dtype=np.uint8)
+    kernels.tile(bits.view(np.float32), out, 32)
+    assert out.view(np.uint16)[:5].tolist() == [0x3F80, 0x3F82, 0x3F81, 0x7F80, 0xBF81]
+
+
+@pytest.mark.parametrize("kind", ["f32", "bf16"])
+def test_tile_float32_output_keeps_bits(backend, kind):
+    src = sources(33, 40, seed=9)[kind]
+    out = np.zeros(64 * 64 * 4, dtype=np.uint8)
+    kernels.tile(src, out, 64, out_dtype="f32")
+    assert out.view(np.uint32).tobytes() == tiled_reference(f32_bits_reference(src), 64, 64, np.uint32).tobytes()
+
+
+def test_tile_picked_rows_at_an_offset_leave_the_others(backend):
+    src = sources(48, 40, seed=4)["f32"]
+    heads, head_dim = 3, 16
+    order = np.arange(48).reshape(heads, 2, head_dim // 2).transpose(0, 2, 1).reshape(-1)  # RoPE interleave
+    out = np.full(96 * 64 * 2, 0x5A, dtype=np.uint8)
+    kernels.tile(src, out, 64, rows=order, first_row=40)
+    expected = np.full((96, 64), 0x5A5A, dtype=np.uint16)
+    expected[40:88, :40] = bf16_reference(src[order].view(np.uint32))
+    expected[40:88, 40:] = 0
+    tiled = expected.reshape(3, 2, 16, 2, 2, 16).transpose(0, 3, 1, 4, 2, 5).reshape(-1)
+    assert out.view(np.uint16).tobytes() == tiled.tobytes()
+
+
+@pytest.mark.parametrize("kind", ["f32", "f16"])
+def test_tile_transposed(backend, kind):
+    src = sources(50, 36, seed=5)[kind]  # a [in, out] Conv1D weight: output rows are its columns
+    out = np.zeros(64 * 64 * 2, dtype=np.uint8)
+    kernels.tile(src, out, 64, transposed=True)
+    expected = tiled_reference(bf16_reference(f32_bits_reference(src).T.copy()), 64, 64, np.uint16)
+    assert out.view(np.uint16).tobytes() == expected.tobytes()
+
+
+def test_tile_checks_its_arguments_before_calling_c(backend):
+    src = np.zeros((4, 40), dtype=np.float32)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        kernels.tile(src, np.zeros(4096, dtype=np.uint8), 40)
+    with pytest.raises(ValueError, match="room for 1 tile rows"):
+        kernels.tile(src, np.zeros(100, dtype=np.uint8), 64)
+    with pytest.raises(ValueError, match="outside"):
+        kernels.tile(src, np.zeros(64 * 32 * 2, dtype=np.uint8), 64, rows=[4])

@@ -189,3 +189,34 @@ def _transpose(bits):
 def transpose(matrix):
     """Transpose of a float32 matrix."""
     return np.asarray(_transpose(matrix.view(np.uint32))).view(np.float32)
+
+
+def _bf16_nearest_even(bits):
+    """bfloat16 bits (uint16) of float32 bits, rounded to nearest even; a NaN keeps its sign, quiet."""
+    nan = (bits & 0x7FFFFFFF) > 0x7F800000
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return jnp.where(nan, ((bits >> 16) & 0x8000) | 0x7FC0, rounded).astype(jnp.uint16)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _tile_rows(source, rows, code, transposed, padded_cols, out_f32):
+    bits = _f32_bits(source, code)
+    picked = (bits.T if transposed else bits)[rows]
+    padded = jnp.pad(picked, ((0, 0), (0, padded_cols - picked.shape[1])))
+    return (padded if out_f32 else _bf16_nearest_even(padded)), _nonfinite(picked)
+
+
+def _tiled_offsets(first_row, n_rows, padded_cols):
+    """Where each value of rows first_row.. of a row-major [n_rows, padded_cols] block lands in TILE order."""
+    r = np.arange(first_row, first_row + n_rows)[:, None]
+    c = np.arange(padded_cols)[None, :]
+    return ((r // 32) * 32 * padded_cols + (c // 32) * 1024 + (r % 32 // 16) * 512 + (c % 32 // 16) * 256
+            + (r % 16) * 16 + c % 16)
+
+
+def tile(array, code, rows, first_row, padded_cols, transposed, out_f32, out):
+    """Rows of array (or of its transpose) rounded and placed in TILE order into out; the NaN/Inf count."""
+    values, bad = _tile_rows(_raw(array, code), rows, code, transposed, padded_cols, out_f32)
+    words = out.view(np.uint32 if out_f32 else np.uint16)
+    words[_tiled_offsets(first_row, len(rows), padded_cols)] = np.asarray(values)
+    return int(bad)

@@ -142,6 +142,40 @@ def encode_transposed(array, out=None):
     return out, nonfinite
 
 
+OUT_DTYPES = {"bf16": (0, 2), "f32": (1, 4)}  # TT_OUT_* code, bytes per value
+TILE = 32
+
+
+def tile(array, out, padded_cols, rows=None, first_row=0, transposed=False, out_dtype="bf16"):
+    """Write rows of a 2-D source array (or of its transpose) into out in ttnn's TILE layout
+    (32x32 tiles of four 16x16 faces) as bfloat16 rounded to nearest even or float32, in one pass.
+
+    out is a uint8 buffer that starts at a tile row; output row first_row + k is source row
+    rows[k] (all rows in order when rows is None), its columns up to padded_cols zeros. Rows
+    of out not named are left as they are. Returns the NaN/Inf count of the rows written."""
+    array = np.ascontiguousarray(array)
+    code = _dtype_code(array)
+    if array.ndim != 2:
+        raise ValueError(f"tiling needs a matrix, got shape {array.shape}")
+    n_source, cols = array.shape[::-1] if transposed else array.shape
+    rows = np.arange(n_source, dtype=np.uint32) if rows is None else np.ascontiguousarray(rows, dtype=np.uint32)
+    if rows.size and int(rows.max()) >= n_source:
+        raise ValueError(f"row {int(rows.max())} is outside the source's {n_source} rows")
+    out_code, width = OUT_DTYPES[out_dtype]
+    if padded_cols % TILE or cols > padded_cols:
+        raise ValueError(f"padded_cols {padded_cols} must be a multiple of {TILE} and at least {cols}")
+    tile_rows = -(-(first_row + rows.size) // TILE)
+    if out.dtype != np.uint8 or out.ndim != 1 or out.size < tile_rows * TILE * padded_cols * width:
+        raise ValueError(f"output buffer must be uint8 with room for {tile_rows} tile rows")
+    if not rows.size:
+        return 0
+    if _kernel is None:
+        return _fallback().tile(array, code, rows, first_row, padded_cols, transposed, out_code == 1, out)
+    row_stride, col_stride = (1, array.shape[1]) if transposed else (array.shape[1], 1)
+    return _kernel.lib.tt_tile(_ptr(array), code, _ptr(rows, "uint32_t *"), rows.size, row_stride, col_stride,
+                               cols, first_row, padded_cols, out_code, _ptr(out))
+
+
 def rope_rows(matrix, n_heads, inverse=False):
     """Interleave (or, with inverse, de-interleave) each head's rows of a float32 matrix."""
     matrix = np.ascontiguousarray(matrix, dtype=np.float32)
