@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass, field
 
 import numpy as np
+import flatbuffers
 from flatbuffers import number_types as N
 
 from .errors import TtFileError
@@ -277,3 +278,91 @@ def read_tensor(header):
             out[tuple(block)] = _read_shard(header, shard)
             placed.add(key)
     return out
+
+
+DATA_ALIGNMENT = 64
+
+
+def _end_vector(builder, count):
+    try:
+        return builder.EndVector()
+    except TypeError:  # flatbuffers 2.0 wants the element count
+        return builder.EndVector(count)
+
+
+def _table_vector(builder, offsets):
+    builder.StartVector(4, len(offsets), 4)
+    for offset in reversed(offsets):
+        builder.PrependUOffsetTRelative(offset)
+    return _end_vector(builder, len(offsets))
+
+
+def _single_field_table(builder, vector):
+    builder.StartObject(1)
+    builder.PrependUOffsetTRelativeSlot(0, vector, 0)
+    return builder.EndObject()
+
+
+def _uint32_table(builder, values):
+    """MeshShape or MeshCoordinate: a table whose one field is a [uint32] vector."""
+    return _single_field_table(builder, builder.CreateNumpyVector(np.asarray(values, dtype="<u4")))
+
+
+def header_bytes(rows, cols, data_type=BFLOAT16):
+    """The first bytes of a .tensorbin for a [1, 1, rows, cols] TILE tensor on one device, as ttnn 0.81.1's
+    dump_tensor_flatbuffer writes them (the same objects built in the same order, so the same bytes):
+    the uint64 header size, then the `Tensor` flatbuffer zero-padded so that the data starts on a
+    64-byte boundary. The data that follows is tiled(rows) x tiled(cols) values of data_type."""
+    width = 2 if data_type == BFLOAT16 else 4
+    data_size = -(-rows // TILE) * TILE * -(-cols // TILE) * TILE * width
+    builder = flatbuffers.Builder(512)
+    shape = builder.CreateNumpyVector(np.array([1, 1, rows, cols], dtype="<u4"))
+    alignment = builder.CreateNumpyVector(np.array([TILE, TILE], dtype="<u4"))
+    builder.StartObject(3)  # Tile
+    builder.PrependUint32Slot(TILE_W, TILE, 0)
+    builder.PrependUint32Slot(TILE_H, TILE, 0)
+    tile = builder.EndObject()
+    page = _single_field_table(builder, tile)  # TilePageConfig
+    builder.StartObject(6)  # MemoryConfig: interleaved in DRAM, every field at its default
+    memory = builder.EndObject()
+    builder.StartObject(5)  # TensorLayout
+    builder.PrependUOffsetTRelativeSlot(LAYOUT_ALIGNMENT, alignment, 0)
+    builder.PrependUOffsetTRelativeSlot(LAYOUT_MEMORY, memory, 0)
+    builder.PrependUOffsetTRelativeSlot(LAYOUT_PAGE, page, 0)
+    builder.PrependUint8Slot(LAYOUT_PAGE_TYPE, TILE_PAGE, 0)
+    builder.PrependUint8Slot(LAYOUT_DTYPE, data_type, 0)
+    layout = builder.EndObject()
+    builder.StartObject(2)  # TensorSpec
+    builder.PrependUOffsetTRelativeSlot(SPEC_LAYOUT, layout, 0)
+    builder.PrependUOffsetTRelativeSlot(SPEC_SHAPE, shape, 0)
+    spec = builder.EndObject()
+    coordinate = _uint32_table(builder, [0, 0])
+    builder.Prep(8, 16)  # InlineFileStorage {offset, size}
+    builder.PrependUint64(data_size)
+    builder.PrependUint64(0)
+    storage = builder.Offset()
+    builder.StartObject(3)  # TensorShard
+    builder.PrependUOffsetTRelativeSlot(SHARD_COORD, coordinate, 0)
+    builder.PrependUOffsetTRelativeSlot(SHARD_BUFFER, storage, 0)
+    builder.PrependUint8Slot(SHARD_BUFFER_TYPE, INLINE_FILE_STORAGE, 0)
+    shards = _table_vector(builder, [builder.EndObject()])
+    mesh = _uint32_table(builder, [1, 1])
+    distribution = _uint32_table(builder, [1])
+    builder.StartObject(2)  # MeshMapperPlacement: Replicate (the default type), tensor_dim -1
+    builder.PrependInt32Slot(1, -1, 0)
+    placements = _table_vector(builder, [builder.EndObject()])
+    coords = _table_vector(builder, [_uint32_table(builder, [0, 0])])
+    builder.StartObject(3)  # TensorTopology
+    builder.PrependUOffsetTRelativeSlot(TOPO_COORDS, coords, 0)
+    builder.PrependUOffsetTRelativeSlot(TOPO_PLACEMENTS, placements, 0)
+    builder.PrependUOffsetTRelativeSlot(TOPO_DISTRIBUTION, distribution, 0)
+    topology = builder.EndObject()
+    builder.StartObject(4)  # Tensor
+    builder.PrependUOffsetTRelativeSlot(T_TOPOLOGY, topology, 0)
+    builder.PrependUOffsetTRelativeSlot(T_SHARDS, shards, 0)
+    builder.PrependUOffsetTRelativeSlot(T_MESH, mesh, 0)
+    builder.PrependUOffsetTRelativeSlot(T_SPEC, spec, 0)
+    builder.Finish(builder.EndObject())
+    body = bytes(builder.Output())
+    header_size = -(-(8 + len(body)) // DATA_ALIGNMENT) * DATA_ALIGNMENT - 8
+    return struct.pack("<Q", header_size) + body + bytes(header_size - len(body))
