@@ -373,11 +373,11 @@ def test_check_bf16_trained_llama_directory(cli, tmp_path, ttnn_tool):
     assert abs(result["tt_loss"] - result["hf_loss"]) <= 1e-4 * result["hf_loss"]
 
 
-def test_conversion_into_a_directory_is_refused_in_one_line(cli, tmp_path):
+def test_directory_input_with_format_msgpack_is_refused_in_one_line(cli, tmp_path):
     cfg = support.llama_config()
     tensors = support.llama_tensors(cfg)
     ckpt = hf_checkpoint(tmp_path, cfg, tensors)
     path, _ = llama_dir(tmp_path, cfg, tensors, 96, False)
-    status, _, err = cli("llama", "-i", path, "--hf_model", ckpt, "-o", tmp_path / "out.msgpack")
+    status, _, err = cli("llama", "-i", path, "--hf_model", ckpt, "-o", tmp_path / "out.msgpack", "--format", "msgpack")
     assert status == 1 and one_error_line(err) and "is a tt-train checkpoint directory" in err, err
     assert not (tmp_path / "out.msgpack").exists()

@@ -1,8 +1,10 @@
-"""ttconv: convert Hugging Face Llama and GPT-2 checkpoints into tt-train msgpack weight files.
+"""ttconv: convert Hugging Face Llama and GPT-2 checkpoints into tt-train msgpack weight files and
+checkpoint directories, and back.
 
 Python API (the command line uses the same functions):
 
 >>> import ttconv
+>>> ttconv.convert("llama", "examples/llama-mini", "out/llama", format="flatbuffer")  # doctest: +SKIP
 >>> ttconv.convert_llama("examples/llama-mini/init.msgpack", "examples/llama-mini",
 ...                      "out/llama.msgpack")                       # doctest: +SKIP
 >>> ttconv.convert_gpt2("init.msgpack", "gpt2", "out/gpt2.msgpack")  # doctest: +SKIP
@@ -11,10 +13,10 @@ Python API (the command line uses the same functions):
 """
 __version__ = "0.1.0"
 
-__all__ = ["convert_llama", "convert_gpt2", "export_tokenizer", "to_hf", "write_config", "check", "TtconvError", "__version__"]
+__all__ = ["convert", "convert_llama", "convert_gpt2", "export_tokenizer", "to_hf", "write_config", "check", "TtconvError", "__version__"]
 
 _API = {
-    "convert_llama": "api", "convert_gpt2": "api", "to_hf": "api", "write_config": "api", "check": "api",
+    "convert": "api", "convert_llama": "api", "convert_gpt2": "api", "to_hf": "api", "write_config": "api", "check": "api",
     "export_tokenizer": "tokenizer", "TtconvError": "errors",
 }
 

@@ -1,22 +1,49 @@
 """Public conversion functions; the command line is a thin layer over these."""
 import logging
 
-from .convert import open_checkpoint, run_conversion
+from .conversion import open_checkpoint, run_conversion
 from .errors import TtconvError
-from .training import DEFAULT_LEARNING_RATE
+from .formats import FORMATS
+from .training import DEFAULT_LEARNING_RATE, DEFAULT_MAX_STEPS
 
 log = logging.getLogger("ttconv")
 
 
-def _convert(family, init_path, hf_model, output_path, meta_style, revision, dry_run, quiet, keep_optimizer_state,
-             prefix, layout, scheduler, learning_rate, vocab_multiple, text_path=None):
+def convert(family, hf_model, output, *, init=None, format=None, layout="training", scheduler="identity",
+            learning_rate=DEFAULT_LEARNING_RATE, max_steps=DEFAULT_MAX_STEPS, vocab_multiple=32, meta_style=False,
+            text_path=None, keep_optimizer_state=False, prefix=None, revision=None, dry_run=False, quiet=True):
+    """Convert a Hugging Face checkpoint (a local folder or a hub id) of family "llama" or "gpt2" into
+    a tt-train msgpack file or checkpoint directory at output; returns a Report (with dry_run nothing is
+    written and report.plan tells what would be done).
+
+    init is what to fill: an init file, a -s dump or a training save (msgpack), or a checkpoint
+    directory (model dump or training state); the output takes its format. Without init the output is
+    built from config.json in `format` ("msgpack", the default, or "flatbuffer"): layout "training"
+    (the model, zero AdamW moments and a fresh `scheduler` state at `learning_rate`; warmup_linear
+    over `max_steps`) or "model" (the model only, as -s dumps it); the vocabulary rounded up to a
+    multiple of vocab_multiple. A training state's optimizer moments and step counters are reset
+    unless keep_optimizer_state; prefix moves the model's keys. For Llama, meta_style skips the RoPE
+    row permutation (q/k rows already interleaved); "auto" decides it from the checkpoint's loss on
+    text_path (a built-in English sample when None).
+
+    >>> report = ttconv.convert("llama", "examples/llama-mini", "out/llama",
+    ...                         format="flatbuffer")           # doctest: +SKIP
+    >>> print(report.summary())                                 # doctest: +SKIP
+    """
+    if family not in ("llama", "gpt2"):
+        raise TtconvError(f"unknown model family {family!r}; ttconv converts 'llama' and 'gpt2'")
+    if format not in (None,) + FORMATS:
+        raise TtconvError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    if family != "llama" and meta_style:
+        raise TtconvError("meta_style applies to Llama-family checkpoints only")
     ckpt = open_checkpoint(hf_model, revision)
-    build = dict(layout=layout, scheduler=scheduler, learning_rate=learning_rate, vocab_multiple=vocab_multiple)
+    build = dict(layout=layout, scheduler=scheduler, learning_rate=learning_rate, vocab_multiple=vocab_multiple,
+                 max_steps=max_steps)
     try:
         if meta_style == "auto":
             meta_style = _decide_meta_style(ckpt, text_path, quiet)
-        return run_conversion(family, init_path, ckpt, output_path, meta_style, dry_run, quiet,
-                              keep_optimizer_state, prefix, build)
+        return run_conversion(family, init, ckpt, output, meta_style, dry_run, quiet, keep_optimizer_state, prefix,
+                              build, format)
     finally:
         ckpt.close()
 
@@ -38,39 +65,29 @@ def _decide_meta_style(ckpt, text_path, quiet):
 def convert_llama(init_path, hf_model, output_path, meta_style=False, revision=None, dry_run=False, quiet=True,
                   keep_optimizer_state=False, prefix=None, layout="training", scheduler="identity",
                   learning_rate=DEFAULT_LEARNING_RATE, vocab_multiple=32, text_path=None):
-    """Convert a Llama-family checkpoint into a tt-train file shaped like init_path.
-
-    init_path is an init file, a -s dump or a training save; None builds the file from
-    config.json instead (layout "training": model, zero AdamW moments and a fresh `scheduler`
-    state at `learning_rate`; "model": the model only; vocabulary rounded up to a multiple of
-    vocab_multiple). A training save's optimizer state is reset unless keep_optimizer_state;
-    prefix moves the model's keys. hf_model is a local checkpoint folder or a hub id.
-    meta_style skips the RoPE row permutation for checkpoints whose q/k rows are already
-    interleaved; "auto" decides it from the checkpoint's loss on text_path (a built-in
-    English sample when None) with q/k read both ways. Returns a Report; with dry_run nothing is written and report.plan tells
-    what would be done.
+    """convert("llama", ...) with the arguments of ttconv's first releases (init_path: the file or
+    directory to fill, None to build a msgpack file from config.json); returns a Report.
 
     >>> report = convert_llama("examples/llama-mini/init.msgpack", "examples/llama-mini",
     ...                        "out/llama.msgpack")   # doctest: +SKIP
-    >>> print(report.summary())                         # doctest: +SKIP
     """
-    return _convert("llama", init_path, hf_model, output_path, meta_style, revision, dry_run, quiet,
-                    keep_optimizer_state, prefix, layout, scheduler, learning_rate, vocab_multiple, text_path)
+    return convert("llama", hf_model, output_path, init=init_path, meta_style=meta_style, revision=revision,
+                   dry_run=dry_run, quiet=quiet, keep_optimizer_state=keep_optimizer_state, prefix=prefix,
+                   layout=layout, scheduler=scheduler, learning_rate=learning_rate, vocab_multiple=vocab_multiple,
+                   text_path=text_path)
 
 
 def convert_gpt2(init_path, hf_model, output_path, revision=None, dry_run=False, quiet=True,
                  keep_optimizer_state=False, prefix=None, layout="training", scheduler="identity",
                  learning_rate=DEFAULT_LEARNING_RATE, vocab_multiple=32):
-    """Convert a GPT-2-family checkpoint into a tt-train file shaped like init_path (None: built from
-    config.json, see convert_llama).
-
-    Conv1D weights are transposed, the vocabulary zero-padded and pos_emb cropped to
-    the tt model's context. Returns a Report (see convert_llama).
+    """convert("gpt2", ...) with the arguments of ttconv's first releases (Conv1D weights transposed,
+    the vocabulary zero-padded, pos_emb cropped to the tt model's context); returns a Report.
 
     >>> convert_gpt2("gpt2_init.msgpack", "gpt2", "out/gpt2.msgpack")  # doctest: +SKIP
     """
-    return _convert("gpt2", init_path, hf_model, output_path, False, revision, dry_run, quiet,
-                    keep_optimizer_state, prefix, layout, scheduler, learning_rate, vocab_multiple)
+    return convert("gpt2", hf_model, output_path, init=init_path, revision=revision, dry_run=dry_run, quiet=quiet,
+                   keep_optimizer_state=keep_optimizer_state, prefix=prefix, layout=layout, scheduler=scheduler,
+                   learning_rate=learning_rate, vocab_multiple=vocab_multiple)
 
 
 def to_hf(family, tt_path, hf_model, output_dir, dtype="f32", meta_style=False, revision=None, quiet=True):
@@ -90,7 +107,7 @@ def to_hf(family, tt_path, hf_model, output_dir, dtype="f32", meta_style=False, 
 
 def write_config(family, hf_model, output_path=None, model_path="data/tt_model.msgpack",
                  tokenizer_path="data/tokenizer.json", scheduler="identity", learning_rate=DEFAULT_LEARNING_RATE,
-                 vocab_multiple=32, revision=None):
+                 vocab_multiple=32, revision=None, max_steps=DEFAULT_MAX_STEPS):
     """The tt-train YAML training config for a checkpoint (written to output_path when given);
     returns the YAML text.
 
@@ -105,7 +122,8 @@ def write_config(family, hf_model, output_path=None, model_path="data/tt_model.m
         shape = model_shape(family, ckpt)
     finally:
         ckpt.close()
-    text = to_yaml(training_config(shape, model_path, tokenizer_path, scheduler, learning_rate, vocab_multiple)) + "\n"
+    text = to_yaml(training_config(shape, model_path, tokenizer_path, scheduler, learning_rate, vocab_multiple,
+                                   max_steps)) + "\n"
     if output_path:
         with atomic_output(output_path) as out:
             out.write(text.encode("utf-8"))

@@ -8,7 +8,8 @@ import sys
 from . import __version__, interrupts
 from .errors import TtconvError
 from .verify import TOLERANCE
-from .training import DEFAULT_LEARNING_RATE, SCHEDULERS
+from .training import DEFAULT_LEARNING_RATE, DEFAULT_MAX_STEPS, SCHEDULERS
+from .formats import FORMATS
 from .ttbuild import LAYOUTS
 
 log = logging.getLogger("ttconv")
@@ -16,12 +17,13 @@ log = logging.getLogger("ttconv")
 EXIT_ERROR = 1
 
 DESCRIPTION = """\
-Convert Hugging Face Llama and GPT-2 checkpoints (safetensors) into tt-train msgpack
-weight files, without torch. The output has exactly the keys of the tt-train init file
-you give, in its order; weights come from the checkpoint as float32.
+Convert Hugging Face Llama and GPT-2 checkpoints (safetensors) into what tt-train loads,
+without torch: msgpack weight files (the upstream scripts' format, older tt-train) or the
+checkpoint directories today's tt-train saves and loads (--format flatbuffer:
+metadata.flatbuffer + one bfloat16 .tensorbin per tensor). The output has exactly the
+entries of the init file or directory you give, in its order, or is built from config.json.
 
-inspect, to-hf and check also read the checkpoint directories today's tt-train saves
-(metadata.flatbuffer + one .tensorbin per tensor)."""
+inspect, to-hf and check read both formats."""
 
 LLAMA_HELP = """\
 Fill a tt-train Llama init file with the weights of a Llama-family checkpoint
@@ -55,18 +57,22 @@ def _hf_options(parser, default_model):
 
 
 def _file_options(parser):
+    parser.add_argument("--format", choices=FORMATS,
+                        help="msgpack: a tt-train msgpack file (the upstream scripts' format, tt-train before late "
+                             "2025); flatbuffer: a checkpoint directory as today's tt-train saves and loads "
+                             "(metadata.flatbuffer + .tensorbin files). Default: the input's format, else msgpack")
     built = parser.add_argument_group("without an init file (built from config.json)")
     built.add_argument("--no-init", action="store_true",
-                       help="build the whole tt-train file from config.json even if an init file exists")
+                       help="build the whole output from config.json even if an init file exists")
     built.add_argument("--layout", choices=LAYOUTS, default="training",
-                       help="training: model under the load prefix plus zero AdamW moments, adamw/steps 0 and "
-                            "a fresh scheduler, which tt-train's training mode loads; model: the model only, "
-                            "as a -s dump holds it (default: training)")
+                       help="training: the model where training loads it plus zero AdamW moments, step counter 0 "
+                            "and a fresh scheduler state, which tt-train's training mode loads; model: the model "
+                            "only, as a -s dump holds it (default: training)")
     _state_choices(built)
-    filled = parser.add_argument_group("filling a training save")
+    filled = parser.add_argument_group("filling a training save or training state")
     filled.add_argument("--keep-optimizer-state", action="store_true",
-                        help="keep the AdamW moments and step counters of a training save (by default they are "
-                             "reset: they belonged to the old weights)")
+                        help="keep the optimizer moments and step counters of a training save or directory "
+                             "byte for byte (by default they are reset: they belonged to the old weights)")
     filled.add_argument("--prefix", metavar="PREFIX",
                         help="write the model under PREFIX instead of the input's prefix (a Llama training save "
                              "is under transformer/llama; training loads llama/llama)")
@@ -82,6 +88,9 @@ def _state_choices(parser):
     parser.add_argument("--vocab-multiple", type=_positive, default=32, metavar="N",
                         help="round the vocabulary up to a multiple of N, as tt-train does (default: 32; "
                              "multiply by the device count under tensor parallelism)")
+    parser.add_argument("--max-steps", type=_positive, default=DEFAULT_MAX_STEPS, metavar="N",
+                        help=f"max_steps of the YAML; a directory's warmup_linear state warms up over 10%% of it "
+                             f"(default: {DEFAULT_MAX_STEPS})")
 
 
 def _auto_only(text):
@@ -115,11 +124,12 @@ def build_parser():
     llama = sub.add_parser("llama", help="convert a Llama-family checkpoint", description=LLAMA_HELP,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     llama.add_argument("-i", "--input_path", metavar="INPUT_PATH",
-                       help="tt-train file to fill: an init file, a -s dump or a training save (default: "
-                            "data/tinyllama_init.msgpack; when that does not exist, the file is built from "
-                            "config.json)")
+                       help="what to fill: a msgpack init file, -s dump or training save, or a checkpoint "
+                            "directory (default: data/tinyllama_init.msgpack; when that does not exist, the "
+                            "output is built from config.json)")
     llama.add_argument("-o", "--output_path", metavar="OUTPUT_PATH",
-                       help="output file (default: data/tinyllama_exported.msgpack)")
+                       help="output file or directory (default: data/tinyllama_exported.msgpack, or "
+                            "data/tinyllama_exported for a directory)")
     _hf_options(llama, "TinyLlama/TinyLlama_v1.1")
     llama.add_argument("--meta_style", nargs="?", const=True, default=False, type=_auto_only, metavar="auto",
                        help="q/k rows are already interleaved (Meta style): skip the RoPE row permutation; "
@@ -131,8 +141,9 @@ def build_parser():
 
     gpt2 = sub.add_parser("gpt2", help="convert a GPT-2-family checkpoint", description=GPT2_HELP,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    gpt2.add_argument("input_pos", nargs="?", metavar="INPUT_FILE", help="tt-train init file to fill")
-    gpt2.add_argument("output_pos", nargs="?", metavar="OUTPUT_FILE", help="output file")
+    gpt2.add_argument("input_pos", nargs="?", metavar="INPUT_FILE",
+                      help="tt-train init file (or checkpoint directory) to fill")
+    gpt2.add_argument("output_pos", nargs="?", metavar="OUTPUT_FILE", help="output file (or directory)")
     gpt2.add_argument("-i", "--input_file", help="same as INPUT_FILE")
     gpt2.add_argument("-o", "--output_file", help="same as OUTPUT_FILE")
     _hf_options(gpt2, "gpt2")
@@ -198,7 +209,8 @@ def build_parser():
     config.add_argument("--revision", help="hub revision when --hf_model is a hub id")
     config.add_argument("-o", "--output", metavar="FILE", help="YAML file to write (default: standard output)")
     config.add_argument("--model-path", default="data/tt_model.msgpack",
-                        help="model_path in the YAML: the tt-train file (default: data/tt_model.msgpack)")
+                        help="model_path in the YAML: the tt-train file or checkpoint directory "
+                             "(default: data/tt_model.msgpack)")
     config.add_argument("--tokenizer-path", default="data/tokenizer.json",
                         help="tokenizer_path in the YAML (default: data/tokenizer.json)")
     _state_choices(config)
@@ -216,14 +228,26 @@ def _setup_logging(quiet):
 
 DEFAULT_INIT = "data/tinyllama_init.msgpack"
 DEFAULT_OUTPUT = "data/tinyllama_exported.msgpack"
+DEFAULT_OUTPUT_DIR = "data/tinyllama_exported"
+
+
+def _output_format(args, init_path):
+    """The format a conversion writes: --format, else the input's, else msgpack."""
+    from .ttdir import is_checkpoint_dir
+
+    if args.format:
+        return args.format
+    return "flatbuffer" if init_path and is_checkpoint_dir(init_path) else "msgpack"
 
 
 def _paths(args, family):
     """(init file or None to build from config.json, output, tokenizer only?)"""
     if family == "llama":
         given_in, given_out = args.input_path, args.output_path
-        output_path = given_out or DEFAULT_OUTPUT
-        init_path = given_in or (DEFAULT_INIT if os.path.exists(DEFAULT_INIT) else None)
+        init_path = given_in or (DEFAULT_INIT if os.path.exists(DEFAULT_INIT) and args.format != "flatbuffer"
+                                 else None)
+        default_output = DEFAULT_OUTPUT_DIR if _output_format(args, init_path) == "flatbuffer" else DEFAULT_OUTPUT
+        output_path = given_out or default_output
     else:
         for flag, positional, name in ((args.input_file, args.input_pos, "INPUT_FILE and -i"),
                                        (args.output_file, args.output_pos, "OUTPUT_FILE and -o")):
@@ -262,14 +286,12 @@ def _conversion(args, family):
         return 0
     if kernels.FALLBACK_REASON:
         log.info("using the slower jax.numpy fallback: %s", kernels.FALLBACK_REASON)
-    options = dict(revision=args.revision, dry_run=args.dry_run, quiet=args.quiet,
-                   keep_optimizer_state=args.keep_optimizer_state, prefix=args.prefix, layout=args.layout,
-                   scheduler=args.scheduler, learning_rate=args.learning_rate, vocab_multiple=args.vocab_multiple)
-    if family == "llama":
-        report = api.convert_llama(init_path, args.hf_model, output_path, meta_style=args.meta_style,
-                                   text_path=args.text, **options)
-    else:
-        report = api.convert_gpt2(init_path, args.hf_model, output_path, **options)
+    llama_only = dict(meta_style=args.meta_style, text_path=args.text) if family == "llama" else {}
+    report = api.convert(family, args.hf_model, output_path, init=init_path, format=args.format,
+                         layout=args.layout, scheduler=args.scheduler, learning_rate=args.learning_rate,
+                         max_steps=args.max_steps, vocab_multiple=args.vocab_multiple,
+                         keep_optimizer_state=args.keep_optimizer_state, prefix=args.prefix,
+                         revision=args.revision, dry_run=args.dry_run, quiet=args.quiet, **llama_only)
     if args.dry_run:
         from .inspection import print_plan
 
@@ -279,7 +301,8 @@ def _conversion(args, family):
     if args.dump_config:
         api.write_config(family, args.hf_model, args.dump_config, model_path=output_path,
                          tokenizer_path=args.dump_tokenizer_path or "data/tokenizer.json", scheduler=args.scheduler,
-                         learning_rate=args.learning_rate, vocab_multiple=args.vocab_multiple, revision=args.revision)
+                         learning_rate=args.learning_rate, vocab_multiple=args.vocab_multiple, revision=args.revision,
+                         max_steps=args.max_steps)
         log.info("wrote tt-train config to %s", args.dump_config)
     return 0
 
@@ -324,7 +347,7 @@ def _run(args):
         text = write_config(args.family, args.hf_model, args.output, model_path=args.model_path,
                             tokenizer_path=args.tokenizer_path, scheduler=args.scheduler,
                             learning_rate=args.learning_rate, vocab_multiple=args.vocab_multiple,
-                            revision=args.revision)
+                            revision=args.revision, max_steps=args.max_steps)
         if args.output:
             log.info("wrote tt-train config to %s", args.output)
         else:
@@ -348,7 +371,9 @@ def _one_line(exc):
 def _output_of(args):
     """The file a conversion command writes last, or None."""
     if args.command == "llama":
-        return args.output_path or DEFAULT_OUTPUT
+        if args.output_path:
+            return args.output_path
+        return DEFAULT_OUTPUT_DIR if _output_format(args, args.input_path) == "flatbuffer" else DEFAULT_OUTPUT
     if args.command == "gpt2":
         return args.output_file or args.output_pos
     return None

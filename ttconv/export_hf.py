@@ -15,7 +15,7 @@ import numpy as np
 
 from . import kernels
 from .checkpoint import Checkpoint
-from .convert import Report, plan_conversion
+from .conversion import Report, plan_conversion
 from .errors import OutputError
 from .formats import open_tt
 from .hub import resolve_model

@@ -1,6 +1,12 @@
 """The one place that tells the two on-disk formats apart: msgpack files and checkpoint directories."""
+import os
+
 from .ttdir import TtDir, is_checkpoint_dir
+from .ttdir_out import directory_output
 from .ttfile import TtFile
+from .ttfile_out import msgpack_output
+
+FORMATS = ("msgpack", "flatbuffer")
 
 
 def open_tt(path, on_bytes=None):
@@ -9,3 +15,23 @@ def open_tt(path, on_bytes=None):
     if is_checkpoint_dir(path):
         return TtDir(path)
     return TtFile(path, on_bytes)
+
+
+def format_of(tt):
+    """"flatbuffer" for a checkpoint directory (read or built), "msgpack" for a msgpack file."""
+    return "flatbuffer" if isinstance(tt, TtDir) else "msgpack"
+
+
+def conversion_output(tt, path, inputs=()):
+    """The context manager that writes tt converted, in tt's own format, atomically to path: it yields
+    the writer convert.write_converted drives."""
+    if isinstance(tt, TtDir):
+        return directory_output(tt, path, inputs)
+    return msgpack_output(tt, path, inputs)
+
+
+def output_size(path):
+    """Bytes of a written file, or of every file of a written directory."""
+    if os.path.isdir(path):
+        return sum(entry.stat().st_size for entry in os.scandir(path) if entry.is_file())
+    return os.path.getsize(path)

@@ -89,12 +89,14 @@ class Piece:
 
 @dataclass
 class Target:
-    """One tt tensor to write: its parameter, source pieces and zero rows to append."""
+    """One tt tensor to write: its parameter, source pieces and zero rows to append; float32 marks an
+    optimizer's full-precision master copy of a weight (written as float32 where a format can)."""
 
     param: object
     pieces: list
     pad_rows: int = 0
     notes: list = field(default_factory=list)
+    float32: bool = False
 
     @property
     def n_values(self):

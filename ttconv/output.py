@@ -1,10 +1,12 @@
-"""Atomic output files: written to a temporary file beside the target, fsynced, renamed."""
+"""Atomic output files and directories: written to a temporary sibling of the target, fsynced, renamed."""
 import contextlib
+import ctypes
 import errno
 import fcntl
 import mmap
 import os
 import queue
+import shutil
 import tempfile
 import threading
 
@@ -98,6 +100,10 @@ class _OutputFile:
         if BUFFER_BYTES - self._fill < nbytes:
             return None
         return np.frombuffer(self._current, dtype=np.uint8, count=nbytes, offset=self._fill)
+
+    def room(self):
+        """How many bytes reserve() can lend now (a whole buffer when none is being filled)."""
+        return BUFFER_BYTES - self._fill if self._current is not None else BUFFER_BYTES
 
     def commit(self, nbytes):
         """Add the nbytes just encoded into the array that reserve() gave."""
@@ -199,3 +205,135 @@ def atomic_output(path, inputs=()):
             with interrupts.held(), contextlib.suppress(OSError):
                 os.unlink(temp_path)
         raise
+
+
+METADATA_NAME = "metadata.flatbuffer"
+RENAME_EXCHANGE = 2
+AT_FDCWD = -100
+
+
+def _fsync_path(path, flags=os.O_RDONLY):
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class DirectoryOutput:
+    """A checkpoint directory being built in a temporary sibling of its target (see atomic_directory)."""
+
+    def __init__(self, staging, target):
+        self.staging = staging
+        self.target = target
+
+    @contextlib.contextmanager
+    def file(self, name):
+        """Yield a writer for a new file of the directory (write, reserve/commit); fsynced when the block ends."""
+        try:
+            fd = os.open(os.path.join(self.staging, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except OSError as exc:
+            raise _output_error(os.path.join(self.target, name), exc) from None
+        out = _OutputFile(fd, os.path.join(self.target, name))
+        try:
+            yield out
+            out.sync()
+        finally:
+            out.close()
+            os.close(fd)
+
+    def copy(self, source, name):
+        """Copy a file into the directory byte for byte, fsynced."""
+        interrupts.check()
+        destination = os.path.join(self.staging, name)
+        try:
+            shutil.copyfile(source, destination)
+            _fsync_path(destination)
+        except OSError as exc:
+            raise _output_error(os.path.join(self.target, name), exc) from None
+
+
+def _exchange(first, second):
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    if renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE) == 0:
+        return True
+    if ctypes.get_errno() in (errno.EINVAL, errno.ENOSYS, errno.EPERM):
+        return False
+    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), second)
+
+
+def _refuse_directory_target(path, inputs):
+    if not os.path.lexists(path):
+        return False
+    for source in inputs:
+        if os.path.exists(source) and os.path.samefile(path, source):
+            raise OutputError(f"{path}: output is the same checkpoint directory as input {source}; refusing to "
+                              "overwrite it (give a new output path)")
+    if os.path.isdir(path) and not os.path.islink(path) and os.path.isfile(os.path.join(path, METADATA_NAME)):
+        return True
+    what = "a file" if os.path.isfile(path) else "a directory that is not a tt-train checkpoint"
+    raise OutputError(f"{path}: exists and is {what}; ttconv replaces only a checkpoint directory "
+                      "(give a new path or remove it)")
+
+
+@contextlib.contextmanager
+def atomic_directory(path, inputs=()):
+    """Yield a DirectoryOutput; on success the directory it built replaces path, on any exception it vanishes.
+
+    The directory is built as a temporary sibling, every file and the directory fsynced, then renamed
+    into place; an existing checkpoint directory at path is swapped out only then and removed. Any
+    other existing path is refused untouched. SIGINT and SIGTERM wait while the temporary directory is
+    created, swapped in or removed, so that a signal leaves either nothing or the complete directory."""
+    path = os.path.abspath(os.fspath(path))
+    replacing = _refuse_directory_target(path, [os.path.abspath(os.fspath(p)) for p in inputs])
+    parent = os.path.dirname(path)
+    staging = None
+    try:
+        with interrupts.held():
+            try:
+                os.makedirs(parent, exist_ok=True)
+                staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=parent)
+            except OSError as exc:
+                raise _output_error(path, exc) from None
+        yield DirectoryOutput(staging, path)
+        interrupts.check()
+        umask = os.umask(0)
+        os.umask(umask)
+        try:
+            os.chmod(staging, 0o777 & ~umask)
+            _fsync_path(staging)
+        except OSError as exc:
+            raise _output_error(path, exc) from None
+        with interrupts.held():
+            _move_into_place(staging, path, replacing)
+            staging = None
+    except BaseException:
+        if staging is not None:
+            with interrupts.held():
+                shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _move_into_place(staging, path, replacing):
+    try:
+        if not replacing:
+            os.rename(staging, path)
+        elif _exchange(staging, path):
+            shutil.rmtree(staging, ignore_errors=True)  # now the old directory
+        else:
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".old", dir=os.path.dirname(path))
+            os.rename(path, os.path.join(old, "previous"))
+            try:
+                os.rename(staging, path)
+            except OSError:
+                os.rename(os.path.join(old, "previous"), path)
+                raise
+            finally:
+                shutil.rmtree(old, ignore_errors=True)
+        _fsync_path(os.path.dirname(path))
+    except OSError as exc:
+        raise _output_error(path, exc) from None

@@ -14,6 +14,7 @@ LOAD_PREFIX = {"llama": "llama/llama", "gpt2": "transformer/transformer"}
 SAVE_PREFIX = {"llama": "transformer/llama", "gpt2": "transformer/transformer"}
 
 DEFAULT_LEARNING_RATE = 3e-4
+DEFAULT_MAX_STEPS = 5000
 MOMENTS = ("first_moment", "second_moment")
 MOMENT_DATA = re.compile(r"^(adamw/(first_moment|second_moment|kahan_compensation)|theta)/.+/value/data$")
 OPTIMIZER_STEPS = ("adamw/steps", 6)
@@ -57,3 +58,42 @@ def reset_kind(entry):
     if entry.kind == "int" and entry.key in STEP_KEYS:
         return "zero"
     return None
+
+
+# Checkpoint directories (tt-train since late 2025): the model under the YAML's model_type, then the
+# parameter names of its root module; the optimizer under its get_name(), the scheduler under
+# "scheduler", with the key names and value types of tt-train's sources.
+MODEL_ROOT = {"llama": "llama", "gpt2": "transformer"}
+DIR_OPTIMIZER = "AdamW"
+DIR_MOMENTS = ("exp_avg", "exp_avg_sq")
+WARMUP_FRACTION = 0.1
+
+
+def dir_model_prefix(family):
+    """Where a directory holds the model: <model_type>/<root module>, e.g. llama/llama or gpt2/transformer."""
+    return f"{family}/{MODEL_ROOT[family]}"
+
+
+def _linear_child(index, learning_rate, start, end, total):
+    child = f"scheduler/scheduler_{index}/"
+    return [(child + "m_last_step", "SizeTValue", 0), (child + "m_last_lr", "FloatValue", learning_rate),
+            (child + "m_base_lr", "FloatValue", learning_rate), (child + "m_start_factor", "FloatValue", start),
+            (child + "m_end_factor", "FloatValue", end), (child + "m_total_steps", "IntValue", total)]
+
+
+def dir_fresh_state(scheduler, learning_rate, max_steps=DEFAULT_MAX_STEPS):
+    """(key, value type, value) of a fresh AdamW and scheduler state, as tt-train saves them before its
+    first step: AdamW's steps (size_t), lr (float), amsgrad (bool); identity: a LambdaScheduler;
+    warmup_linear: a SequentialScheduler of LinearSchedulers 0 -> 1 over int(0.1 * max_steps) steps and
+    1 -> 0.01 over the rest, each child under scheduler_{i}/."""
+    state = [(f"{DIR_OPTIMIZER}/steps", "SizeTValue", 0), (f"{DIR_OPTIMIZER}/lr", "FloatValue", learning_rate),
+             (f"{DIR_OPTIMIZER}/amsgrad", "BoolValue", False)]
+    if scheduler == "identity":
+        return state + [("scheduler/m_last_step", "SizeTValue", 0), ("scheduler/m_last_lr", "FloatValue", learning_rate),
+                        ("scheduler/m_base_lr", "FloatValue", learning_rate)]
+    warmup = int(max_steps * WARMUP_FRACTION)
+    return state + [("scheduler/m_current_step_in_scheduler", "IntValue", 0),
+                    ("scheduler/m_last_lr", "FloatValue", learning_rate),
+                    ("scheduler/m_current_scheduler_index", "SizeTValue", 0)] + \
+        _linear_child(0, learning_rate, 0.0, 1.0, warmup) + \
+        _linear_child(1, learning_rate, 1.0, 0.01, max_steps - warmup)

@@ -7,11 +7,19 @@ the prefix tt-train loads (`llama/llama`, `transformer/transformer`). The "train
 layout adds what training mode loads too: zero AdamW moments for every parameter,
 `adamw/steps` 0 and a fresh scheduler. The result is a BuiltFile, which the conversion
 fills exactly like a TtFile read from disk.
+
+Checkpoint directories are built the same way (BuiltDir, filled like a TtDir): the model under
+`<model_type>/<root>` with each parameter's `value` (its tensor file), `value/shape`
+(VectorUInt8), `value/data_type`, `value/layout`, `value/storage_type` (IntValue) and the
+`requires_grads`, `has_grads` flags (BoolValue); the "training" layout adds AdamW's zero
+`exp_avg`/`exp_avg_sq` and the fresh state of training.dir_fresh_state.
 """
 import struct
 
 from .hfconfig import model_shape
-from .training import DEFAULT_LEARNING_RATE, LOAD_PREFIX, MOMENTS, fresh_state, moment_prefix
+from .training import (DEFAULT_LEARNING_RATE, DEFAULT_MAX_STEPS, DIR_MOMENTS, DIR_OPTIMIZER, LOAD_PREFIX, MODEL_ROOT,
+                       MOMENTS, dir_fresh_state, dir_model_prefix, fresh_state, moment_prefix)
+from .ttdir import DirEntry, TtDir, Value, shape_value, tensor_file_name
 from .ttfile import (DATA_SUFFIX, Entry, TtFile, array_header, map_header, pack_bin, pack_bool, pack_int,
                      pack_key, pair_prefix, write_int_zeros)
 
@@ -136,4 +144,49 @@ def build_file(family, ckpt, layout="training", scheduler="identity", learning_r
                 built.add_tensor(moment_prefix(moment, f"{root}/{name}"), rows, cols, trainable=False)
         for key, variant, packed in fresh_state(scheduler, learning_rate):
             built.add_scalar(key, variant, packed)
+    return built
+
+
+class BuiltDir(TtDir):
+    """A checkpoint directory described in memory; its tensors have no files and are zeros until filled."""
+
+    def __init__(self, path):
+        self.path = path
+        self.directory = self.metadata_path = None
+        self.values = {}
+        self.tensors = {}
+        self.optimizer_roots = set()
+        self.weights_note = None
+
+    def add_parameter(self, name, rows, cols, trainable):
+        key = f"{name}/value"
+        self.values[key] = Value("StringValue", tensor_file_name(key))
+        self.values[f"{key}/shape"] = shape_value([1, 1, rows, cols])
+        for field, value in (("data_type", BFLOAT16), ("layout", TILE), ("storage_type", DEVICE)):
+            self.values[f"{key}/{field}"] = Value("IntValue", value)
+        self.values[f"{name}/requires_grads"] = Value("BoolValue", trainable)
+        self.values[f"{name}/has_grads"] = Value("BoolValue", False)
+        self.tensors[key] = DirEntry(self, key, None, dims=(1, 1, rows, cols))
+
+    def add_value(self, key, value_type, value):
+        self.values[key] = Value(value_type, value)
+
+
+def build_dir(family, ckpt, layout="training", scheduler="identity", learning_rate=DEFAULT_LEARNING_RATE,
+              vocab_multiple=32, max_steps=DEFAULT_MAX_STEPS):
+    """A BuiltDir for the checkpoint's config: the model under <model_type>/<root> and, for the
+    "training" layout, AdamW's zero moments and a fresh optimizer and scheduler state."""
+    shape = model_shape(family, ckpt)
+    tensors = (llama_tensors if family == "llama" else gpt2_tensors)(shape, shape.tt_vocab(vocab_multiple))
+    built = BuiltDir(f"{ckpt.directory}/config.json")
+    for name, rows, cols in tensors:
+        built.add_parameter(f"{dir_model_prefix(family)}/{name}", rows, cols, trainable=True)
+    if layout == "training":
+        built.optimizer_roots.add(DIR_OPTIMIZER)
+        for moment in DIR_MOMENTS:
+            for name, rows, cols in tensors:
+                built.add_parameter(f"{DIR_OPTIMIZER}/{moment}/{MODEL_ROOT[family]}/{name}", rows, cols,
+                                    trainable=False)
+        for key, value_type, value in dir_fresh_state(scheduler, learning_rate, max_steps):
+            built.add_value(key, value_type, value)
     return built

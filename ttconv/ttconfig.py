@@ -8,11 +8,11 @@ rounded as in the tt file.
 """
 import json
 
-from .training import DEFAULT_LEARNING_RATE
+from .training import DEFAULT_LEARNING_RATE, DEFAULT_MAX_STEPS
 
 
 def training_config(shape, model_path, tokenizer_path, scheduler="identity", learning_rate=DEFAULT_LEARNING_RATE,
-                    vocab_multiple=32):
+                    vocab_multiple=32, max_steps=DEFAULT_MAX_STEPS):
     """The YAML document as nested dicts (insertion order is the order written)."""
     transformer = {
         "num_heads": shape.num_heads,
@@ -39,7 +39,7 @@ def training_config(shape, model_path, tokenizer_path, scheduler="identity", lea
             "model_save_interval": 500,
             "batch_size": 8,
             "num_epochs": 1,
-            "max_steps": 5000,
+            "max_steps": max_steps,
             "learning_rate": learning_rate,
             "weight_decay": 0.01,
             "gradient_accumulation_steps": 1,

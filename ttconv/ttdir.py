@@ -11,6 +11,7 @@ import os
 import struct
 from dataclasses import dataclass
 
+import flatbuffers
 import numpy as np
 from flatbuffers import number_types as N
 
@@ -46,6 +47,72 @@ class Value:
 
     type: str
     value: object
+
+
+TYPE_IDS = {name: type_id for type_id, (name, _) in VALUE_TYPES.items()}
+SCALAR_SLOTS = {"BoolValue": "PrependBoolSlot", "CharValue": "PrependInt8Slot", "IntValue": "PrependInt32Slot",
+                "FloatValue": "PrependFloat32Slot", "DoubleValue": "PrependFloat64Slot",
+                "UInt32Value": "PrependUint32Slot", "SizeTValue": "PrependUint64Slot",
+                "BFloat16Value": "PrependUint16Slot"}
+
+
+def _offsets_vector(builder, offsets):
+    builder.StartVector(4, len(offsets), 4)
+    for offset in reversed(offsets):
+        builder.PrependUOffsetTRelative(offset)
+    try:
+        return builder.EndVector()
+    except TypeError:  # flatbuffers 2.0 wants the element count
+        return builder.EndVector(len(offsets))
+
+
+def _value_table(builder, value):
+    _, reader = VALUE_TYPES[TYPE_IDS[value.type]]
+    if reader == "string":
+        inner = builder.CreateString(value.value)
+    elif reader == "strings":
+        inner = _offsets_vector(builder, [builder.CreateString(text) for text in value.value])
+    elif isinstance(reader, type) and issubclass(reader, np.generic):
+        inner = builder.CreateNumpyVector(np.asarray(value.value, dtype=np.dtype(reader).newbyteorder("<")))
+    else:
+        inner = None
+    builder.StartObject(1)
+    if inner is None:
+        getattr(builder, SCALAR_SLOTS[value.type])(0, value.value, 0)
+    else:
+        builder.PrependUOffsetTRelativeSlot(0, inner, 0)
+    return builder.EndObject()
+
+
+def metadata_bytes(values):
+    """A metadata.flatbuffer (TTMLData) holding {key: Value} in the dict's order, every scalar written
+    even where it equals the schema's default."""
+    builder = flatbuffers.Builder(1 << 16)
+    builder.ForceDefaults(True)
+    pairs = []
+    for key, value in values.items():
+        key_offset = builder.CreateString(key)
+        table = _value_table(builder, value)
+        builder.StartObject(3)
+        builder.PrependUOffsetTRelativeSlot(2, table, 0)
+        builder.PrependUint8Slot(1, TYPE_IDS[value.type], 0)
+        builder.PrependUOffsetTRelativeSlot(0, key_offset, 0)
+        pairs.append(builder.EndObject())
+    vector = _offsets_vector(builder, pairs)
+    builder.StartObject(1)
+    builder.PrependUOffsetTRelativeSlot(0, vector, 0)
+    builder.Finish(builder.EndObject())
+    return bytes(builder.Output())
+
+
+def tensor_file_name(key):
+    """The file tt-train writes a tensor's data to: its key with every '/' and '\\' made '_', plus .tensorbin."""
+    return key.replace("/", "_").replace("\\", "_") + tensorbin.SUFFIX
+
+
+def shape_value(dims):
+    """KEY/shape as tt-train writes it: the dims packed as little-endian uint32 in a VectorUInt8."""
+    return Value("VectorUInt8", np.frombuffer(struct.pack(f"<{len(dims)}I", *dims), dtype=np.uint8))
 
 
 def read_metadata(path):
@@ -121,14 +188,30 @@ def is_checkpoint_dir(path):
     return os.path.isdir(path) or os.fspath(path).endswith(".flatbuffer")
 
 
-class DirEntry:
-    """A tensor of the directory: its key and (read on first use) its file's header."""
+@dataclass
+class DirItem:
+    """One metadata entry, in the file's order: its key, value and, for a tensor, its DirEntry."""
 
-    def __init__(self, ttdir, key, filename):
+    key: str
+    value: Value
+    tensor: object = None
+
+
+class DirEntry:
+    """A tensor of the directory: its key and (read on first use) its file's header; dims, when given,
+    stand for a tensor that has no file yet."""
+
+    def __init__(self, ttdir, key, filename, dims=None):
         self.key = key
         self.filename = filename
         self._ttdir = ttdir
         self._header = None
+        self._dims = dims
+
+    @property
+    def dims(self):
+        """The tensor's logical shape."""
+        return self._dims if self._dims is not None else self.header.logical_shape()
 
     @property
     def header(self):
@@ -147,7 +230,7 @@ class DirParameter:
 
     @property
     def dims(self):
-        return self.data.header.logical_shape()
+        return self.data.dims
 
     @property
     def rows(self):
@@ -172,6 +255,11 @@ class TtDir:
             if value.type == "StringValue" and value.value.endswith(tensorbin.SUFFIX):
                 self.tensors[key] = DirEntry(self, key, self._checked_name(key, value.value))
         self.weights_note = None
+
+    @property
+    def entries(self):
+        """Every metadata entry as a DirItem, in the file's order."""
+        return [DirItem(key, value, self.tensors.get(key)) for key, value in self.values.items()]
 
     def _checked_name(self, key, name):
         if (not name or "/" in name or "\\" in name or "\0" in name or name in (".", "..")

@@ -1,0 +1,185 @@
+"""Llama and GPT-2 conversions: Hugging Face checkpoint + tt-train init file or directory -> the same format."""
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from .checkpoint import Checkpoint
+from .errors import InputFileError
+from .formats import conversion_output, output_size
+from .hfconfig import model_shape
+from .hub import resolve_model
+from .mapping import build_plan, canonical_names
+from .progress import Progress
+from .training import LOAD_PREFIX, SAVE_PREFIX
+from .ttbuild import BuiltDir, BuiltFile, build_dir, build_file
+from .ttdir import TtDir, is_checkpoint_dir
+from .ttfile import TtFile
+
+log = logging.getLogger("ttconv")
+
+@dataclass
+class Report:
+    """What a conversion did (or, for a dry run, would do)."""
+
+    plan: object
+    output_path: str = None
+    tensors: int = 0
+    values: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    nonfinite: dict = field(default_factory=dict)
+    state: str = ""
+
+    def summary(self):
+        rate = self.bytes_written / 1e6 / self.seconds if self.seconds > 0 else 0.0
+        state = f"; {self.state}" if self.state else ""
+        return (
+            f"{self.tensors} tensors, {self.values:,} parameters, {self.bytes_written:,} bytes written "
+            f"in {self.seconds:.2f} s ({rate:.0f} MB/s){state}"
+        )
+
+
+def plan_conversion(family, tt, ckpt, meta_style=False, params=None):
+    """Build the plan (which tt tensor comes from which checkpoint tensors) for the model's
+    parameters (params: another set of them, e.g. tt.weights())."""
+    shape = model_shape(family, ckpt)
+    layout = {"n_layers": shape.num_blocks}
+    if family == "llama":
+        layout.update(rope_q=shape.num_heads, rope_kv=shape.num_groups, head_dim=shape.head_dim)
+    tensors = canonical_names(family, ckpt.tensors, ckpt.directory)
+    return build_plan(family, tt, params or tt.parameters("model"), tensors, layout, meta_style)
+
+
+def _renamer(old_prefix, new_prefix):
+    """Key -> key under new_prefix for the model's keys (optimizer keys name bare parameters)."""
+    if not new_prefix or new_prefix == old_prefix:
+        return lambda key: key
+    head = old_prefix + "/"
+    return lambda key: new_prefix + key[len(old_prefix):] if key.startswith(head) else key
+
+
+def write_converted(plan, tt, ckpt, writer, progress, reset_state=True, prefix=None):
+    """Write tt's entries, in order, through a format's writer (formats.conversion_output) with the plan's
+    tensors filled from the checkpoint (model keys moved under prefix, when given; with reset_state,
+    optimizer moments zeroed and step counters set to 0). Returns (NaN/Inf counts by key,
+    {"moments": n, "counters": n} reset)."""
+    rename = _renamer(plan.prefix, prefix)
+    nonfinite, reset = {}, {"moments": 0, "counters": 0}
+    for entry in tt.entries:
+        key = rename(entry.key)
+        target = plan.targets.get(entry.key)
+        action = writer.reset_kind(entry) if reset_state and target is None else None
+        if target is not None:
+            bad = writer.write_target(entry, key, target, ckpt, progress)
+            if bad:
+                nonfinite[entry.key] = bad
+        elif action == "zeros":
+            writer.zero_tensor(entry, key)
+            reset["moments"] += 1
+        elif action == "zero":
+            writer.zero_counter(entry, key)
+            reset["counters"] += 1
+        else:
+            writer.copy_entry(entry, key)
+    return nonfinite, reset
+
+
+def _open_source(family, init_path, ckpt, build, quiet, output_format):
+    """The tt-train file or directory to fill: init_path, or one built from config.json in output_format."""
+    if init_path is None:
+        if output_format == "flatbuffer":
+            return build_dir(family, ckpt, **build)
+        return build_file(family, ckpt, **{k: v for k, v in build.items() if k != "max_steps"})
+    if is_checkpoint_dir(init_path):
+        if output_format == "msgpack":
+            raise InputFileError(f"{init_path}: is a tt-train checkpoint directory, so the output is one too; "
+                                 "--format msgpack fills a msgpack file (or builds one with --no-init)")
+        return TtDir(init_path)
+    if output_format == "flatbuffer":
+        raise InputFileError(f"{init_path}: is a msgpack file; --format flatbuffer fills a checkpoint directory "
+                             "(-i DIR) or builds one from config.json (--no-init)")
+    size = os.path.getsize(init_path) if os.path.isfile(init_path) else 0
+    with Progress(size, "reading init file", quiet) as progress:
+        return TtFile(init_path, progress.advance)
+
+
+def _add_master_weights(family, tt, ckpt, plan, meta_style):
+    """Targets for a training state's full-precision master weights (float32 copies of the weights
+    that training updates), filled from the checkpoint like the weights themselves."""
+    masters = tt.weights()
+    if not tt.weights_note:
+        return
+    for key, target in plan_conversion(family, tt, ckpt, meta_style, params=masters).targets.items():
+        if key not in plan.targets:
+            target.float32 = True
+            plan.targets[key] = target
+
+
+def _state_notices(family, tt, plan, prefix, build):
+    notices = []
+    if isinstance(tt, (BuiltFile, BuiltDir)):
+        steps = "AdamW/steps" if isinstance(tt, BuiltDir) else "adamw/steps"
+        layout = (f" (zero AdamW moments, {steps} 0, scheduler {build['scheduler']} at learning rate "
+                  f"{build['learning_rate']:g})" if build["layout"] == "training" else " (model only, as -s dumps it)")
+        fc = next(t for t in plan.targets.values() if t.param.name.endswith("/fc/weight"))
+        notices.append(f"no init file: building {plan.prefix} from config.json: layout {build['layout']}{layout}, "
+                       f"vocabulary {fc.param.rows} rows (a multiple of {build['vocab_multiple']})")
+    if tt.is_training_state() and family == "llama" and plan.prefix == SAVE_PREFIX["llama"] and not prefix:
+        notices.append(
+            f"{tt.path} is a training save: its model is under {plan.prefix}, where tt-train saves it, but "
+            f"tt-train's training mode loads {LOAD_PREFIX['llama']}; add --prefix {LOAD_PREFIX['llama']} "
+            "to resume training from the output"
+        )
+    return notices
+
+
+def run_conversion(family, init_path, ckpt, output_path, meta_style=False, dry_run=False, quiet=True,
+                   keep_optimizer_state=False, prefix=None, build=None, output_format=None):
+    """Convert (or plan, with dry_run) one checkpoint into the tt file or checkpoint directory at
+    init_path, or, when init_path is None, into one built from the config (build: options of
+    ttbuild.build_file / build_dir; output_format "msgpack", the default, or "flatbuffer"). The
+    output has the input's format; a training state's full-precision master weights are filled too.
+
+    A training save keeps its optimizer and scheduler entries; unless keep_optimizer_state, the
+    moments are zeroed and the step counters set to 0, since they belonged to the old weights.
+    prefix moves the model's keys under another prefix."""
+    started = time.perf_counter()
+    build = build or {}
+    tt = _open_source(family, init_path, ckpt, build, quiet, output_format)
+    plan = plan_conversion(family, tt, ckpt, meta_style)
+    _add_master_weights(family, tt, ckpt, plan, meta_style)
+    report = Report(plan, output_path)
+    report.tensors = len(plan.targets)
+    report.values = sum(t.n_values for t in plan.targets.values())
+    if dry_run:
+        return report
+    for notice in plan.notices + _state_notices(family, tt, plan, prefix, build):
+        log.info(notice)
+    inputs = ([init_path] if init_path else []) + sorted({t.path for t in ckpt.tensors.values()})
+    with conversion_output(tt, output_path, inputs) as writer, \
+            Progress(report.values * writer.value_bytes, "converting", quiet) as progress:
+        report.nonfinite, reset = write_converted(plan, tt, ckpt, writer, progress, not keep_optimizer_state, prefix)
+    if tt.is_training_state() and init_path is not None:
+        report.state = ("optimizer and scheduler state kept as it was" if keep_optimizer_state else
+                        f"optimizer and scheduler state reset ({reset['moments']} moment tensors zeroed, "
+                        f"{reset['counters']} step counters set to 0)")
+    if prefix and prefix != plan.prefix:
+        report.state = ", ".join(filter(None, [report.state, f"model moved from {plan.prefix} to {prefix}"]))
+    report.bytes_written = output_size(output_path)
+    report.seconds = time.perf_counter() - started
+    if plan.untouched:
+        log.info("left unchanged (no checkpoint source): %s", ", ".join(plan.untouched))
+    if plan.unused:
+        log.warning("checkpoint tensors not used: %s", ", ".join(plan.unused))
+    if report.nonfinite:
+        log.warning(
+            "NaN or Inf values copied as they are in: %s",
+            ", ".join(f"{k} ({n})" for k, n in report.nonfinite.items()),
+        )
+    return report
+
+
+def open_checkpoint(hf_model, revision=None):
+    """A Checkpoint for a local directory or a Hugging Face hub id."""
+    return Checkpoint(resolve_model(hf_model, revision))

@@ -1,0 +1,200 @@
+"""The directory side of a conversion: a tt-train checkpoint directory written entry by entry.
+
+`directory_output` yields a writer with the interface convert.write_converted drives for every
+format (copy_entry, zero_tensor, zero_counter, write_target, reset_kind). A tensor the plan
+fills is written as ttnn 0.81.1 writes one (tensorbin.header_bytes): bfloat16 (float32 for an
+optimizer's full-precision master weights), TILE, [1, 1, rows, cols]; the C kernel (or its jax
+twin) permutes, transposes, rounds and tiles each block of tile rows straight into the output
+file's buffer. Other tensor files are copied byte for byte, or keep their header with zero data;
+the metadata, every value in its input order and type, is written last.
+"""
+import contextlib
+
+import numpy as np
+
+from . import kernels, tensorbin
+from .output import atomic_directory
+from .ttdir import METADATA_NAME, Value, metadata_bytes, tensor_file_name
+
+TILE = tensorbin.TILE
+MAX_BLOCK_BYTES = 1 << 22
+ZERO_BYTES = 1 << 20
+# Tensors under an optimizer that restart at zero with the weights they belonged to.
+MOMENT_PARTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "first_moment", "second_moment", "kahan_compensation",
+                "momentum")
+COUNTER_NAMES = ("steps", "m_last_step", "m_current_step_in_scheduler", "m_current_scheduler_index")
+INTEGER_TYPES = ("CharValue", "IntValue", "UInt32Value", "SizeTValue")
+CPP_DATA_TYPES = {tensorbin.BFLOAT16: 0, tensorbin.FLOAT32: 1}
+TILE_LAYOUT = 1
+
+
+def _tiled(n):
+    return -(-n // TILE) * TILE
+
+
+def rope_source_rows(first, last, head_dim):
+    """Source rows of output rows [first, last) of a head-interleaved matrix: row 2i of each head is
+    the checkpoint's row i, row 2i+1 its row head_dim/2 + i."""
+    out = np.arange(first, last)
+    within = out % head_dim
+    return out - within + np.where(within % 2 == 0, within // 2, head_dim // 2 + within // 2)
+
+
+class DirWriter:
+    """Writes one converted checkpoint directory (see the module docstring)."""
+
+    value_bytes = 2
+
+    def __init__(self, tt, out):
+        self._tt = tt
+        self._out = out
+        self._values = {}
+        self._data_types = {}
+        self._source = np.empty(0, dtype=np.uint8)
+
+    def reset_kind(self, item):
+        """"zeros" for an optimizer's moment tensor, "zero" for a step counter, None otherwise."""
+        group = self._tt.group(item.key)
+        if group == "model":
+            return None
+        parts = item.key.split("/")
+        if item.tensor is not None:
+            return "zeros" if group == "optimizer" and parts[1] in MOMENT_PARTS else None
+        return "zero" if parts[-1] in COUNTER_NAMES and item.value.type in INTEGER_TYPES else None
+
+    def copy_entry(self, item, key):
+        if item.tensor is None:
+            self._values[key] = item.value
+        elif item.tensor.filename is None:  # a tensor of a directory built from config.json: zeros
+            self.zero_tensor(item, key)
+        else:
+            name = tensor_file_name(key) if key != item.key else item.tensor.filename
+            self._out.copy(self._tt.tensor_path(item.tensor), name)
+            self._values[key] = Value("StringValue", name)
+
+    def zero_counter(self, item, key):
+        self._values[key] = Value(item.value.type, 0)
+
+    def zero_tensor(self, item, key):
+        """The tensor with every value zero: its own header (a built tensor: a bfloat16 one) and zero data."""
+        name = tensor_file_name(key)
+        tensor = item.tensor
+        if tensor.filename is None:
+            rows, cols = int(np.prod(tensor.dims[:-1])), tensor.dims[-1]
+            header = tensorbin.header_bytes(rows, cols)
+            data_size = _tiled(rows) * _tiled(cols) * 2
+        else:
+            parsed = tensor.header
+            with open(self._tt.tensor_path(tensor), "rb") as source:
+                header = source.read(parsed.data_start)
+            data_size = parsed.file_size - parsed.data_start
+        zeros = bytes(min(data_size, ZERO_BYTES))
+        with self._out.file(name) as out:
+            out.write(header)
+            while data_size:
+                out.write(zeros[:min(data_size, len(zeros))])
+                data_size -= min(data_size, len(zeros))
+        self._values[key] = Value("StringValue", name)
+
+    def write_target(self, item, key, target, ckpt, progress):
+        """The target's values from the checkpoint as a new tensor file; returns the NaN/Inf count."""
+        data_type = tensorbin.FLOAT32 if target.float32 else tensorbin.BFLOAT16
+        rows, cols = target.param.rows, target.param.cols
+        name = tensor_file_name(key)
+        with self._out.file(name) as out:
+            out.write(tensorbin.header_bytes(rows, cols, data_type))
+            nonfinite = _TileWriter(target, ckpt, out, 2 if data_type == tensorbin.BFLOAT16 else 4,
+                                    self._source_buffer).run(progress)
+        self._values[key] = Value("StringValue", name)
+        self._data_types[key] = data_type
+        return nonfinite
+
+    def _source_buffer(self, nbytes):
+        if self._source.size < nbytes:
+            self._source = np.empty(nbytes, dtype=np.uint8)
+        return self._source
+
+    def finish(self):
+        """Write metadata.flatbuffer: every value in order, the written tensors' data type and layout
+        set to what their files now hold."""
+        values = dict(self._values)
+        for key, data_type in self._data_types.items():
+            for field, code in (("data_type", CPP_DATA_TYPES[data_type]), ("layout", TILE_LAYOUT)):
+                old = values.get(f"{key}/{field}")
+                if old is not None and old.type in INTEGER_TYPES:
+                    values[f"{key}/{field}"] = Value(old.type, code)
+        with self._out.file(METADATA_NAME) as out:
+            out.write(metadata_bytes(values))
+
+
+class _TileWriter:
+    """Streams one target into a tensor file: blocks of whole tile rows, each filled by kernels.tile
+    from the rows of the checkpoint tensors it covers (permuted or transposed as the plan says)."""
+
+    def __init__(self, target, ckpt, out, width, source_buffer):
+        self.target, self.ckpt, self.out, self.width = target, ckpt, out, width
+        self.padded_cols = _tiled(target.param.cols)
+        self.padded_rows = _tiled(target.param.rows)
+        self.source_buffer = source_buffer
+        self.segments, first = [], 0
+        for piece in target.pieces:
+            self.segments.append((first, piece))
+            first += piece.rows
+        self.data_rows = first
+        self.transposed = {}
+
+    def run(self, progress):
+        tile_row_bytes = TILE * self.padded_cols * self.width
+        out_dtype = "bf16" if self.width == 2 else "f32"
+        nonfinite, row = 0, 0
+        while row < self.padded_rows:
+            room = self.out.room() // tile_row_bytes
+            limit = max(1, MAX_BLOCK_BYTES // tile_row_bytes)
+            n_rows = min(self.padded_rows - row, TILE * max(1, min(room, limit)))
+            nbytes = n_rows // TILE * tile_row_bytes
+            block = self.out.reserve(nbytes) if room else None
+            lent = block is not None
+            if not lent:
+                block = np.empty(nbytes, dtype=np.uint8)
+            if row + n_rows > self.data_rows:
+                block[:] = 0
+            for first, piece in self.segments:
+                lo, hi = max(row, first), min(row + n_rows, first + piece.rows)
+                if lo < hi:
+                    nonfinite += self._fill(piece, lo - first, hi - first, block, lo - row, out_dtype)
+            if lent:
+                self.out.commit(nbytes)
+            else:
+                self.out.write(block)
+            progress.advance(min(n_rows, max(0, self.target.param.rows - row)) * self.target.param.cols * 2)
+            row += n_rows
+        return nonfinite
+
+    def _fill(self, piece, lo, hi, block, first_row, out_dtype):
+        """Rows [lo, hi) of the piece into block from row first_row on."""
+        info = piece.tensor
+        if piece.transform == "transpose":
+            if info.name not in self.transposed:
+                self.transposed = {info.name: self.ckpt.read_rows(info)}
+            source, rows = self.transposed[info.name], np.arange(lo, hi)
+            return kernels.tile(source, block, self.padded_cols, rows=rows, first_row=first_row, transposed=True,
+                                out_dtype=out_dtype)
+        cols = info.matrix_shape()[1]
+        if piece.transform == "rope":
+            head_dim = info.matrix_shape()[0] // piece.heads
+            start, stop = lo // head_dim * head_dim, -(-hi // head_dim) * head_dim
+            rows = rope_source_rows(lo, hi, head_dim) - start
+        else:
+            start, stop, rows = lo, hi, None
+        itemsize = 4 if info.dtype == "F32" else 2
+        source = self.ckpt.read_rows(info, start, stop, self.source_buffer((stop - start) * cols * itemsize))
+        return kernels.tile(source, block, self.padded_cols, rows=rows, first_row=first_row, out_dtype=out_dtype)
+
+
+@contextlib.contextmanager
+def directory_output(tt, path, inputs=()):
+    """Yield a DirWriter whose directory replaces path once every entry of tt was written (atomic_directory)."""
+    with atomic_directory(path, inputs) as out:
+        writer = DirWriter(tt, out)
+        yield writer
+        writer.finish()
