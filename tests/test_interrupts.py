@@ -1,6 +1,7 @@
 """SIGINT and SIGTERM at any instant: no temporary file, no output, one line, exit 130/143."""
 import concurrent.futures
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -247,3 +248,87 @@ def test_signals_at_fifty_instants_leave_no_trace(sizeable_conversion, tmp_path)
                 outcomes["interrupted"] += 1
     # the instants must really be spread over the run: most interrupt it, the last ones may not
     assert outcomes["interrupted"] >= RUNS // 2, outcomes
+
+
+# ---------------------------------------------------------------- checkpoint directories
+
+def directory_bytes(path):
+    return {name: (path / name).read_bytes() for name in sorted(os.listdir(path))}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_while_the_temporary_directory_is_created(installed, monkeypatch, tmp_path, signum):
+    signal_inside(monkeypatch, output.tempfile, "mkdtemp", signum)
+    with pytest.raises((KeyboardInterrupt, interrupts.Terminated)):
+        with output.atomic_directory(tmp_path / "out") as out:
+            with out.file("metadata.flatbuffer") as handle:
+                handle.write(b"never")
+    assert os.listdir(tmp_path) == []
+
+
+def test_signal_while_writing_a_directory_leaves_the_old_one(installed, tmp_path):
+    old = tmp_path / "out"
+    old.mkdir()
+    (old / "metadata.flatbuffer").write_bytes(b"old")
+    with pytest.raises(interrupts.Terminated):
+        with output.atomic_directory(old) as out:
+            with out.file("a.tensorbin") as handle:
+                handle.write(b"part")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+            with out.file("metadata.flatbuffer") as handle:
+                handle.write(b"new")
+            pytest.fail("the write after the signal went through")
+    assert os.listdir(tmp_path) == ["out"] and directory_bytes(old) == {"metadata.flatbuffer": b"old"}
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_signal_during_the_swap_lets_the_new_directory_complete(installed, monkeypatch, tmp_path, exchange):
+    if not exchange:
+        monkeypatch.setattr(output, "_exchange", lambda first, second: False)
+    signal_inside(monkeypatch, output.shutil, "rmtree", signal.SIGINT, after=False)
+    old = tmp_path / "out"
+    old.mkdir()
+    (old / "metadata.flatbuffer").write_bytes(b"old")
+    (old / "stale.tensorbin").write_bytes(b"stale")
+    with output.atomic_directory(old) as out:
+        with out.file("metadata.flatbuffer") as handle:
+            handle.write(b"new")
+    assert os.listdir(tmp_path) == ["out"] and directory_bytes(old) == {"metadata.flatbuffer": b"new"}
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.check()
+
+
+DIRECTORY_RUNS = 24
+
+
+def test_signals_while_a_directory_is_written_leave_the_old_or_the_new_one(sizeable_conversion, tmp_path):
+    """An existing checkpoint directory at the output is replaced only by a complete new one."""
+    args = ["llama", "--no-init", "--format", "flatbuffer", "-q", *sizeable_conversion[3:]]
+    reference, old = tmp_path / "reference", tmp_path / "old"
+    status, _, whole_run = run_ttconv(args, reference)
+    assert status == 0
+    assert run_ttconv(args + ["--layout", "model"], old)[0] == 0
+    expected, previous = directory_bytes(reference), directory_bytes(old)
+
+    def one(k):
+        folder = tmp_path / f"run{k}"
+        shutil.copytree(old, folder / "out")
+        signum = signal.SIGINT if k % 2 == 0 else signal.SIGTERM
+        delay = whole_run * 1.1 * k / (DIRECTORY_RUNS - 1)
+        status, err, _ = run_ttconv(args, folder / "out", signum, delay)
+        return k, delay, signum, status, err, folder
+
+    interrupted = 0
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        for k, delay, signum, status, err, folder in pool.map(one, range(DIRECTORY_RUNS)):
+            context = f"run {k}: {signum.name} {delay * 1000:.0f} ms after the handlers, exit {status}: {err!r}"
+            assert "Traceback" not in err and err.count("\n") == 1, context
+            assert os.listdir(folder) == ["out"], context
+            if status == 0:
+                assert directory_bytes(folder / "out") == expected, context
+            else:
+                assert status == SIGNAL_STATUS[signum], context
+                assert directory_bytes(folder / "out") == previous, context
+                interrupted += 1
+    assert interrupted >= DIRECTORY_RUNS // 2, interrupted

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from .checkpoint import Checkpoint
 from .errors import InputFileError
-from .formats import conversion_output, output_size
+from .formats import check_output, conversion_output, output_size
 from .hfconfig import model_shape
 from .hub import resolve_model
 from .mapping import build_plan, canonical_names
@@ -154,9 +154,10 @@ def run_conversion(family, init_path, ckpt, output_path, meta_style=False, dry_r
     report.values = sum(t.n_values for t in plan.targets.values())
     if dry_run:
         return report
+    inputs = ([init_path] if init_path else []) + sorted({t.path for t in ckpt.tensors.values()})
+    check_output(tt, output_path, inputs)
     for notice in plan.notices + _state_notices(family, tt, plan, prefix, build):
         log.info(notice)
-    inputs = ([init_path] if init_path else []) + sorted({t.path for t in ckpt.tensors.values()})
     with conversion_output(tt, output_path, inputs) as writer, \
             Progress(report.values * writer.value_bytes, "converting", quiet) as progress:
         report.nonfinite, reset = write_converted(plan, tt, ckpt, writer, progress, not keep_optimizer_state, prefix)

@@ -1,6 +1,7 @@
 """The one place that tells the two on-disk formats apart: msgpack files and checkpoint directories."""
 import os
 
+from .output import check_directory_target, check_file_target
 from .ttdir import TtDir, is_checkpoint_dir
 from .ttdir_out import directory_output
 from .ttfile import TtFile
@@ -28,6 +29,14 @@ def conversion_output(tt, path, inputs=()):
     if isinstance(tt, TtDir):
         return directory_output(tt, path, inputs)
     return msgpack_output(tt, path, inputs)
+
+
+def check_output(tt, path, inputs=()):
+    """Refuse (OutputError) an output path that tt's format cannot be written to, before any work."""
+    if isinstance(tt, TtDir):
+        check_directory_target(path, inputs)
+    else:
+        check_file_target(path, inputs)
 
 
 def output_size(path):

@@ -167,6 +167,13 @@ class _OutputFile:
             raise _output_error(self._target, exc) from None
 
 
+def check_file_target(path, inputs=()):
+    """Raise OutputError when path cannot take an output file: it is an input or a directory."""
+    refuse_same_file(path, inputs)
+    if os.path.isdir(path):
+        raise OutputError(f"{path}: is a directory; give a file name for the output")
+
+
 @contextlib.contextmanager
 def atomic_output(path, inputs=()):
     """Yield a binary file object; on success it replaces path, on any exception it vanishes.
@@ -174,10 +181,8 @@ def atomic_output(path, inputs=()):
     SIGINT and SIGTERM wait while the temporary file is created and while it is renamed,
     so that a signal at any instant either leaves no file at all or finds the output complete."""
     path = os.fspath(path)
-    refuse_same_file(path, inputs)
+    check_file_target(path, inputs)
     directory = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise OutputError(f"{path}: is a directory; give a file name for the output")
     temp_path = None
     try:
         with interrupts.held():
@@ -266,7 +271,11 @@ def _exchange(first, second):
     raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), second)
 
 
-def _refuse_directory_target(path, inputs):
+def check_directory_target(path, inputs=()):
+    """Whether path holds a checkpoint directory that an output may replace (False: nothing is there);
+    OutputError when it is an input or anything else."""
+    path = os.path.abspath(os.fspath(path))
+    inputs = [os.path.abspath(os.fspath(p)) for p in inputs]
     if not os.path.lexists(path):
         return False
     for source in inputs:
@@ -289,7 +298,7 @@ def atomic_directory(path, inputs=()):
     other existing path is refused untouched. SIGINT and SIGTERM wait while the temporary directory is
     created, swapped in or removed, so that a signal leaves either nothing or the complete directory."""
     path = os.path.abspath(os.fspath(path))
-    replacing = _refuse_directory_target(path, [os.path.abspath(os.fspath(p)) for p in inputs])
+    replacing = check_directory_target(path, inputs)
     parent = os.path.dirname(path)
     staging = None
     try:
