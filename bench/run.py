@@ -1,23 +1,26 @@
 """Benchmark runner: ttconv against the I/O floor, in one run, on synthetic inputs.
 
-For each case: wall time, peak RSS (from /usr/bin/time -v), MB/s of output, and the
-ratio to the I/O floor measured right after it on the same, already cached, files: the
-time to read the inputs (cat the checkpoint and the init file to /dev/null) and the time
-to write and fsync a file of the output's size (dd copying the init file's bytes in
-1 MiB blocks). The best of --repeat runs counts for each. Two ratios: to the sequential
+For each case, format and backend: wall time, peak RSS (from /usr/bin/time -v), MB/s of
+output, and the ratio to the I/O floor measured right after it on the same, already cached,
+files: the time to read the inputs (cat the checkpoint, and for msgpack the init file, to
+/dev/null) and the time to write and fsync a file of the output's size (dd copying the init
+file's bytes in 1 MiB blocks, through the page cache and with O_DIRECT: the faster counts).
+msgpack fills the case's init file; flatbuffer builds a training-state directory from
+config.json (model, zero AdamW moments, scheduler). The best of --repeat runs counts for each. Two ratios: to the sequential
 floor (read + write, what a program that reads and then writes pays) and to max(read,
 write) (what perfect overlap of reading and writing would pay). Then a
 kernel micro-benchmark: RoPE permutation + msgpack encode, C vs jax fallback vs plain
 numpy, beside numpy's memcpy bandwidth.
 
-    python bench/run.py                     # every case (needs ~35 GB of disk)
+    python bench/run.py                     # every case, both formats (needs ~45 GB of disk)
     python bench/run.py llama-155m --repeat 3
-    python bench/run.py tinyllama-1.1b --backend c --backend jax
+    python bench/run.py tinyllama-1.1b --format flatbuffer --backend c --backend jax
 """
 import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -30,42 +33,68 @@ from generate import CASES, generate  # noqa: E402
 UPSTREAM = {"llama-155m": "46 s, 10 GB peak RSS (published measurement of llama_export.py)"}
 
 
-def inputs_of(folder):
+FORMATS = ("msgpack", "flatbuffer")
+
+
+def inputs_of(folder, fmt):
     ckpt = os.path.join(folder, "checkpoint")
-    return [os.path.join(ckpt, n) for n in sorted(os.listdir(ckpt)) if n.endswith(".safetensors")] + \
-        [os.path.join(folder, "init.msgpack")]
+    files = [os.path.join(ckpt, n) for n in sorted(os.listdir(ckpt)) if n.endswith(".safetensors")]
+    return files + ([os.path.join(folder, "init.msgpack")] if fmt == "msgpack" else [])
 
 
-def io_floor(inputs, out_bytes, scratch):
-    """Seconds to read the inputs (cat to /dev/null) and to write and fsync a file of the
-    output's size: (read, write).
+def size_of(path):
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path))
+    return os.path.getsize(path)
 
-    The bytes written are the init file's (cycled if the output is larger), copied by
-    dd in 1 MiB blocks: this machine's virtual disk writes zeros (/dev/zero) about three
-    times faster than real data, which would make the floor unreachable by any writer."""
+
+def remove(path):
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.unlink(path)
+
+
+def write_floor(source, out_bytes, scratch, direct):
+    """Seconds to write and fsync out_bytes of source's bytes (cycled) with dd in 1 MiB blocks."""
     os.sync()
     started = time.perf_counter()
-    subprocess.run(["cat", *inputs], stdout=subprocess.DEVNULL, check=True)
-    read = time.perf_counter() - started
-    started = time.perf_counter()
-    init, written = inputs[-1], 0
+    written = 0
     open(scratch, "wb").close()
+    flags = "append,direct" if direct else "append"
     while written < out_bytes:
-        blocks = -(-min(out_bytes - written, os.path.getsize(init)) // (1 << 20))
-        subprocess.run(["dd", f"if={init}", f"of={scratch}", "bs=1M", f"count={blocks}", "iflag=fullblock",
-                        "oflag=append", "conv=notrunc", "status=none"], check=True)
+        # whole MiB blocks of the source only (O_DIRECT refuses a partial one); the excess is cut below
+        blocks = max(1, min(out_bytes - written + (1 << 20) - 1, os.path.getsize(source)) // (1 << 20))
+        subprocess.run(["dd", f"if={source}", f"of={scratch}", "bs=1M", f"count={blocks}", "iflag=fullblock",
+                        f"oflag={flags}", "conv=notrunc", "status=none"], check=True)
         written = os.path.getsize(scratch)
     with open(scratch, "rb+") as f:
         f.truncate(out_bytes)
         os.fsync(f.fileno())
-    write = time.perf_counter() - started
+    seconds = time.perf_counter() - started
     os.unlink(scratch)
+    return seconds
+
+
+def io_floor(inputs, out_bytes, scratch, source):
+    """Seconds to read the inputs (cat to /dev/null) and to write and fsync a file of the
+    output's size, the faster of buffered and O_DIRECT writing: (read, write).
+
+    The bytes written are the init file's (cycled if the output is larger): this machine's
+    virtual disk writes zeros (/dev/zero) about three times faster than real data, which
+    would make the floor unreachable by any writer."""
+    os.sync()
+    started = time.perf_counter()
+    subprocess.run(["cat", *inputs], stdout=subprocess.DEVNULL, check=True)
+    read = time.perf_counter() - started
+    write = min(write_floor(source, out_bytes, scratch, direct) for direct in (False, True))
     return read, write
 
 
-def run_ttconv(case, folder, output, backend):
+def run_ttconv(case, folder, output, backend, fmt):
     family = CASES[case]["family"]
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "ttconv", family, "-i", os.path.join(folder, "init.msgpack"),
+    source = ["-i", os.path.join(folder, "init.msgpack")] if fmt == "msgpack" else ["--no-init", "--format", fmt]
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "ttconv", family, *source,
            "-o", output, "--hf_model", os.path.join(folder, "checkpoint"), "--quiet"]
     env = dict(os.environ, TTCONV_BACKEND=backend)
     os.sync()  # earlier outputs' writeback must not slow this run (the floor does the same)
@@ -78,25 +107,24 @@ def run_ttconv(case, folder, output, backend):
     return elapsed, rss_kb * 1024
 
 
-def bench_case(case, out_dir, repeat, backend):
+def bench_case(case, out_dir, repeat, backend, fmt):
     folder = generate(case, out_dir)
-    inputs = inputs_of(folder)
-    output = os.path.join(out_dir, f"{case}.out.msgpack")
+    inputs = inputs_of(folder, fmt)
+    output = os.path.join(out_dir, f"{case}.out" + (".msgpack" if fmt == "msgpack" else ""))
     # untimed warm-up, so that both sides read the inputs from the same (warm) page cache
     subprocess.run(["cat", *inputs], stdout=subprocess.DEVNULL, check=True)
     best_tt, best_read, best_write, rss = float("inf"), float("inf"), float("inf"), 0
     for _ in range(repeat):
-        if os.path.exists(output):
-            os.unlink(output)  # ttconv writes a new file, as the floor does
-        elapsed, peak = run_ttconv(case, folder, output, backend)
-        out_bytes = os.path.getsize(output)
-        read, write = io_floor(inputs, out_bytes, output + ".floor")
+        remove(output)  # ttconv writes a new file or directory, as the floor does
+        elapsed, peak = run_ttconv(case, folder, output, backend, fmt)
+        out_bytes = size_of(output)
+        read, write = io_floor(inputs, out_bytes, output + ".floor", os.path.join(folder, "init.msgpack"))
         best_tt, best_read, best_write = min(best_tt, elapsed), min(best_read, read), min(best_write, write)
         rss = max(rss, peak)
-    os.unlink(output)
+    remove(output)
     sequential, overlapped = best_read + best_write, max(best_read, best_write)
     return {
-        "case": case, "backend": backend, "seconds": best_tt, "read_seconds": best_read,
+        "case": case, "format": fmt, "backend": backend, "seconds": best_tt, "read_seconds": best_read,
         "write_seconds": best_write, "sequential_floor": sequential, "ratio": best_tt / sequential,
         "overlapped_floor": overlapped, "overlapped_ratio": best_tt / overlapped,
         "peak_rss_mb": rss / 1e6, "output_mb": out_bytes / 1e6, "mb_per_s": out_bytes / 1e6 / best_tt,
@@ -105,7 +133,8 @@ def bench_case(case, out_dir, repeat, backend):
 
 
 def kernel_bench(rows=4096, cols=4096, heads=32):
-    """GB/s (float32 input bytes per second) of RoPE permute + encode on each backend."""
+    """GB/s (float32 input bytes per second) of RoPE permute + encode (msgpack) and of RoPE permute +
+    round + tile (directories) on each backend and in plain numpy."""
     from ttconv import kernels
 
     src = np.random.default_rng(0).standard_normal((rows, cols)).astype(np.float32)
@@ -128,15 +157,31 @@ def kernel_bench(rows=4096, cols=4096, heads=32):
         out[:, 1:] = permuted.astype(">f4").view(np.uint8).reshape(-1, 4)
         return out
 
-    results = {"memcpy": timed(lambda: np.copyto(np.empty_like(src), src)), "numpy": timed(numpy_path)}
+    def numpy_tile():
+        import ml_dtypes
+
+        d = rows // heads
+        permuted = src.reshape(heads, 2, d // 2, cols).transpose(0, 2, 1, 3).reshape(rows, cols)
+        halves = permuted.astype(ml_dtypes.bfloat16)
+        return halves.reshape(rows // 32, 2, 16, cols // 32, 2, 16).transpose(0, 3, 1, 4, 2, 5).copy()
+
+    d = rows // heads
+    order = np.arange(rows).reshape(heads, 2, d // 2).transpose(0, 2, 1).reshape(-1)
+    tiled = np.empty(src.size * 2, dtype=np.uint8)
+    operations = {"encode": lambda: kernels.encode_rope(src, heads),
+                  "tile": lambda: kernels.tile(src, tiled, cols, rows=order)}
+    results = {"memcpy": timed(lambda: np.copyto(np.empty_like(src), src)),
+               "encode": {"numpy": timed(numpy_path)}, "tile": {"numpy": timed(numpy_tile)}}
     saved = kernels._kernel
-    if saved is not None:
-        results["c"] = timed(lambda: kernels.encode_rope(src, heads))
-    kernels._kernel = None
-    try:
-        results["jax"] = timed(lambda: kernels.encode_rope(src, heads))
-    finally:
-        kernels._kernel = saved
+    for backend in ("c", "jax"):
+        if backend == "c" and saved is None:
+            continue
+        kernels._kernel = saved if backend == "c" else None
+        try:
+            for name, operation in operations.items():
+                results[name][backend] = timed(operation)
+        finally:
+            kernels._kernel = saved
     return results
 
 
@@ -148,34 +193,40 @@ def main():
     parser.add_argument("--repeat", type=int, default=3, help="runs per case; the best time of each side counts")
     parser.add_argument("--backend", action="append", choices=["c", "jax"],
                         help="backend(s) to run ttconv on; repeat for both (default: c)")
+    parser.add_argument("--format", action="append", choices=FORMATS, dest="formats",
+                        help="output format(s); repeat for both (default: both)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     args.backend = args.backend or ["c"]
+    args.formats = args.formats or list(FORMATS)
     unknown = [c for c in args.cases if c not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
 
-    rows = [bench_case(case, args.out, args.repeat, backend)
-            for case in args.cases or CASES for backend in args.backend]
-    print("| case | backend | input MB | output MB | ttconv s | read s | write+fsync s | "
+    rows = [bench_case(case, args.out, args.repeat, backend, fmt)
+            for case in args.cases or CASES for fmt in args.formats for backend in args.backend]
+    print("| case | format | backend | input MB | output MB | ttconv s | read s | write+fsync s | "
           "ratio to read+write | ratio to max(read, write) | peak RSS MB |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['case']} | {r['backend']} | {r['input_mb']:.0f} | {r['output_mb']:.0f} | {r['seconds']:.2f} | "
+        print(f"| {r['case']} | {r['format']} | {r['backend']} | {r['input_mb']:.0f} | {r['output_mb']:.0f} | "
+              f"{r['seconds']:.2f} | "
               f"{r['read_seconds']:.2f} | {r['write_seconds']:.2f} | {r['ratio']:.2f}x | "
               f"{r['overlapped_ratio']:.2f}x | {r['peak_rss_mb']:.0f} |")
     for case in args.cases or CASES:
         if case in UPSTREAM:
             print(f"\nupstream {case}: {UPSTREAM[case]}")
     kernel = kernel_bench()
-    print()
-    print("| kernel: RoPE permute + encode, 64 MB float32 | GB/s |")
-    print("|---|---:|")
-    for name in ("c", "jax", "numpy", "memcpy"):
-        if name in kernel:
-            print(f"| {name} | {kernel[name]:.2f} |")
-    if "c" in kernel:
-        print(f"\nC / jax throughput: {kernel['c'] / kernel['jax']:.1f}x")
+    for name, what in (("encode", "RoPE permute + msgpack encode"), ("tile", "RoPE permute + bf16 round + tile")):
+        print()
+        print(f"| kernel: {what}, 64 MB float32 | GB/s |")
+        print("|---|---:|")
+        for backend in ("c", "jax", "numpy"):
+            if backend in kernel[name]:
+                print(f"| {backend} | {kernel[name][backend]:.2f} |")
+        if "c" in kernel[name]:
+            print(f"\nC / jax throughput: {kernel[name]['c'] / kernel[name]['jax']:.1f}x")
+    print(f"\nmemcpy: {kernel['memcpy']:.2f} GB/s")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"cases": rows, "kernel_gb_per_s": kernel}, f, indent=2)

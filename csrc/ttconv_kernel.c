@@ -341,30 +341,84 @@ int tt_transpose_f32(const float *src, size_t rows, size_t cols, float *out)
 
 static inline uint16_t bf16_nearest_even(uint32_t bits)
 {
-    if ((bits & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)(((bits >> 16) & 0x8000u) | 0x7fc0u); /* NaN: the sign and a quiet NaN */
-    return (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+    /* branch-free, so that the compiler vectorizes the loops that call it */
+    uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+    uint32_t nan = ((bits >> 16) & 0x8000u) | 0x7fc0u; /* a NaN keeps its sign and becomes quiet */
+    return (uint16_t)((bits & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
 }
 
-/* Where value (r, c) of a tile row lands: tile, face, then row and column inside the face. */
-static inline size_t tiled_offset(size_t r, size_t c)
+#define TILE_SEGMENT 1024 /* columns converted at a time: a multiple of 32 */
+
+/* Where the 16 values from column c (a multiple of 16) of a row land in its tile row, in values:
+ * the tile, the left or right face, then face_row (the row's offset inside its faces). */
+static inline size_t tiled_offset(size_t c, size_t face_row)
 {
-    return (c >> 5) * 1024 + ((r & 16) << 5) + ((c & 16) << 4) + ((r & 15) << 4) + (c & 15);
+    return (c >> 5) * 1024 + ((c & 16) << 4) + face_row;
 }
 
-/* One output row (r within its tile row) of n source values: converted, placed, counted. */
-static size_t tile_row(const void *src, int dtype, size_t first, size_t col_stride, size_t cols,
-                       size_t r, int out_dtype, void *tile_base)
+/* Bits of n source values from element first on, col_stride apart, into bits; bits[n..count) zero.
+ * Returns how many were NaN or infinite. */
+static size_t load_bits(const void *src, int dtype, size_t first, size_t col_stride, size_t n,
+                        size_t count, uint32_t *bits)
 {
     size_t nonfinite = 0;
-    for (size_t c = 0; c < cols; c++) {
-        uint32_t bits = source_bits(src, dtype, first + c * col_stride);
+    if (dtype == TT_DTYPE_F32 && col_stride == 1) {
+        memcpy(bits, (const float *)src + first, n * sizeof(uint32_t));
+    } else if (dtype == TT_DTYPE_BF16) {
+        for (size_t j = 0; j < n; j++)
+            bits[j] = (uint32_t)((const uint16_t *)src)[first + j * col_stride] << 16;
+    } else {
+        for (size_t j = 0; j < n; j++)
+            bits[j] = source_bits(src, dtype, first + j * col_stride);
+    }
+    for (size_t j = 0; j < n; j++)
+        nonfinite += is_nonfinite(bits[j]);
+    memset(bits + n, 0, (count - n) * sizeof(uint32_t));
+    return nonfinite;
+}
+
+/* n float32 values rounded to bfloat16 in one pass (the hot case); returns the NaN/Inf count. */
+static size_t f32_to_bf16(const float *src, size_t n, uint16_t *out)
+{
+    size_t nonfinite = 0;
+    for (size_t j = 0; j < n; j++) {
+        uint32_t bits;
+        memcpy(&bits, src + j, sizeof bits);
         nonfinite += is_nonfinite(bits);
-        size_t at = tiled_offset(r, c);
-        if (out_dtype == TT_OUT_BF16)
-            ((uint16_t *)tile_base)[at] = bf16_nearest_even(bits);
-        else
-            ((uint32_t *)tile_base)[at] = bits;
+        out[j] = bf16_nearest_even(bits);
+    }
+    return nonfinite;
+}
+
+/* One output row (r within its tile row), converted a segment of columns at a time; each 16
+ * columns of it are one row of a face, copied into place. Columns past cols become zeros. */
+static size_t tile_row(const void *src, int dtype, size_t first, size_t col_stride, size_t cols,
+                       size_t padded_cols, size_t r, int out_dtype, uint8_t *tile_base)
+{
+    uint32_t bits[TILE_SEGMENT];
+    uint16_t halves[TILE_SEGMENT];
+    size_t nonfinite = 0;
+    size_t face_row = ((r & 16) << 5) + ((r & 15) << 4);
+    for (size_t c0 = 0; c0 < padded_cols; c0 += TILE_SEGMENT) {
+        size_t count = padded_cols - c0 < TILE_SEGMENT ? padded_cols - c0 : TILE_SEGMENT;
+        size_t n = c0 >= cols ? 0 : (cols - c0 < count ? cols - c0 : count);
+        size_t at = first + c0 * col_stride;
+        if (out_dtype == TT_OUT_BF16 && dtype == TT_DTYPE_F32 && col_stride == 1 && n == count) {
+            nonfinite += f32_to_bf16((const float *)src + at, count, halves);
+        } else {
+            nonfinite += load_bits(src, dtype, at, col_stride, n, count, bits);
+            if (out_dtype == TT_OUT_BF16) {
+                for (size_t j = 0; j < count; j++)
+                    halves[j] = bf16_nearest_even(bits[j]);
+            }
+        }
+        /* constant sizes, so that the copies are inlined */
+        for (size_t g = 0; g < count; g += 16) {
+            if (out_dtype == TT_OUT_BF16)
+                memcpy(tile_base + tiled_offset(c0 + g, face_row) * 2, halves + g, 16 * 2);
+            else
+                memcpy(tile_base + tiled_offset(c0 + g, face_row) * 4, bits + g, 16 * 4);
+        }
     }
     return nonfinite;
 }
@@ -381,10 +435,8 @@ long long tt_tile(const void *src, int dtype, const uint32_t *row_index, size_t 
     for (size_t k = 0; k < n_rows; k++) {
         size_t r = first_row + k;
         uint8_t *base = (uint8_t *)out + (r / 32) * 32 * padded_cols * width;
-        nonfinite += tile_row(src, dtype, (size_t)row_index[k] * row_stride, col_stride, cols,
+        nonfinite += tile_row(src, dtype, (size_t)row_index[k] * row_stride, col_stride, cols, padded_cols,
                               r & 31, out_dtype, base);
-        for (size_t c = cols; c < padded_cols; c++)
-            memset(base + tiled_offset(r & 31, c) * width, 0, width);
     }
     return clamp_count(nonfinite);
 }

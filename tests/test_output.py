@@ -81,3 +81,33 @@ def test_full_file_system_is_one_error_and_leaves_nothing(tmp_path):
         assert os.listdir(mount) == ["out"] and (mount / "out").read_bytes() == b"previous"
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_directory_files_are_exact_through_one_shared_pool(tmp_path):
+    contents = {f"f{k}": pieces(seed=k, total=output.BUFFER_BYTES // 3 + 1000 * k) for k in range(12)}
+    with output.atomic_directory(tmp_path / "dir") as out:
+        for name, (_, chunks) in contents.items():
+            with out.file(name) as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+        with out.file("zeros") as handle:
+            handle.write(b"header")
+            handle.end_with_zeros(3 * output.BUFFER_BYTES)
+        assert out._pool.qsize() == output.POOL_BUFFERS  # every buffer came back to the pool
+    assert sorted(os.listdir(tmp_path)) == ["dir"]
+    for name, (data, _) in contents.items():
+        assert (tmp_path / "dir" / name).read_bytes() == data
+    zeros = (tmp_path / "dir" / "zeros").read_bytes()
+    assert zeros[:6] == b"header" and len(zeros) == 3 * output.BUFFER_BYTES and not any(zeros[6:])
+
+
+def test_a_failed_fsync_is_one_error_and_leaves_nothing(tmp_path, monkeypatch):
+    real_fsync = os.fsync
+    monkeypatch.setattr(output.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    with pytest.raises(OutputError, match="f1: cannot write: I/O error"):
+        with output.atomic_directory(tmp_path / "dir") as out:
+            for name in ("f1", "f2"):
+                with out.file(name) as handle:
+                    handle.write(b"data")
+    monkeypatch.setattr(output.os, "fsync", real_fsync)
+    assert os.listdir(tmp_path) == []

@@ -214,9 +214,20 @@ def _tiled_offsets(first_row, n_rows, padded_cols):
             + (r % 16) * 16 + c % 16)
 
 
+@jax.jit
+def _tiles(values):
+    """Whole tile rows of a row-major block in TILE order (the reshapes of spec section 4, reversed)."""
+    rows, cols = values.shape
+    return values.reshape(rows // 32, 2, 16, cols // 32, 2, 16).transpose(0, 3, 1, 4, 2, 5).reshape(-1)
+
+
 def tile(array, code, rows, first_row, padded_cols, transposed, out_f32, out):
     """Rows of array (or of its transpose) rounded and placed in TILE order into out; the NaN/Inf count."""
     values, bad = _tile_rows(_raw(array, code), rows, code, transposed, padded_cols, out_f32)
     words = out.view(np.uint32 if out_f32 else np.uint16)
-    words[_tiled_offsets(first_row, len(rows), padded_cols)] = np.asarray(values)
+    if first_row % 32 == 0 and len(rows) % 32 == 0:  # whole tile rows: one contiguous stretch of out
+        start = first_row * padded_cols
+        words[start:start + values.size] = np.asarray(_tiles(values))
+    else:
+        words[_tiled_offsets(first_row, len(rows), padded_cols)] = np.asarray(values)
     return int(bad)

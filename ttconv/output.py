@@ -1,4 +1,5 @@
 """Atomic output files and directories: written to a temporary sibling of the target, fsynced, renamed."""
+import concurrent.futures
 import contextlib
 import ctypes
 import errno
@@ -16,7 +17,7 @@ from . import interrupts
 from .errors import OutputError
 
 BUFFER_BYTES = 1 << 22
-POOL_BUFFERS = 4
+POOL_BUFFERS = 8
 
 
 def refuse_same_file(output_path, input_paths):
@@ -53,6 +54,15 @@ def _buffered_io(fd):
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~getattr(os, "O_DIRECT", 0))
 
 
+def buffer_pool():
+    """The buffers an output file writes through: page-aligned (as O_DIRECT needs). Files written one
+    after another share one pool, so that its memory is faulted in once."""
+    pool = queue.Queue()
+    for _ in range(POOL_BUFFERS):
+        pool.put(mmap.mmap(-1, BUFFER_BYTES))
+    return pool
+
+
 class _OutputFile:
     """Writes through a background thread so that reading and encoding overlap the disk.
 
@@ -61,13 +71,11 @@ class _OutputFile:
     the file system allows it; only the last, partial buffer is written through the page
     cache. A write error (e.g. a full disk) surfaces as OutputError on the next call."""
 
-    def __init__(self, fd, target):
+    def __init__(self, fd, target, pool=None):
         self._fd = fd
         self._target = target
         self._direct = _direct_io(fd)
-        self._free = queue.Queue()
-        for _ in range(POOL_BUFFERS):
-            self._free.put(mmap.mmap(-1, BUFFER_BYTES))  # page-aligned, as O_DIRECT needs
+        self._free = pool if pool is not None else buffer_pool()
         self._full = queue.Queue()
         self._current = None
         self._fill = 0
@@ -155,8 +163,21 @@ class _OutputFile:
         if self._thread.is_alive():
             if self._current is not None and self._fill:
                 self._hand_over()
+            elif self._current is not None:  # an empty buffer goes back to the (possibly shared) pool
+                self._free.put(self._current)
+                self._current = None
             self._full.put(None)
             self._thread.join()
+
+    def end_with_zeros(self, size):
+        """Write what is buffered, then extend the file with zeros to size bytes without writing them
+        (a hole: the file system reads it as zeros). Nothing may be written after."""
+        self.close()
+        self._raise_error()
+        try:
+            os.ftruncate(self._fd, size)
+        except OSError as exc:
+            raise _output_error(self._target, exc) from None
 
     def sync(self):
         self.close()
@@ -217,8 +238,15 @@ RENAME_EXCHANGE = 2
 AT_FDCWD = -100
 
 
-def _fsync_path(path, flags=os.O_RDONLY):
-    fd = os.open(path, flags)
+def _fsync_and_close(fd):
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_path(path):
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -231,21 +259,46 @@ class DirectoryOutput:
     def __init__(self, staging, target):
         self.staging = staging
         self.target = target
+        self._pool = buffer_pool()
+        self._syncer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ttconv-fsync")
+        self._pending = []
 
     @contextlib.contextmanager
     def file(self, name):
-        """Yield a writer for a new file of the directory (write, reserve/commit); fsynced when the block ends."""
+        """Yield a writer for a new file of the directory (write, reserve/commit). When the block ends
+        the file is written out and handed to a helper thread that fsyncs and closes it while the next
+        file is written; wait() waits for every such fsync."""
+        target = os.path.join(self.target, name)
         try:
             fd = os.open(os.path.join(self.staging, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except OSError as exc:
-            raise _output_error(os.path.join(self.target, name), exc) from None
-        out = _OutputFile(fd, os.path.join(self.target, name))
+            raise _output_error(target, exc) from None
+        out = _OutputFile(fd, target, self._pool)
         try:
             yield out
-            out.sync()
-        finally:
+            out.close()
+            out._raise_error()
+        except BaseException:
             out.close()
             os.close(fd)
+            raise
+        self._pending.append((target, self._syncer.submit(_fsync_and_close, fd)))
+
+    def wait(self):
+        """Wait until every file written so far is fsynced and closed; OutputError for the first that failed."""
+        pending, self._pending = self._pending, []
+        failure = None
+        for target, future in pending:
+            exc = future.exception()
+            if exc is not None and failure is None:
+                failure = _output_error(target, exc)
+        if failure is not None:
+            raise failure
+
+    def close(self):
+        """Wait for the helper thread (files still pending are closed, their errors ignored)."""
+        self._syncer.shutdown(wait=True)
+        self._pending = []
 
     def copy(self, source, name):
         """Copy a file into the directory byte for byte, fsynced."""
@@ -308,7 +361,12 @@ def atomic_directory(path, inputs=()):
                 staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=parent)
             except OSError as exc:
                 raise _output_error(path, exc) from None
-        yield DirectoryOutput(staging, path)
+        out = DirectoryOutput(staging, path)
+        try:
+            yield out
+            out.wait()
+        finally:
+            out.close()
         interrupts.check()
         umask = os.umask(0)
         os.umask(umask)

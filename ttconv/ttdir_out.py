@@ -5,8 +5,9 @@ format (copy_entry, zero_tensor, zero_counter, write_target, reset_kind). A tens
 fills is written as ttnn 0.81.1 writes one (tensorbin.header_bytes): bfloat16 (float32 for an
 optimizer's full-precision master weights), TILE, [1, 1, rows, cols]; the C kernel (or its jax
 twin) permutes, transposes, rounds and tiles each block of tile rows straight into the output
-file's buffer. Other tensor files are copied byte for byte, or keep their header with zero data;
-the metadata, every value in its input order and type, is written last.
+file's buffer. Other tensor files are copied byte for byte, or keep their header with zero data
+(a hole the file system reads as zeros: nothing to write); the metadata, every value in its input
+order and type, is written last.
 """
 import contextlib
 
@@ -18,7 +19,6 @@ from .ttdir import METADATA_NAME, Value, metadata_bytes, tensor_file_name
 
 TILE = tensorbin.TILE
 MAX_BLOCK_BYTES = 1 << 22
-ZERO_BYTES = 1 << 20
 # Tensors under an optimizer that restart at zero with the weights they belonged to.
 MOMENT_PARTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "first_moment", "second_moment", "kahan_compensation",
                 "momentum")
@@ -88,12 +88,9 @@ class DirWriter:
             with open(self._tt.tensor_path(tensor), "rb") as source:
                 header = source.read(parsed.data_start)
             data_size = parsed.file_size - parsed.data_start
-        zeros = bytes(min(data_size, ZERO_BYTES))
         with self._out.file(name) as out:
             out.write(header)
-            while data_size:
-                out.write(zeros[:min(data_size, len(zeros))])
-                data_size -= min(data_size, len(zeros))
+            out.end_with_zeros(len(header) + data_size)
         self._values[key] = Value("StringValue", name)
 
     def write_target(self, item, key, target, ckpt, progress):
@@ -101,10 +98,11 @@ class DirWriter:
         data_type = tensorbin.FLOAT32 if target.float32 else tensorbin.BFLOAT16
         rows, cols = target.param.rows, target.param.cols
         name = tensor_file_name(key)
+        header = tensorbin.header_bytes(rows, cols, data_type)
+        width = 2 if data_type == tensorbin.BFLOAT16 else 4
         with self._out.file(name) as out:
-            out.write(tensorbin.header_bytes(rows, cols, data_type))
-            nonfinite = _TileWriter(target, ckpt, out, 2 if data_type == tensorbin.BFLOAT16 else 4,
-                                    self._source_buffer).run(progress)
+            out.write(header)
+            nonfinite = _TileWriter(target, ckpt, out, width, self._source_buffer).run(progress)
         self._values[key] = Value("StringValue", name)
         self._data_types[key] = data_type
         return nonfinite
