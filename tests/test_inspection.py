@@ -1,6 +1,5 @@
 """inspect on init files, ttconv output and upstream float64 output."""
 import json
-import os
 
 import pytest
 

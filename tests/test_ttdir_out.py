@@ -3,7 +3,6 @@ the metadata against tt-train's key names and types and against flatc's reading,
 state, round trips, check, refusals and atomic replacement."""
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -200,16 +199,24 @@ def test_to_hf_of_a_written_directory_is_the_checkpoint_in_bfloat16(cli, tmp_pat
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_check_passes_on_a_written_trained_model(cli, tmp_path, family):
+    """The trained float32 checkpoint, written as bfloat16: check compares it with the checkpoint
+    rounded the same way, and the losses then agree to 1e-4 with every top-1 prediction."""
     source = os.path.join(TRAINED, family)
-    cfg = json.load(open(os.path.join(source, "config.json")))
-    rounded = {k: ts.bf16(v) for k, v in load_file(os.path.join(source, "model.safetensors")).items()}
-    support.write_checkpoint(tmp_path / "bf16", cfg, rounded, dtype="BF16")
-    shutil.copy(os.path.join(source, "tokenizer.json"), tmp_path / "bf16")
-    status, _, err = cli(family, "--format", "flatbuffer", "--no-init", "--hf_model", tmp_path / "bf16",
+    status, _, err = cli(family, "--format", "flatbuffer", "--no-init", "--hf_model", source, "-o", tmp_path / "dir")
+    assert status == 0, err
+    status, result, err = run_check(cli, family, tmp_path / "dir", source, "--text", CORPUS)
+    assert status == 0 and result["ok"] and result["top1_agreement"] == 1.0, err
+    assert result["hf_weights_rounded_to_bfloat16"] is True
+    assert abs(result["tt_loss"] - result["hf_loss"]) <= 1e-4 * result["hf_loss"]
+
+
+def test_check_still_fails_a_written_model_with_unpermuted_qk(cli, tmp_path):
+    source = os.path.join(TRAINED, "llama")
+    status, _, err = cli("llama", "--format", "flatbuffer", "--no-init", "--meta_style", "--hf_model", source,
                          "-o", tmp_path / "dir")
     assert status == 0, err
-    status, result, err = run_check(cli, family, tmp_path / "dir", tmp_path / "bf16", "--text", CORPUS)
-    assert status == 0 and result["ok"] and result["top1_agreement"] == 1.0, err
+    status, result, _ = run_check(cli, "llama", tmp_path / "dir", source, "--text", CORPUS)
+    assert status == 1 and not result["ok"]
 
 
 # ---------------------------------------------------------------- filling a directory

@@ -319,7 +319,8 @@ def _check(args):
         source = args.text or "the built-in English sample"
         print(f"{result.tokens} tokens of {source}")
         print(f"  tt-train file  {args.tt_file}: loss {result.tt_loss:.6f} nats, perplexity {math.exp(result.tt_loss):.4f}")
-        print(f"  Hugging Face   {args.hf_model}: loss {result.hf_loss:.6f} nats, "
+        rounded = " (weights rounded to bfloat16, as the file holds them)" if result.hf_bfloat16 else ""
+        print(f"  Hugging Face   {args.hf_model}{rounded}: loss {result.hf_loss:.6f} nats, "
               f"perplexity {math.exp(result.hf_loss):.4f}")
         print(f"  largest |logit difference| {result.max_abs_logit_diff:.3g}, top-1 agreement {result.top1_agreement:.4f}")
         if result.layout is not None:

@@ -2,6 +2,7 @@
 import os
 
 from .output import check_directory_target, check_file_target
+from .tensorbin import BFLOAT16
 from .ttdir import TtDir, is_checkpoint_dir
 from .ttdir_out import directory_output
 from .ttfile import TtFile
@@ -21,6 +22,12 @@ def open_tt(path, on_bytes=None):
 def format_of(tt):
     """"flatbuffer" for a checkpoint directory (read or built), "msgpack" for a msgpack file."""
     return "flatbuffer" if isinstance(tt, TtDir) else "msgpack"
+
+
+def weights_in_bfloat16(tt, params):
+    """True when every one of a reader's weight tensors (params) is stored as bfloat16 (a directory
+    as tt-train saves it); msgpack files hold float32."""
+    return isinstance(tt, TtDir) and all(p.data.header.data_type == BFLOAT16 for p in params.values())
 
 
 def conversion_output(tt, path, inputs=()):

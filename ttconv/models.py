@@ -12,6 +12,7 @@ layer plus the embeddings; each layer runs as one jit-compiled function.
 import functools
 import math
 
+import ml_dtypes
 import numpy as np
 
 from .errors import MappingError
@@ -242,10 +243,12 @@ def _float32(ckpt, info):
 
 
 class HfModel:
-    """The model of a Hugging Face checkpoint (checkpoint.Checkpoint), run as transformers runs it."""
+    """The model of a Hugging Face checkpoint (checkpoint.Checkpoint), run as transformers runs it;
+    with bfloat16, its weights rounded to bfloat16 (nearest even) first, as a bfloat16 file holds them."""
 
-    def __init__(self, ckpt, family, shape, eps):
+    def __init__(self, ckpt, family, shape, eps, bfloat16=False):
         self.ckpt, self.family, self.shape, self.eps = ckpt, family, shape, eps
+        self.bfloat16 = bfloat16
         strip = "transformer." if family == "gpt2" else ""
         self.tensors = {name[len(strip):] if strip and name.startswith(strip) else name: info
                         for name, info in ckpt.tensors.items()}
@@ -253,7 +256,8 @@ class HfModel:
     def _tensor(self, name):
         if name not in self.tensors:
             raise MappingError(f"{self.ckpt.directory}: the checkpoint has no tensor {name}")
-        return _float32(self.ckpt, self.tensors[name])
+        values = _float32(self.ckpt, self.tensors[name])
+        return values.astype(ml_dtypes.bfloat16).astype(np.float32) if self.bfloat16 else values
 
     def logits(self, ids, progress=None, adjacent_pairs=(False,)):
         """Logits [T, vocab_size] for token ids, one array per entry of adjacent_pairs (Llama only:

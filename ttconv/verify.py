@@ -14,7 +14,7 @@ import numpy as np
 
 from .checkpoint import Checkpoint
 from .errors import MappingError, TtconvError
-from .formats import open_tt
+from .formats import open_tt, weights_in_bfloat16
 from .hfconfig import model_shape
 from .hub import resolve_model
 from .progress import Progress
@@ -40,10 +40,12 @@ class CheckResult:
     ok: bool
     reason: str = ""
     layout: Optional["LayoutDecision"] = None
+    hf_bfloat16: bool = False
 
     def as_dict(self):
         result = {"tt_loss": self.tt_loss, "hf_loss": self.hf_loss, "max_abs_logit_diff": self.max_abs_logit_diff,
-                  "top1_agreement": self.top1_agreement, "tokens": self.tokens, "ok": self.ok}
+                  "top1_agreement": self.top1_agreement, "tokens": self.tokens, "ok": self.ok,
+                  "hf_weights_rounded_to_bfloat16": self.hf_bfloat16}
         if self.layout is not None:
             result["qk_layout"] = {"as_stored_loss": self.layout.hf, "meta_interleaved_loss": self.layout.meta,
                                    "meta_style": self.layout.meta_style if self.layout.decided else None}
@@ -138,19 +140,25 @@ def check(family, tt_path, hf_model, text_path=None, tokens=128, revision=None, 
         shape, eps = _shape_and_epsilon(ckpt, family)
         tt = open_tt(tt_path)
         tt_model = TtModel(tt, family, shape, eps)
+        # A bfloat16 file is compared with the checkpoint rounded the same way: what is checked is
+        # the mapping, not the rounding (which moves the loss far more than the tolerance).
+        bfloat16 = weights_in_bfloat16(tt, tt_model.params)
         ids = np.array(sample_ids(ckpt.directory, text, tokens, tt_model.context, log.info))
         if int(ids.max()) >= shape.vocab_size:
             raise MappingError(f"the tokenizer gives id {int(ids.max())}, beyond the vocabulary of {shape.vocab_size}")
         variants = (False, True) if family == "llama" else (False,)
         with Progress(shape.num_blocks * 2, "checking layers", quiet, unit="layer") as progress:
             tt_logits = tt_model.logits(ids, progress)
-            hf_logits = HfModel(ckpt, family, shape, eps).logits(ids, progress, adjacent_pairs=variants)
+            hf_logits = HfModel(ckpt, family, shape, eps, bfloat16).logits(ids, progress, adjacent_pairs=variants)
     finally:
         ckpt.close()
     if family == "gpt2":
-        return _compare(tt_logits, hf_logits[0], ids, None)
-    layout = LayoutDecision(cross_entropy(hf_logits[0], ids), cross_entropy(hf_logits[1], ids))
-    # A checkpoint whose own numbers say its q/k rows are Meta-interleaved is compared as such:
-    # that is the model a correct (--meta_style) conversion holds.
-    reference = hf_logits[1] if layout.decided and layout.meta_style else hf_logits[0]
-    return _compare(tt_logits, reference, ids, layout)
+        result = _compare(tt_logits, hf_logits[0], ids, None)
+    else:
+        layout = LayoutDecision(cross_entropy(hf_logits[0], ids), cross_entropy(hf_logits[1], ids))
+        # A checkpoint whose own numbers say its q/k rows are Meta-interleaved is compared as such:
+        # that is the model a correct (--meta_style) conversion holds.
+        reference = hf_logits[1] if layout.decided and layout.meta_style else hf_logits[0]
+        result = _compare(tt_logits, reference, ids, layout)
+    result.hf_bfloat16 = bfloat16
+    return result
