@@ -283,18 +283,11 @@ def read_tensor(header):
 DATA_ALIGNMENT = 64
 
 
-def _end_vector(builder, count):
-    try:
-        return builder.EndVector()
-    except TypeError:  # flatbuffers 2.0 wants the element count
-        return builder.EndVector(count)
-
-
 def _table_vector(builder, offsets):
     builder.StartVector(4, len(offsets), 4)
     for offset in reversed(offsets):
         builder.PrependUOffsetTRelative(offset)
-    return _end_vector(builder, len(offsets))
+    return builder.EndVector()
 
 
 def _single_field_table(builder, vector):

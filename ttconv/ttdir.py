@@ -60,10 +60,7 @@ def _offsets_vector(builder, offsets):
     builder.StartVector(4, len(offsets), 4)
     for offset in reversed(offsets):
         builder.PrependUOffsetTRelative(offset)
-    try:
-        return builder.EndVector()
-    except TypeError:  # flatbuffers 2.0 wants the element count
-        return builder.EndVector(len(offsets))
+    return builder.EndVector()
 
 
 def _value_table(builder, value):
