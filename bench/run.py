@@ -5,8 +5,9 @@ output, and the ratio to the I/O floor measured right after it on the same, alre
 files: the time to read the inputs (cat the checkpoint, and for msgpack the init file, to
 /dev/null) and the time to write and fsync a file of the output's size (dd copying the init
 file's bytes in 1 MiB blocks, through the page cache and with O_DIRECT: the faster counts).
-msgpack fills the case's init file; flatbuffer builds a training-state directory from
-config.json (model, zero AdamW moments, scheduler). The best of --repeat runs counts for each. Two ratios: to the sequential
+msgpack fills the case's init file; flatbuffer builds a directory from config.json: a
+training state (model, zero AdamW moments, scheduler; --layout training) or the model only
+(--layout model). The best of --repeat runs counts for each. Two ratios: to the sequential
 floor (read + write, what a program that reads and then writes pays) and to max(read,
 write) (what perfect overlap of reading and writing would pay). Then a
 kernel micro-benchmark: RoPE permutation + msgpack encode, C vs jax fallback vs plain
@@ -91,9 +92,10 @@ def io_floor(inputs, out_bytes, scratch, source):
     return read, write
 
 
-def run_ttconv(case, folder, output, backend, fmt):
+def run_ttconv(case, folder, output, backend, fmt, layout):
     family = CASES[case]["family"]
-    source = ["-i", os.path.join(folder, "init.msgpack")] if fmt == "msgpack" else ["--no-init", "--format", fmt]
+    source = (["-i", os.path.join(folder, "init.msgpack")] if fmt == "msgpack"
+              else ["--no-init", "--format", fmt, "--layout", layout])
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "ttconv", family, *source,
            "-o", output, "--hf_model", os.path.join(folder, "checkpoint"), "--quiet"]
     env = dict(os.environ, TTCONV_BACKEND=backend)
@@ -107,7 +109,7 @@ def run_ttconv(case, folder, output, backend, fmt):
     return elapsed, rss_kb * 1024
 
 
-def bench_case(case, out_dir, repeat, backend, fmt):
+def bench_case(case, out_dir, repeat, backend, fmt, layout):
     folder = generate(case, out_dir)
     inputs = inputs_of(folder, fmt)
     output = os.path.join(out_dir, f"{case}.out" + (".msgpack" if fmt == "msgpack" else ""))
@@ -116,7 +118,7 @@ def bench_case(case, out_dir, repeat, backend, fmt):
     best_tt, best_read, best_write, rss = float("inf"), float("inf"), float("inf"), 0
     for _ in range(repeat):
         remove(output)  # ttconv writes a new file or directory, as the floor does
-        elapsed, peak = run_ttconv(case, folder, output, backend, fmt)
+        elapsed, peak = run_ttconv(case, folder, output, backend, fmt, layout)
         out_bytes = size_of(output)
         read, write = io_floor(inputs, out_bytes, output + ".floor", os.path.join(folder, "init.msgpack"))
         best_tt, best_read, best_write = min(best_tt, elapsed), min(best_read, read), min(best_write, write)
@@ -124,7 +126,8 @@ def bench_case(case, out_dir, repeat, backend, fmt):
     remove(output)
     sequential, overlapped = best_read + best_write, max(best_read, best_write)
     return {
-        "case": case, "format": fmt, "backend": backend, "seconds": best_tt, "read_seconds": best_read,
+        "case": case, "format": fmt if fmt == "msgpack" else f"{fmt} ({layout})", "backend": backend,
+        "seconds": best_tt, "read_seconds": best_read,
         "write_seconds": best_write, "sequential_floor": sequential, "ratio": best_tt / sequential,
         "overlapped_floor": overlapped, "overlapped_ratio": best_tt / overlapped,
         "peak_rss_mb": rss / 1e6, "output_mb": out_bytes / 1e6, "mb_per_s": out_bytes / 1e6 / best_tt,
@@ -195,6 +198,9 @@ def main():
                         help="backend(s) to run ttconv on; repeat for both (default: c)")
     parser.add_argument("--format", action="append", choices=FORMATS, dest="formats",
                         help="output format(s); repeat for both (default: both)")
+    parser.add_argument("--layout", choices=["training", "model"], default="training",
+                        help="what a flatbuffer case builds: a training state (its zero moments cost no writes: "
+                             "they are holes) or the model only (default: training)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     args.backend = args.backend or ["c"]
@@ -203,7 +209,7 @@ def main():
     if unknown:
         parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
 
-    rows = [bench_case(case, args.out, args.repeat, backend, fmt)
+    rows = [bench_case(case, args.out, args.repeat, backend, fmt, args.layout)
             for case in args.cases or CASES for fmt in args.formats for backend in args.backend]
     print("| case | format | backend | input MB | output MB | ttconv s | read s | write+fsync s | "
           "ratio to read+write | ratio to max(read, write) | peak RSS MB |")

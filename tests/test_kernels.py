@@ -296,18 +296,3 @@ def test_tile_checks_its_arguments_before_calling_c(backend):
         kernels.tile(src, np.zeros(100, dtype=np.uint8), 64)
     with pytest.raises(ValueError, match="outside"):
         kernels.tile(src, np.zeros(64 * 32 * 2, dtype=np.uint8), 64, rows=[4])
-
-
-def test_tile_large_calls_are_split_between_threads_exactly(backend):
-    rows, cols, first = 700, 512, 7  # more than kernels.PARALLEL_VALUES: two threads share the call
-    assert rows * cols >= kernels.PARALLEL_VALUES
-    src = sources(rows, cols, seed=11)["f32"]
-    order = np.random.default_rng(3).permutation(rows)
-    out = np.full(-(-(first + rows) // 32) * 32 * cols * 2, 0x77, dtype=np.uint8)
-    bad = kernels.tile(src, out, cols, rows=order, first_row=first)
-    expected = np.full((-(-(first + rows) // 32) * 32, cols), 0x7777, dtype=np.uint16)
-    expected[first:first + rows] = bf16_reference(src[order].view(np.uint32))
-    padded_rows = expected.shape[0]
-    tiled = expected.reshape(padded_rows // 32, 2, 16, cols // 32, 2, 16).transpose(0, 3, 1, 4, 2, 5).reshape(-1)
-    assert out.view(np.uint16).tobytes() == tiled.tobytes()
-    assert bad == int(np.count_nonzero((src.view(np.uint32) & 0x7F800000) == 0x7F800000))

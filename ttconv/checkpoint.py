@@ -7,6 +7,7 @@ range, so memory stays bounded by what the caller asks for.
 import json
 import math
 import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,6 +137,7 @@ class Checkpoint:
             raise CheckpointError(f"{self.directory}/config.json: expected a JSON object")
         self.tensors = self._find_tensors()
         self._handles = {}
+        self._handles_lock = threading.Lock()
 
     def _find_tensors(self):
         index_path = os.path.join(self.directory, INDEX_NAME)
@@ -206,11 +208,15 @@ class Checkpoint:
         return out
 
     def _handle(self, path):
-        if path not in self._handles:
-            self._handles[path] = open(path, "rb")
-        return self._handles[path]
+        """This thread's handle of a file (threads may read rows at once, each seeking its own)."""
+        key = (threading.get_ident(), path)
+        with self._handles_lock:
+            if key not in self._handles:
+                self._handles[key] = open(path, "rb")
+            return self._handles[key]
 
     def close(self):
-        for handle in self._handles.values():
-            handle.close()
-        self._handles.clear()
+        with self._handles_lock:
+            for handle in self._handles.values():
+                handle.close()
+            self._handles.clear()

@@ -172,33 +172,8 @@ def tile(array, out, padded_cols, rows=None, first_row=0, transposed=False, out_
     if _kernel is None:
         return _fallback().tile(array, code, rows, first_row, padded_cols, transposed, out_code == 1, out)
     row_stride, col_stride = (1, array.shape[1]) if transposed else (array.shape[1], 1)
-
-    def run(part, first):
-        return _kernel.lib.tt_tile(_ptr(array), code, _ptr(part, "uint32_t *"), part.size, row_stride, col_stride,
-                                   cols, first, padded_cols, out_code, _ptr(out))
-
-    # Large calls are split at a tile row between this thread and a helper (cffi releases the GIL
-    # during the call), so that both cores tile.
-    split = (first_row + rows.size // 2) // TILE * TILE - first_row
-    if rows.size * cols < PARALLEL_VALUES or split <= 0 or _helpers() is None:
-        return run(rows, first_row)
-    other = _helpers().submit(run, rows[split:], first_row + split)
-    return run(rows[:split], first_row) + other.result()
-
-
-PARALLEL_VALUES = 1 << 18
-_HELPER = []
-
-
-def _helpers():
-    """The one helper thread of tile() (None on a single core)."""
-    if not _HELPER:
-        import concurrent.futures
-
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        _HELPER.append(concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ttconv-tile")
-                       if cores > 1 else None)
-    return _HELPER[0]
+    return _kernel.lib.tt_tile(_ptr(array), code, _ptr(rows, "uint32_t *"), rows.size, row_stride, col_stride,
+                               cols, first_row, padded_cols, out_code, _ptr(out))
 
 
 def rope_rows(matrix, n_heads, inverse=False):

@@ -9,7 +9,9 @@ file's buffer. Other tensor files are copied byte for byte, or keep their header
 (a hole the file system reads as zeros: nothing to write); the metadata, every value in its input
 order and type, is written last.
 """
+import concurrent.futures
 import contextlib
+import os
 
 import numpy as np
 
@@ -50,7 +52,7 @@ class DirWriter:
         self._out = out
         self._values = {}
         self._data_types = {}
-        self._source = np.empty(0, dtype=np.uint8)
+        self._scratch = (_Scratch(), _Scratch())  # source rows of each half of a block
 
     def reset_kind(self, item):
         """"zeros" for an optimizer's moment tensor, "zero" for a step counter, None otherwise."""
@@ -102,15 +104,10 @@ class DirWriter:
         width = 2 if data_type == tensorbin.BFLOAT16 else 4
         with self._out.file(name) as out:
             out.write(header)
-            nonfinite = _TileWriter(target, ckpt, out, width, self._source_buffer).run(progress)
+            nonfinite = _TileWriter(target, ckpt, out, width, self._scratch).run(progress)
         self._values[key] = Value("StringValue", name)
         self._data_types[key] = data_type
         return nonfinite
-
-    def _source_buffer(self, nbytes):
-        if self._source.size < nbytes:
-            self._source = np.empty(nbytes, dtype=np.uint8)
-        return self._source
 
     def finish(self):
         """Write metadata.flatbuffer: every value in order, the written tensors' data type and layout
@@ -125,25 +122,53 @@ class DirWriter:
             out.write(metadata_bytes(values))
 
 
+class _Scratch:
+    """A buffer reused for every read (fresh memory costs page faults); it grows when a read needs more."""
+
+    def __init__(self):
+        self._buffer = np.empty(0, dtype=np.uint8)
+
+    def get(self, nbytes):
+        if self._buffer.size < nbytes:
+            self._buffer = np.empty(nbytes, dtype=np.uint8)
+        return self._buffer
+
+
+_HELPER = []
+
+
+def _helper():
+    """The one helper thread that fills the second half of each block (None on a single core)."""
+    if not _HELPER:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        _HELPER.append(concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ttconv-tile")
+                       if cores > 1 else None)
+    return _HELPER[0]
+
+
 class _TileWriter:
     """Streams one target into a tensor file: blocks of whole tile rows, each filled by kernels.tile
-    from the rows of the checkpoint tensors it covers (permuted or transposed as the plan says)."""
+    from the rows of the checkpoint tensors it covers (permuted or transposed as the plan says).
+    A block's two halves are read and tiled at once, by this thread and a helper (reading a file
+    and the kernel both release the GIL)."""
 
-    def __init__(self, target, ckpt, out, width, source_buffer):
+    def __init__(self, target, ckpt, out, width, scratch):
         self.target, self.ckpt, self.out, self.width = target, ckpt, out, width
         self.padded_cols = _tiled(target.param.cols)
         self.padded_rows = _tiled(target.param.rows)
-        self.source_buffer = source_buffer
+        self.scratch = scratch
+        self.out_dtype = "bf16" if width == 2 else "f32"
         self.segments, first = [], 0
         for piece in target.pieces:
             self.segments.append((first, piece))
             first += piece.rows
         self.data_rows = first
-        self.transposed = {}
+        # a transposed piece needs its whole matrix: read once, before the halves share the work
+        self.transposed = {piece.tensor.name: ckpt.read_rows(piece.tensor)
+                           for piece in target.pieces if piece.transform == "transpose"}
 
     def run(self, progress):
         tile_row_bytes = TILE * self.padded_cols * self.width
-        out_dtype = "bf16" if self.width == 2 else "f32"
         nonfinite, row = 0, 0
         while row < self.padded_rows:
             room = self.out.room() // tile_row_bytes
@@ -156,10 +181,13 @@ class _TileWriter:
                 block = np.empty(nbytes, dtype=np.uint8)
             if row + n_rows > self.data_rows:
                 block[:] = 0
-            for first, piece in self.segments:
-                lo, hi = max(row, first), min(row + n_rows, first + piece.rows)
-                if lo < hi:
-                    nonfinite += self._fill(piece, lo - first, hi - first, block, lo - row, out_dtype)
+            middle = row + n_rows // TILE // 2 * TILE
+            helper = _helper() if middle > row else None
+            if helper is None:
+                nonfinite += self._fill_rows(row, row + n_rows, row, block, self.scratch[0])
+            else:
+                other = helper.submit(self._fill_rows, middle, row + n_rows, row, block, self.scratch[1])
+                nonfinite += self._fill_rows(row, middle, row, block, self.scratch[0]) + other.result()
             if lent:
                 self.out.commit(nbytes)
             else:
@@ -168,15 +196,21 @@ class _TileWriter:
             row += n_rows
         return nonfinite
 
-    def _fill(self, piece, lo, hi, block, first_row, out_dtype):
+    def _fill_rows(self, begin, end, block_row, block, scratch):
+        """Output rows [begin, end) into block, whose first row is block_row."""
+        nonfinite = 0
+        for first, piece in self.segments:
+            lo, hi = max(begin, first), min(end, first + piece.rows)
+            if lo < hi:
+                nonfinite += self._fill(piece, lo - first, hi - first, block, lo - block_row, scratch)
+        return nonfinite
+
+    def _fill(self, piece, lo, hi, block, first_row, scratch):
         """Rows [lo, hi) of the piece into block from row first_row on."""
         info = piece.tensor
         if piece.transform == "transpose":
-            if info.name not in self.transposed:
-                self.transposed = {info.name: self.ckpt.read_rows(info)}
-            source, rows = self.transposed[info.name], np.arange(lo, hi)
-            return kernels.tile(source, block, self.padded_cols, rows=rows, first_row=first_row, transposed=True,
-                                out_dtype=out_dtype)
+            return kernels.tile(self.transposed[info.name], block, self.padded_cols, rows=np.arange(lo, hi),
+                                first_row=first_row, transposed=True, out_dtype=self.out_dtype)
         cols = info.matrix_shape()[1]
         if piece.transform == "rope":
             head_dim = info.matrix_shape()[0] // piece.heads
@@ -185,8 +219,9 @@ class _TileWriter:
         else:
             start, stop, rows = lo, hi, None
         itemsize = 4 if info.dtype == "F32" else 2
-        source = self.ckpt.read_rows(info, start, stop, self.source_buffer((stop - start) * cols * itemsize))
-        return kernels.tile(source, block, self.padded_cols, rows=rows, first_row=first_row, out_dtype=out_dtype)
+        source = self.ckpt.read_rows(info, start, stop, scratch.get((stop - start) * cols * itemsize))
+        return kernels.tile(source, block, self.padded_cols, rows=rows, first_row=first_row,
+                            out_dtype=self.out_dtype)
 
 
 @contextlib.contextmanager
