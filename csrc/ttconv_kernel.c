@@ -423,6 +423,55 @@ static size_t tile_row(const void *src, int dtype, size_t first, size_t col_stri
     return nonfinite;
 }
 
+/* Sixteen output rows r..r+15 (r a multiple of 16) of a transpose at once: output row r+i is
+ * source column first_col+i, so each 16x16 block of output is read as 16 source row pieces of
+ * 16 contiguous values (whole cache lines instead of one value per line) and written as one
+ * face. Columns past cols become zeros. */
+static size_t tile_transposed_rows(const void *src, int dtype, size_t first_col, size_t src_row_len,
+                                   size_t cols, size_t padded_cols, size_t r, int out_dtype,
+                                   uint8_t *tile_base)
+{
+    uint32_t block[16][16];
+    uint16_t halves[16];
+    size_t nonfinite = 0;
+    for (size_t c0 = 0; c0 < padded_cols; c0 += 16) {
+        for (size_t j = 0; j < 16; j++) {
+            size_t c = c0 + j;
+            for (size_t i = 0; i < 16; i++) {
+                uint32_t bits = c < cols ? source_bits(src, dtype, c * src_row_len + first_col + i) : 0;
+                nonfinite += c < cols && is_nonfinite(bits);
+                block[i][j] = bits;
+            }
+        }
+        for (size_t i = 0; i < 16; i++) {
+            size_t face_row = (((r + i) & 16) << 5) + (((r + i) & 15) << 4);
+            size_t at = tiled_offset(c0, face_row);
+            if (out_dtype == TT_OUT_BF16) {
+                for (size_t j = 0; j < 16; j++)
+                    halves[j] = bf16_nearest_even(block[i][j]);
+                memcpy(tile_base + at * 2, halves, sizeof halves);
+            } else {
+                memcpy(tile_base + at * 4, block[i], sizeof block[i]);
+            }
+        }
+    }
+    return nonfinite;
+}
+
+/* True when rows k..k+15 can go through tile_transposed_rows: a transpose, output rows starting on
+ * a face boundary, and source columns that follow one another. */
+static int sixteen_transposed(const uint32_t *row_index, size_t k, size_t n_rows, size_t row_stride,
+                              size_t col_stride, size_t first_row)
+{
+    if (row_stride != 1 || col_stride == 1 || (first_row + k) % 16 || k + 16 > n_rows)
+        return 0;
+    for (size_t i = 1; i < 16; i++) {
+        if (row_index[k + i] != row_index[k] + i)
+            return 0;
+    }
+    return 1;
+}
+
 long long tt_tile(const void *src, int dtype, const uint32_t *row_index, size_t n_rows,
                   size_t row_stride, size_t col_stride, size_t cols, size_t first_row,
                   size_t padded_cols, int out_dtype, void *out)
@@ -432,11 +481,18 @@ long long tt_tile(const void *src, int dtype, const uint32_t *row_index, size_t 
         return TT_E_BAD_ARGUMENT;
     size_t width = out_dtype == TT_OUT_BF16 ? 2 : 4;
     size_t nonfinite = 0;
-    for (size_t k = 0; k < n_rows; k++) {
+    for (size_t k = 0; k < n_rows;) {
         size_t r = first_row + k;
         uint8_t *base = (uint8_t *)out + (r / 32) * 32 * padded_cols * width;
-        nonfinite += tile_row(src, dtype, (size_t)row_index[k] * row_stride, col_stride, cols, padded_cols,
-                              r & 31, out_dtype, base);
+        if (sixteen_transposed(row_index, k, n_rows, row_stride, col_stride, first_row)) {
+            nonfinite += tile_transposed_rows(src, dtype, row_index[k], col_stride, cols, padded_cols, r,
+                                              out_dtype, base);
+            k += 16;
+        } else {
+            nonfinite += tile_row(src, dtype, (size_t)row_index[k] * row_stride, col_stride, cols, padded_cols,
+                                  r & 31, out_dtype, base);
+            k += 1;
+        }
     }
     return clamp_count(nonfinite);
 }

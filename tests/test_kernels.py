@@ -296,3 +296,20 @@ def test_tile_checks_its_arguments_before_calling_c(backend):
         kernels.tile(src, np.zeros(100, dtype=np.uint8), 64)
     with pytest.raises(ValueError, match="outside"):
         kernels.tile(src, np.zeros(64 * 32 * 2, dtype=np.uint8), 64, rows=[4])
+
+
+@pytest.mark.parametrize("kind", ["f32", "bf16"])
+@pytest.mark.parametrize("out_dtype", ["bf16", "f32"])
+def test_tile_transposed_rows_at_an_offset(backend, kind, out_dtype):
+    """Consecutive source columns from a face boundary on go 16 at a time; the rest one by one."""
+    src = sources(70, 45, seed=6)[kind]  # [in, out]: output rows are columns 3..44
+    rows = np.arange(3, 45)
+    out = np.full(64 * 96 * (2 if out_dtype == "bf16" else 4), 0x33, dtype=np.uint8)
+    kernels.tile(src, out, 96, rows=rows, first_row=8, transposed=True, out_dtype=out_dtype)
+    bits = f32_bits_reference(src).T[rows]
+    words = np.uint16 if out_dtype == "bf16" else np.uint32
+    expected = np.full((64, 96), 0x3333 if out_dtype == "bf16" else 0x33333333, dtype=words)
+    expected[8:8 + len(rows)] = 0
+    expected[8:8 + len(rows), :70] = bf16_reference(bits.copy()) if out_dtype == "bf16" else bits
+    tiled = expected.reshape(2, 2, 16, 3, 2, 16).transpose(0, 3, 1, 4, 2, 5).reshape(-1)
+    assert out.view(words).tobytes() == tiled.tobytes()
