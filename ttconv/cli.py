@@ -26,14 +26,17 @@ entries of the init file or directory you give, in its order, or is built from c
 inspect, to-hf and check read both formats."""
 
 LLAMA_HELP = """\
-Fill a tt-train Llama init file with the weights of a Llama-family checkpoint
-(TinyLlama, Llama 2/3/3.x and same-shaped models). Same flags as llama_export.py.
-With only -t, just the tokenizer is written; with -t and explicit -i and -o, both."""
+Fill a tt-train Llama init file or checkpoint directory with the weights of a
+Llama-family checkpoint (TinyLlama, Llama 2/3/3.x and same-shaped models), or build one
+from config.json (--no-init; --format flatbuffer for a directory, as today's tt-train
+loads). Same flags as llama_export.py. With only -t, just the tokenizer is written; with
+-t and explicit -i (or --no-init) and -o, both."""
 
 GPT2_HELP = """\
-Fill a tt-train GPT-2 init file with the weights of a GPT-2-family checkpoint
-(gpt2, gpt2-medium/large/xl, distilgpt2). Same usage as gpt2_export.py:
-INPUT_FILE OUTPUT_FILE, or -i/-o."""
+Fill a tt-train GPT-2 init file or checkpoint directory with the weights of a
+GPT-2-family checkpoint (gpt2, gpt2-medium/large/xl, distilgpt2), or build one from
+config.json (-o alone; --format flatbuffer for a directory). Same usage as
+gpt2_export.py: INPUT_FILE OUTPUT_FILE, or -i/-o."""
 
 
 def _common(parser, subcommand=True):
