@@ -374,3 +374,14 @@ def test_api_convert_is_keyword_only(tmp_path):
         ttconv.convert("llama", ckpt, tmp_path / "out", None, "flatbuffer")
     report = ttconv.convert("llama", str(ckpt), str(tmp_path / "out"), format="flatbuffer", layout="model")
     assert report.tensors == 19 and (tmp_path / "out" / "metadata.flatbuffer").is_file()
+
+
+def test_an_output_inside_the_input_directory_is_refused(cli, tmp_path):
+    cfg = support.llama_config()
+    tensors = support.llama_tensors(cfg)
+    ckpt = hf_checkpoint(tmp_path, cfg, tensors)
+    state, _ = trained_state(tmp_path, cfg, tensors)
+    before = file_bytes(state)
+    status, _, err = cli("llama", "-i", state, "--hf_model", ckpt, "-o", state / "filled")
+    assert status == 1 and one_error_line(err) and "inside the input directory" in err, err
+    assert file_bytes(state) == before

@@ -329,6 +329,10 @@ def check_directory_target(path, inputs=()):
     OutputError when it is an input or anything else."""
     path = os.path.abspath(os.fspath(path))
     inputs = [os.path.abspath(os.fspath(p)) for p in inputs]
+    for source in inputs:
+        if os.path.isdir(source) and os.path.realpath(path).startswith(os.path.realpath(source) + os.sep):
+            raise OutputError(f"{path}: is inside the input directory {source}; inputs are never modified "
+                              "(give an output path outside it)")
     if not os.path.lexists(path):
         return False
     for source in inputs:
