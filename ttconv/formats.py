@@ -32,7 +32,7 @@ def weights_in_bfloat16(tt, params):
 
 def conversion_output(tt, path, inputs=()):
     """The context manager that writes tt converted, in tt's own format, atomically to path: it yields
-    the writer convert.write_converted drives."""
+    the writer conversion.write_converted drives."""
     if isinstance(tt, TtDir):
         return directory_output(tt, path, inputs)
     return msgpack_output(tt, path, inputs)

@@ -1,6 +1,6 @@
 """The directory side of a conversion: a tt-train checkpoint directory written entry by entry.
 
-`directory_output` yields a writer with the interface convert.write_converted drives for every
+`directory_output` yields a writer with the interface conversion.write_converted drives for every
 format (copy_entry, zero_tensor, zero_counter, write_target, reset_kind). A tensor the plan
 fills is written as ttnn 0.81.1 writes one (tensorbin.header_bytes): bfloat16 (float32 for an
 optimizer's full-precision master weights), TILE, [1, 1, rows, cols]; the C kernel (or its jax

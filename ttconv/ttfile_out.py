@@ -1,6 +1,6 @@
 """The msgpack side of a conversion: a tt-train file written entry by entry in its source's order.
 
-`msgpack_output` yields a writer with the interface convert.write_converted drives for every
+`msgpack_output` yields a writer with the interface conversion.write_converted drives for every
 format: copy_entry, zero_tensor, zero_counter, write_target (the plan's checkpoint rows encoded
 as msgpack float32, straight into the output's buffers) and reset_kind.
 """
