@@ -155,7 +155,7 @@ def test_bf16_sharded_checkpoint_is_kept_exactly(cli, tmp_path, ttnn_tool):
     assert_model_loads(ttnn_tool, tmp_path / "out", tmp_path, "llama/llama", support.expected_llama(cfg, stored, shapes))
 
 
-def test_warmup_linear_state_and_yaml(cli, tmp_path):
+def test_warmup_linear_state_and_yaml(cli, tmp_path, ttnn_tool):
     cfg = support.llama_config()
     ckpt = hf_checkpoint(tmp_path, cfg, support.llama_tensors(cfg))
     out = tmp_path / "out"
@@ -165,12 +165,13 @@ def test_warmup_linear_state_and_yaml(cli, tmp_path):
     assert status == 0, err
     assert_metadata(out, expected_metadata("llama", "llama", support.llama_tt_shapes(cfg, 96), "training",
                                            "warmup_linear", 1e-3, 800))
+    ttnn_tensors(ttnn_tool, out, tmp_path)
     yaml = (tmp_path / "train.yaml").read_text()
     assert f"model_path: {json.dumps(str(out))}" in yaml and "max_steps: 800" in yaml
     assert 'scheduler_type: "warmup_linear"' in yaml and "model_type: \"llama\"" in yaml
 
 
-def test_both_backends_write_the_same_bytes(tmp_path):
+def test_both_backends_write_the_same_bytes(tmp_path, ttnn_tool):
     cfg = support.gpt2_config(vocab=70)
     ckpt = hf_checkpoint(tmp_path, cfg, support.gpt2_tensors(cfg))
     outputs = {}
@@ -180,15 +181,17 @@ def test_both_backends_write_the_same_bytes(tmp_path):
                         "-o", str(out), "-q"], check=True, env={**os.environ, "TTCONV_BACKEND": backend})
         outputs[backend] = {name: (out / name).read_bytes() for name in sorted(os.listdir(out))}
     assert outputs["c"] == outputs["jax"]
+    ttnn_tensors(ttnn_tool, tmp_path / "c", tmp_path)
 
 
 # ---------------------------------------------------------------- round trips and check
 
-def test_to_hf_of_a_written_directory_is_the_checkpoint_in_bfloat16(cli, tmp_path):
+def test_to_hf_of_a_written_directory_is_the_checkpoint_in_bfloat16(cli, tmp_path, ttnn_tool):
     cfg = support.llama_config(vocab=70, tie=True)
     tensors = support.llama_tensors(cfg, tie=True)
     ckpt = hf_checkpoint(tmp_path, cfg, tensors)
     assert cli("llama", "--format", "flatbuffer", "--no-init", "--hf_model", ckpt, "-o", tmp_path / "dir")[0] == 0
+    ttnn_tensors(ttnn_tool, tmp_path / "dir", tmp_path)
     status, _, err = cli("to-hf", "llama", "-i", tmp_path / "dir", "--hf_model", ckpt, "-o", tmp_path / "hf")
     assert status == 0, err
     back = load_file(tmp_path / "hf" / "model.safetensors")
@@ -198,12 +201,13 @@ def test_to_hf_of_a_written_directory_is_the_checkpoint_in_bfloat16(cli, tmp_pat
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_check_passes_on_a_written_trained_model(cli, tmp_path, family):
+def test_check_passes_on_a_written_trained_model(cli, tmp_path, ttnn_tool, family):
     """The trained float32 checkpoint, written as bfloat16: check compares it with the checkpoint
     rounded the same way, and the losses then agree to 1e-4 with every top-1 prediction."""
     source = os.path.join(TRAINED, family)
     status, _, err = cli(family, "--format", "flatbuffer", "--no-init", "--hf_model", source, "-o", tmp_path / "dir")
     assert status == 0, err
+    ttnn_tensors(ttnn_tool, tmp_path / "dir", tmp_path)
     status, result, err = run_check(cli, family, tmp_path / "dir", source, "--text", CORPUS)
     assert status == 0 and result["ok"] and result["top1_agreement"] == 1.0, err
     assert result["hf_weights_rounded_to_bfloat16"] is True
@@ -323,7 +327,7 @@ def test_an_existing_path_that_is_not_a_checkpoint_is_refused_untouched(cli, tmp
     assert sorted(os.listdir(tmp_path)) == ["ckpt", "out"]
 
 
-def test_an_existing_checkpoint_directory_is_replaced_whole(cli, tmp_path):
+def test_an_existing_checkpoint_directory_is_replaced_whole(cli, tmp_path, ttnn_tool):
     cfg = support.llama_config()
     ckpt = hf_checkpoint(tmp_path, cfg, support.llama_tensors(cfg))
     out = tmp_path / "out"
@@ -334,6 +338,7 @@ def test_an_existing_checkpoint_directory_is_replaced_whole(cli, tmp_path):
     assert status == 0, err
     assert "stale.tensorbin" not in os.listdir(out) and len(read_metadata(out / "metadata.flatbuffer")) == 19 * 7
     assert sorted(os.listdir(tmp_path)) == ["ckpt", "out"]
+    ttnn_tensors(ttnn_tool, out, tmp_path)
 
 
 def test_filling_a_directory_into_itself_is_refused(cli, tmp_path):
@@ -365,7 +370,7 @@ def test_dry_run_writes_nothing(cli, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]
 
 
-def test_api_convert_is_keyword_only(tmp_path):
+def test_api_convert_is_keyword_only(tmp_path, ttnn_tool):
     import ttconv
 
     cfg = support.llama_config()
@@ -374,6 +379,7 @@ def test_api_convert_is_keyword_only(tmp_path):
         ttconv.convert("llama", ckpt, tmp_path / "out", None, "flatbuffer")
     report = ttconv.convert("llama", str(ckpt), str(tmp_path / "out"), format="flatbuffer", layout="model")
     assert report.tensors == 19 and (tmp_path / "out" / "metadata.flatbuffer").is_file()
+    ttnn_tensors(ttnn_tool, tmp_path / "out", tmp_path)
 
 
 def test_an_output_inside_the_input_directory_is_refused(cli, tmp_path):
