@@ -11,6 +11,7 @@ import time
 import pytest
 
 import support
+from test_ttdir_out import ttnn_tensors
 from ttconv import interrupts, output
 
 SIGNAL_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -302,12 +303,14 @@ def test_signal_during_the_swap_lets_the_new_directory_complete(installed, monke
 DIRECTORY_RUNS = 24
 
 
-def test_signals_while_a_directory_is_written_leave_the_old_or_the_new_one(sizeable_conversion, tmp_path):
+def test_signals_while_a_directory_is_written_leave_the_old_or_the_new_one(sizeable_conversion, tmp_path,
+                                                                            ttnn_tool):
     """An existing checkpoint directory at the output is replaced only by a complete new one."""
     args = ["llama", "--no-init", "--format", "flatbuffer", "-q", *sizeable_conversion[3:]]
     reference, old = tmp_path / "reference", tmp_path / "old"
     status, _, whole_run = run_ttconv(args, reference)
     assert status == 0
+    ttnn_tensors(ttnn_tool, reference, tmp_path)  # what every completed run must equal, byte for byte
     assert run_ttconv(args + ["--layout", "model"], old)[0] == 0
     expected, previous = directory_bytes(reference), directory_bytes(old)
 
