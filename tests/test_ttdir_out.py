@@ -367,6 +367,8 @@ def test_dry_run_writes_nothing(cli, tmp_path):
                            tmp_path / "out", "--dry-run")
     assert status == 0, err
     assert "llama/llama/llama_block_0/attention/q_linear/weight/value" in out and "RoPE interleave" in out
+    values = int(out.split(" values,")[0].rsplit(" ", 1)[1].replace(",", ""))
+    assert f"about {values * 2:,} bytes of weights" in out  # bfloat16: two bytes a value
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]
 
 

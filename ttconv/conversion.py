@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from .checkpoint import Checkpoint
 from .errors import InputFileError
-from .formats import check_output, conversion_output, output_size
+from .formats import check_output, conversion_output, format_of, output_size
 from .hfconfig import model_shape
 from .hub import resolve_model
 from .mapping import build_plan, canonical_names
@@ -30,6 +30,7 @@ class Report:
     seconds: float = 0.0
     nonfinite: dict = field(default_factory=dict)
     state: str = ""
+    value_bytes: int = 5
 
     def summary(self):
         rate = self.bytes_written / 1e6 / self.seconds if self.seconds > 0 else 0.0
@@ -152,6 +153,7 @@ def run_conversion(family, init_path, ckpt, output_path, meta_style=False, dry_r
     report = Report(plan, output_path)
     report.tensors = len(plan.targets)
     report.values = sum(t.n_values for t in plan.targets.values())
+    report.value_bytes = 2 if format_of(tt) == "flatbuffer" else 5  # bfloat16, or msgpack float32
     if dry_run:
         return report
     inputs = ([init_path] if init_path else []) + sorted({t.path for t in ckpt.tensors.values()})

@@ -228,7 +228,7 @@ def print_plan(report):
     """Print a dry-run plan: tt key <- sources, untouched keys, unused checkpoint tensors."""
     plan = report.plan
     print(f"{plan.family} conversion plan (prefix {plan.prefix}): {report.tensors} tensors, "
-          f"{report.values:,} values, about {report.values * 5:,} bytes of weights; nothing written")
+          f"{report.values:,} values, about {report.values * report.value_bytes:,} bytes of weights; nothing written")
     for key, target in plan.targets.items():
         print(f"  {key} [{target.param.rows}, {target.param.cols}] <- {target.describe()}")
     for notice in plan.notices:
