@@ -1,4 +1,5 @@
-"""Bounds-checked reading of flatbuffer tables through Google's flatbuffers runtime.
+"""Bounds-checked reading of flatbuffer tables through Google's flatbuffers runtime, and the
+one building step its Builder lacks (a vector of tables).
 
 The Python runtime follows offsets without looking (it has no Verifier), so every
 table, vtable, field, vector and string is checked against the buffer here before
@@ -15,6 +16,14 @@ UOFFSET = N.UOffsetTFlags.bytewidth
 
 class FlatbufferError(ValueError):
     """A flatbuffer that does not hold what its offsets claim."""
+
+
+def offsets_vector(builder, offsets):
+    """A vector of tables or strings (their offsets, in order) built with a flatbuffers.Builder."""
+    builder.StartVector(UOFFSET, len(offsets), UOFFSET)
+    for offset in reversed(offsets):
+        builder.PrependUOffsetTRelative(offset)
+    return builder.EndVector()
 
 
 def _u32(buf, pos):

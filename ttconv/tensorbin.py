@@ -18,7 +18,7 @@ import flatbuffers
 from flatbuffers import number_types as N
 
 from .errors import TtFileError
-from .flatbuf import FlatbufferError, root
+from .flatbuf import FlatbufferError, offsets_vector, root
 
 SUFFIX = ".tensorbin"
 MAX_HEADER = 1 << 26
@@ -283,13 +283,6 @@ def read_tensor(header):
 DATA_ALIGNMENT = 64
 
 
-def _table_vector(builder, offsets):
-    builder.StartVector(4, len(offsets), 4)
-    for offset in reversed(offsets):
-        builder.PrependUOffsetTRelative(offset)
-    return builder.EndVector()
-
-
 def _single_field_table(builder, vector):
     builder.StartObject(1)
     builder.PrependUOffsetTRelativeSlot(0, vector, 0)
@@ -338,13 +331,13 @@ def header_bytes(rows, cols, data_type=BFLOAT16):
     builder.PrependUOffsetTRelativeSlot(SHARD_COORD, coordinate, 0)
     builder.PrependUOffsetTRelativeSlot(SHARD_BUFFER, storage, 0)
     builder.PrependUint8Slot(SHARD_BUFFER_TYPE, INLINE_FILE_STORAGE, 0)
-    shards = _table_vector(builder, [builder.EndObject()])
+    shards = offsets_vector(builder, [builder.EndObject()])
     mesh = _uint32_table(builder, [1, 1])
     distribution = _uint32_table(builder, [1])
     builder.StartObject(2)  # MeshMapperPlacement: Replicate (the default type), tensor_dim -1
     builder.PrependInt32Slot(1, -1, 0)
-    placements = _table_vector(builder, [builder.EndObject()])
-    coords = _table_vector(builder, [_uint32_table(builder, [0, 0])])
+    placements = offsets_vector(builder, [builder.EndObject()])
+    coords = offsets_vector(builder, [_uint32_table(builder, [0, 0])])
     builder.StartObject(3)  # TensorTopology
     builder.PrependUOffsetTRelativeSlot(TOPO_COORDS, coords, 0)
     builder.PrependUOffsetTRelativeSlot(TOPO_PLACEMENTS, placements, 0)

@@ -17,7 +17,7 @@ from flatbuffers import number_types as N
 
 from . import tensorbin
 from .errors import TtFileError
-from .flatbuf import FlatbufferError, root
+from .flatbuf import FlatbufferError, offsets_vector, root
 
 METADATA_NAME = "metadata.flatbuffer"
 MAX_METADATA = 1 << 28
@@ -56,19 +56,12 @@ SCALAR_SLOTS = {"BoolValue": "PrependBoolSlot", "CharValue": "PrependInt8Slot", 
                 "BFloat16Value": "PrependUint16Slot"}
 
 
-def _offsets_vector(builder, offsets):
-    builder.StartVector(4, len(offsets), 4)
-    for offset in reversed(offsets):
-        builder.PrependUOffsetTRelative(offset)
-    return builder.EndVector()
-
-
 def _value_table(builder, value):
     _, reader = VALUE_TYPES[TYPE_IDS[value.type]]
     if reader == "string":
         inner = builder.CreateString(value.value)
     elif reader == "strings":
-        inner = _offsets_vector(builder, [builder.CreateString(text) for text in value.value])
+        inner = offsets_vector(builder, [builder.CreateString(text) for text in value.value])
     elif isinstance(reader, type) and issubclass(reader, np.generic):
         inner = builder.CreateNumpyVector(np.asarray(value.value, dtype=np.dtype(reader).newbyteorder("<")))
     else:
@@ -95,7 +88,7 @@ def metadata_bytes(values):
         builder.PrependUint8Slot(1, TYPE_IDS[value.type], 0)
         builder.PrependUOffsetTRelativeSlot(0, key_offset, 0)
         pairs.append(builder.EndObject())
-    vector = _offsets_vector(builder, pairs)
+    vector = offsets_vector(builder, pairs)
     builder.StartObject(1)
     builder.PrependUOffsetTRelativeSlot(0, vector, 0)
     builder.Finish(builder.EndObject())
