@@ -188,6 +188,13 @@ class _OutputFile:
             raise _output_error(self._target, exc) from None
 
 
+def _umask():
+    """The process's umask (reading it means setting it: it is set straight back)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def check_file_target(path, inputs=()):
     """Raise OutputError when path cannot take an output file: it is an input or a directory."""
     refuse_same_file(path, inputs)
@@ -220,9 +227,7 @@ def atomic_output(path, inputs=()):
         finally:
             out.close()
             os.close(fd)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp_path, 0o666 & ~umask)
+        os.chmod(temp_path, 0o666 & ~_umask())
         with interrupts.held():
             os.replace(temp_path, path)
             temp_path = None
@@ -372,10 +377,8 @@ def atomic_directory(path, inputs=()):
         finally:
             out.close()
         interrupts.check()
-        umask = os.umask(0)
-        os.umask(umask)
         try:
-            os.chmod(staging, 0o777 & ~umask)
+            os.chmod(staging, 0o777 & ~_umask())
             _fsync_path(staging)
         except OSError as exc:
             raise _output_error(path, exc) from None
