@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from .checkpoint import Checkpoint
 from .errors import InputFileError
-from .formats import check_output, conversion_output, format_of, output_size
+from .formats import check_output, conversion_output, output_size, value_bytes
 from .hfconfig import model_shape
 from .hub import resolve_model
 from .mapping import build_plan, canonical_names
@@ -153,7 +153,7 @@ def run_conversion(family, init_path, ckpt, output_path, meta_style=False, dry_r
     report = Report(plan, output_path)
     report.tensors = len(plan.targets)
     report.values = sum(t.n_values for t in plan.targets.values())
-    report.value_bytes = 2 if format_of(tt) == "flatbuffer" else 5  # bfloat16, or msgpack float32
+    report.value_bytes = value_bytes(tt)
     if dry_run:
         return report
     inputs = ([init_path] if init_path else []) + sorted({t.path for t in ckpt.tensors.values()})
@@ -161,7 +161,7 @@ def run_conversion(family, init_path, ckpt, output_path, meta_style=False, dry_r
     for notice in plan.notices + _state_notices(family, tt, plan, prefix, build):
         log.info(notice)
     with conversion_output(tt, output_path, inputs) as writer, \
-            Progress(report.values * writer.value_bytes, "converting", quiet) as progress:
+            Progress(report.values * report.value_bytes, "converting", quiet) as progress:
         report.nonfinite, reset = write_converted(plan, tt, ckpt, writer, progress, not keep_optimizer_state, prefix)
     if tt.is_training_state() and init_path is not None:
         report.state = ("optimizer and scheduler state kept as it was" if keep_optimizer_state else

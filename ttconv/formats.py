@@ -4,9 +4,9 @@ import os
 from .output import check_directory_target, check_file_target
 from .tensorbin import BFLOAT16
 from .ttdir import TtDir, is_checkpoint_dir
-from .ttdir_out import directory_output
+from .ttdir_out import DirWriter, directory_output
 from .ttfile import TtFile
-from .ttfile_out import msgpack_output
+from .ttfile_out import MsgpackWriter, msgpack_output
 
 FORMATS = ("msgpack", "flatbuffer")
 
@@ -19,9 +19,9 @@ def open_tt(path, on_bytes=None):
     return TtFile(path, on_bytes)
 
 
-def format_of(tt):
-    """"flatbuffer" for a checkpoint directory (read or built), "msgpack" for a msgpack file."""
-    return "flatbuffer" if isinstance(tt, TtDir) else "msgpack"
+def value_bytes(tt):
+    """Bytes a converted value takes when tt is written in its own format (bfloat16, or msgpack float32)."""
+    return DirWriter.value_bytes if isinstance(tt, TtDir) else MsgpackWriter.value_bytes
 
 
 def weights_in_bfloat16(tt, params):
