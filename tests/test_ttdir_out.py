@@ -341,17 +341,6 @@ def test_an_existing_checkpoint_directory_is_replaced_whole(cli, tmp_path, ttnn_
     ttnn_tensors(ttnn_tool, out, tmp_path)
 
 
-def test_filling_a_directory_into_itself_is_refused(cli, tmp_path):
-    cfg = support.llama_config()
-    tensors = support.llama_tensors(cfg)
-    ckpt = hf_checkpoint(tmp_path, cfg, tensors)
-    state, _ = trained_state(tmp_path, cfg, tensors)
-    before = file_bytes(state)
-    status, _, err = cli("llama", "-i", state, "--hf_model", ckpt, "-o", state)
-    assert status == 1 and one_error_line(err) and "same checkpoint directory" in err, err
-    assert file_bytes(state) == before
-
-
 def test_msgpack_input_with_format_flatbuffer_is_refused(cli, tmp_path):
     mini = os.path.join(support.FIXTURES, "llama-mini")
     status, _, err = cli("llama", "-i", f"{mini}/init.msgpack", "--hf_model", mini, "--format", "flatbuffer",
@@ -384,12 +373,14 @@ def test_api_convert_is_keyword_only(tmp_path, ttnn_tool):
     ttnn_tensors(ttnn_tool, tmp_path / "out", tmp_path)
 
 
-def test_an_output_inside_the_input_directory_is_refused(cli, tmp_path):
+@pytest.mark.parametrize("where,message", [("itself", "same checkpoint directory"),
+                                           ("inside", "inside the input directory")])
+def test_an_output_onto_or_inside_the_input_directory_is_refused(cli, tmp_path, where, message):
     cfg = support.llama_config()
     tensors = support.llama_tensors(cfg)
     ckpt = hf_checkpoint(tmp_path, cfg, tensors)
     state, _ = trained_state(tmp_path, cfg, tensors)
     before = file_bytes(state)
-    status, _, err = cli("llama", "-i", state, "--hf_model", ckpt, "-o", state / "filled")
-    assert status == 1 and one_error_line(err) and "inside the input directory" in err, err
+    status, _, err = cli("llama", "-i", state, "--hf_model", ckpt, "-o", state if where == "itself" else state / "filled")
+    assert status == 1 and one_error_line(err) and message in err, err
     assert file_bytes(state) == before
