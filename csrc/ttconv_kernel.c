@@ -356,13 +356,17 @@ static inline size_t tiled_offset(size_t c, size_t face_row)
     return (c >> 5) * 1024 + ((c & 16) << 4) + face_row;
 }
 
-/* Bits of n source values from element first on, col_stride apart, into bits; bits[n..count) zero.
- * Returns how many were NaN or infinite. */
-static size_t load_bits(const void *src, int dtype, size_t first, size_t col_stride, size_t n,
-                        size_t count, uint32_t *bits)
+/* Bits of n source values from element first on, col_stride apart (or, with col_index, at
+ * first + col_index[j] * col_stride), into bits; bits[n..count) zero. Returns how many were NaN or
+ * infinite. */
+static size_t load_bits(const void *src, int dtype, size_t first, size_t col_stride,
+                        const uint32_t *col_index, size_t n, size_t count, uint32_t *bits)
 {
     size_t nonfinite = 0;
-    if (dtype == TT_DTYPE_F32 && col_stride == 1) {
+    if (col_index) {
+        for (size_t j = 0; j < n; j++)
+            bits[j] = source_bits(src, dtype, first + (size_t)col_index[j] * col_stride);
+    } else if (dtype == TT_DTYPE_F32 && col_stride == 1) {
         memcpy(bits, (const float *)src + first, n * sizeof(uint32_t));
     } else if (dtype == TT_DTYPE_BF16) {
         for (size_t j = 0; j < n; j++)
@@ -392,8 +396,9 @@ static size_t f32_to_bf16(const float *src, size_t n, uint16_t *out)
 
 /* One output row (r within its tile row), converted a segment of columns at a time; each 16
  * columns of it are one row of a face, copied into place. Columns past cols become zeros. */
-static size_t tile_row(const void *src, int dtype, size_t first, size_t col_stride, size_t cols,
-                       size_t padded_cols, size_t r, int out_dtype, uint8_t *tile_base)
+static size_t tile_row(const void *src, int dtype, size_t first, size_t col_stride,
+                       const uint32_t *col_index, size_t cols, size_t padded_cols, size_t r,
+                       int out_dtype, uint8_t *tile_base)
 {
     uint32_t bits[TILE_SEGMENT];
     uint16_t halves[TILE_SEGMENT];
@@ -402,11 +407,12 @@ static size_t tile_row(const void *src, int dtype, size_t first, size_t col_stri
     for (size_t c0 = 0; c0 < padded_cols; c0 += TILE_SEGMENT) {
         size_t count = padded_cols - c0 < TILE_SEGMENT ? padded_cols - c0 : TILE_SEGMENT;
         size_t n = c0 >= cols ? 0 : (cols - c0 < count ? cols - c0 : count);
-        size_t at = first + c0 * col_stride;
-        if (out_dtype == TT_OUT_BF16 && dtype == TT_DTYPE_F32 && col_stride == 1 && n == count) {
+        size_t at = col_index ? first : first + c0 * col_stride;
+        const uint32_t *segment_index = col_index ? col_index + c0 : NULL;
+        if (out_dtype == TT_OUT_BF16 && dtype == TT_DTYPE_F32 && col_stride == 1 && !col_index && n == count) {
             nonfinite += f32_to_bf16((const float *)src + at, count, halves);
         } else {
-            nonfinite += load_bits(src, dtype, at, col_stride, n, count, bits);
+            nonfinite += load_bits(src, dtype, at, col_stride, segment_index, n, count, bits);
             if (out_dtype == TT_OUT_BF16) {
                 for (size_t j = 0; j < count; j++)
                     halves[j] = bf16_nearest_even(bits[j]);
@@ -473,8 +479,8 @@ static int sixteen_transposed(const uint32_t *row_index, size_t k, size_t n_rows
 }
 
 long long tt_tile(const void *src, int dtype, const uint32_t *row_index, size_t n_rows,
-                  size_t row_stride, size_t col_stride, size_t cols, size_t first_row,
-                  size_t padded_cols, int out_dtype, void *out)
+                  size_t row_stride, size_t col_stride, const uint32_t *col_index, size_t cols,
+                  size_t first_row, size_t padded_cols, int out_dtype, void *out)
 {
     if (!valid_dtype(dtype) || (out_dtype != TT_OUT_BF16 && out_dtype != TT_OUT_F32)
         || padded_cols % 32 || cols > padded_cols)
@@ -484,13 +490,13 @@ long long tt_tile(const void *src, int dtype, const uint32_t *row_index, size_t 
     for (size_t k = 0; k < n_rows;) {
         size_t r = first_row + k;
         uint8_t *base = (uint8_t *)out + (r / 32) * 32 * padded_cols * width;
-        if (sixteen_transposed(row_index, k, n_rows, row_stride, col_stride, first_row)) {
+        if (!col_index && sixteen_transposed(row_index, k, n_rows, row_stride, col_stride, first_row)) {
             nonfinite += tile_transposed_rows(src, dtype, row_index[k], col_stride, cols, padded_cols, r,
                                               out_dtype, base);
             k += 16;
         } else {
-            nonfinite += tile_row(src, dtype, (size_t)row_index[k] * row_stride, col_stride, cols, padded_cols,
-                                  r & 31, out_dtype, base);
+            nonfinite += tile_row(src, dtype, (size_t)row_index[k] * row_stride, col_stride, col_index, cols,
+                                  padded_cols, r & 31, out_dtype, base);
             k += 1;
         }
     }

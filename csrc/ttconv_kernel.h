@@ -48,8 +48,9 @@ int tt_transpose_f32(const float *src, size_t rows, size_t cols, float *out);
  * face row-major; as bfloat16 rounded to nearest even (TT_OUT_BF16) or float32.
  * out starts at a tile row; output row first_row + k (k < n_rows) is source row
  * row_index[k], whose element c lies at element row_index[k] * row_stride + c * col_stride
- * of src (a transpose: row_stride 1, col_stride = the source's row length), and its
+ * of src (a transpose: row_stride 1, col_stride = the source's row length), or, when
+ * col_index is not NULL, at row_index[k] * row_stride + col_index[c] * col_stride; its
  * columns cols..padded_cols (a multiple of 32) are zeros. Other rows are not touched. */
 long long tt_tile(const void *src, int dtype, const uint32_t *row_index, size_t n_rows,
-                  size_t row_stride, size_t col_stride, size_t cols, size_t first_row,
-                  size_t padded_cols, int out_dtype, void *out);
+                  size_t row_stride, size_t col_stride, const uint32_t *col_index, size_t cols,
+                  size_t first_row, size_t padded_cols, int out_dtype, void *out);

@@ -313,3 +313,26 @@ def test_tile_transposed_rows_at_an_offset(backend, kind, out_dtype):
     expected[8:8 + len(rows), :70] = bf16_reference(bits.copy()) if out_dtype == "bf16" else bits
     tiled = expected.reshape(2, 2, 16, 3, 2, 16).transpose(0, 3, 1, 4, 2, 5).reshape(-1)
     assert out.view(words).tobytes() == tiled.tobytes()
+
+
+@pytest.mark.parametrize("kind", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("out_dtype", ["bf16", "f32"])
+@pytest.mark.parametrize("rows,cols", [(1, 128), (3, 1100)])
+def test_tile_picked_columns(backend, kind, out_dtype, rows, cols):
+    """A q/k norm vector's RoPE interleave: output column 2i is column i, 2i+1 column cols/2 + i
+    (1100 columns cross the kernel's 1024-column segments)."""
+    src = sources(rows, cols, seed=cols)[kind]
+    columns = np.arange(cols).reshape(2, cols // 2).T.reshape(-1)
+    padded_cols = -(-cols // 32) * 32
+    words = np.uint16 if out_dtype == "bf16" else np.uint32
+    out = np.zeros(32 * padded_cols * np.dtype(words).itemsize, dtype=np.uint8)
+    kernels.tile(src, out, padded_cols, out_dtype=out_dtype, columns=columns)
+    bits = f32_bits_reference(src)[:, columns].copy()
+    expected = bf16_reference(bits) if out_dtype == "bf16" else bits
+    assert out.view(words).tobytes() == tiled_reference(expected, 32, padded_cols, words).tobytes()
+
+
+def test_tile_checks_picked_columns(backend):
+    src = np.zeros((1, 40), dtype=np.float32)
+    with pytest.raises(ValueError, match="column 40 is outside the source's 40 columns"):
+        kernels.tile(src, np.zeros(64 * 32 * 2, dtype=np.uint8), 64, columns=[0, 40])

@@ -199,9 +199,11 @@ def _bf16_nearest_even(bits):
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
-def _tile_rows(source, rows, code, transposed, padded_cols, out_f32):
+def _tile_rows(source, rows, code, transposed, padded_cols, out_f32, columns):
     bits = _f32_bits(source, code)
     picked = (bits.T if transposed else bits)[rows]
+    if columns is not None:
+        picked = picked[:, columns]
     padded = jnp.pad(picked, ((0, 0), (0, padded_cols - picked.shape[1])))
     return (padded if out_f32 else _bf16_nearest_even(padded)), _nonfinite(picked)
 
@@ -221,9 +223,10 @@ def _tiles(values):
     return values.reshape(rows // 32, 2, 16, cols // 32, 2, 16).transpose(0, 3, 1, 4, 2, 5).reshape(-1)
 
 
-def tile(array, code, rows, first_row, padded_cols, transposed, out_f32, out):
-    """Rows of array (or of its transpose) rounded and placed in TILE order into out; the NaN/Inf count."""
-    values, bad = _tile_rows(_raw(array, code), rows, code, transposed, padded_cols, out_f32)
+def tile(array, code, rows, first_row, padded_cols, transposed, out_f32, out, columns=None):
+    """Rows of array (or of its transpose), their columns picked by columns when given, rounded and
+    placed in TILE order into out; the NaN/Inf count."""
+    values, bad = _tile_rows(_raw(array, code), rows, code, transposed, padded_cols, out_f32, columns)
     words = out.view(np.uint32 if out_f32 else np.uint16)
     if first_row % 32 == 0 and len(rows) % 32 == 0:  # whole tile rows: one contiguous stretch of out
         start = first_row * padded_cols

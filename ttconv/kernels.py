@@ -146,13 +146,15 @@ OUT_DTYPES = {"bf16": (0, 2), "f32": (1, 4)}  # TT_OUT_* code, bytes per value
 TILE = 32
 
 
-def tile(array, out, padded_cols, rows=None, first_row=0, transposed=False, out_dtype="bf16"):
+def tile(array, out, padded_cols, rows=None, first_row=0, transposed=False, out_dtype="bf16", columns=None):
     """Write rows of a 2-D source array (or of its transpose) into out in ttnn's TILE layout
     (32x32 tiles of four 16x16 faces) as bfloat16 rounded to nearest even or float32, in one pass.
 
     out is a uint8 buffer that starts at a tile row; output row first_row + k is source row
-    rows[k] (all rows in order when rows is None), its columns up to padded_cols zeros. Rows
-    of out not named are left as they are. Returns the NaN/Inf count of the rows written."""
+    rows[k] (all rows in order when rows is None), column c of it the source's column
+    columns[c] (all columns in order when columns is None), its columns up to padded_cols
+    zeros. Rows of out not named are left as they are. Returns the NaN/Inf count of the rows
+    written."""
     array = np.ascontiguousarray(array)
     code = _dtype_code(array)
     if array.ndim != 2:
@@ -161,6 +163,11 @@ def tile(array, out, padded_cols, rows=None, first_row=0, transposed=False, out_
     rows = np.arange(n_source, dtype=np.uint32) if rows is None else np.ascontiguousarray(rows, dtype=np.uint32)
     if rows.size and int(rows.max()) >= n_source:
         raise ValueError(f"row {int(rows.max())} is outside the source's {n_source} rows")
+    if columns is not None:
+        columns = np.ascontiguousarray(columns, dtype=np.uint32)
+        if columns.size and int(columns.max()) >= cols:
+            raise ValueError(f"column {int(columns.max())} is outside the source's {cols} columns")
+        cols = columns.size
     out_code, width = OUT_DTYPES[out_dtype]
     if padded_cols % TILE or cols > padded_cols:
         raise ValueError(f"padded_cols {padded_cols} must be a multiple of {TILE} and at least {cols}")
@@ -170,10 +177,11 @@ def tile(array, out, padded_cols, rows=None, first_row=0, transposed=False, out_
     if not rows.size:
         return 0
     if _kernel is None:
-        return _fallback().tile(array, code, rows, first_row, padded_cols, transposed, out_code == 1, out)
+        return _fallback().tile(array, code, rows, first_row, padded_cols, transposed, out_code == 1, out, columns)
     row_stride, col_stride = (1, array.shape[1]) if transposed else (array.shape[1], 1)
+    column_index = _kernel.ffi.NULL if columns is None else _ptr(columns, "uint32_t *")
     return _kernel.lib.tt_tile(_ptr(array), code, _ptr(rows, "uint32_t *"), rows.size, row_stride, col_stride,
-                               cols, first_row, padded_cols, out_code, _ptr(out))
+                               column_index, cols, first_row, padded_cols, out_code, _ptr(out))
 
 
 def rope_rows(matrix, n_heads, inverse=False):
