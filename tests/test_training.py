@@ -216,6 +216,17 @@ def test_config_yaml_matches_the_checkpoint_and_the_file(cli, tmp_path):
     assert "llama/llama/tok_emb/weight/value/data" not in support.read_tt(out)
 
 
+@pytest.mark.parametrize("learning_rate", [1e-5, 2e-10, 0.1, 3.0])
+def test_yaml_numbers_read_back_as_numbers(cli, tmp_path, learning_rate):
+    """repr gives 1e-05, which YAML 1.1 readers (PyYAML) take for a string: the mantissa gets a point."""
+    llama_case(tmp_path, vocab=77)
+    status, text, _ = cli("config", "llama", "--hf_model", tmp_path / "ckpt", "--learning-rate", str(learning_rate))
+    assert status == 0
+    training = yaml.safe_load(text)["training_config"]
+    assert training["learning_rate"] == learning_rate and isinstance(training["learning_rate"], float)
+    assert isinstance(training["transformer_config"]["theta"], float)
+
+
 def test_config_command_for_gpt2(cli, tmp_path):
     cfg, _, _ = gpt2_case(tmp_path, vocab=100)
     status, text, _ = cli("config", "gpt2", "--hf_model", tmp_path / "ckpt", "--vocab-multiple", "64")

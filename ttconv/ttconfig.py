@@ -56,7 +56,13 @@ def training_config(shape, model_path, tokenizer_path, scheduler="identity", lea
 def _scalar(value):
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (int, float)):
+    if isinstance(value, float):
+        text = repr(value)
+        mantissa, exponent = text.split("e") if "e" in text else (text, None)
+        if exponent is not None and "." not in mantissa:  # 1e-06 is a string to YAML 1.1 readers; 1.0e-06 is not
+            text = f"{mantissa}.0e{exponent}"
+        return text
+    if isinstance(value, int):
         return repr(value)
     return json.dumps(str(value))  # a double-quoted YAML string, escapes and all
 
