@@ -40,6 +40,29 @@ def llama_tt_shapes(cfg, vocab_rows, tied=False):
     return shapes
 
 
+def qwen3_tt_shapes(cfg, vocab_rows):
+    """{tt name (without prefix): (rows, cols)} of a tt-train Qwen3 for a HF config (tt-train's qwen3.cpp)."""
+    e, h, kv, d = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
+    inter = cfg["intermediate_size"]
+    shapes = {} if cfg["tie_word_embeddings"] else {"tok_emb/weight": (vocab_rows, e)}
+    shapes["fc/weight"] = (vocab_rows, e)
+    shapes["ln_fc/gamma"] = (1, e)
+    for i in range(cfg["num_hidden_layers"]):
+        b = f"qwen3_block_{i}/"
+        shapes[b + "input_layernorm/gamma"] = (1, e)
+        shapes[b + "post_attention_layernorm/gamma"] = (1, e)
+        shapes[b + "self_attn/q_linear/weight"] = (h * d, e)
+        shapes[b + "self_attn/k_linear/weight"] = (kv * d, e)
+        shapes[b + "self_attn/v_linear/weight"] = (kv * d, e)
+        shapes[b + "self_attn/out_linear/weight"] = (e, h * d)
+        shapes[b + "self_attn/q_norm/gamma"] = (1, d)
+        shapes[b + "self_attn/k_norm/gamma"] = (1, d)
+        shapes[b + "mlp/w1/weight"] = (inter, e)
+        shapes[b + "mlp/w2/weight"] = (e, inter)
+        shapes[b + "mlp/w3/weight"] = (inter, e)
+    return shapes
+
+
 def gpt2_tt_shapes(cfg, vocab_rows, context, tied=True):
     """{tt name: (rows, cols)} of a tt-train GPT-2 for a HF config."""
     e = cfg["n_embd"]
@@ -257,6 +280,45 @@ def llama_tensors(cfg, seed=1, tie=False):
     return t
 
 
+def qwen3_config(vocab=96, hidden=64, layers=2, heads=4, kv_heads=2, head_dim=32, inter=96, tie=False, **extra):
+    """A Qwen3 config.json as transformers saves one (head_dim given: Qwen3's is not hidden / heads)."""
+    cfg = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": vocab, "hidden_size": hidden,
+           "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+           "head_dim": head_dim, "intermediate_size": inter, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+           "rope_scaling": None, "attention_bias": False, "use_sliding_window": False, "sliding_window": None,
+           "max_window_layers": layers, "tie_word_embeddings": tie, "max_position_embeddings": 64}
+    cfg.update(extra)
+    return cfg
+
+
+def qwen3_tensors(cfg, seed=3):
+    """Random Qwen3 weights; norm weights away from 1, so that a wrong order shows."""
+    rng = np.random.default_rng(seed)
+    e, h, kv, d = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
+    inter, v = cfg["intermediate_size"], cfg["vocab_size"]
+
+    def w(*shape):
+        return (rng.standard_normal(shape) * 0.2).astype(np.float32)
+
+    t = {"model.embed_tokens.weight": w(v, e), "model.norm.weight": 1 + w(e)}
+    if not cfg["tie_word_embeddings"]:
+        t["lm_head.weight"] = w(v, e)
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = 1 + w(e)
+        t[p + "post_attention_layernorm.weight"] = 1 + w(e)
+        t[p + "self_attn.q_proj.weight"] = w(h * d, e)
+        t[p + "self_attn.k_proj.weight"] = w(kv * d, e)
+        t[p + "self_attn.v_proj.weight"] = w(kv * d, e)
+        t[p + "self_attn.o_proj.weight"] = w(e, h * d)
+        t[p + "self_attn.q_norm.weight"] = 1 + w(d)
+        t[p + "self_attn.k_norm.weight"] = 1 + w(d)
+        t[p + "mlp.gate_proj.weight"] = w(inter, e)
+        t[p + "mlp.up_proj.weight"] = w(inter, e)
+        t[p + "mlp.down_proj.weight"] = w(e, inter)
+    return t
+
+
 def gpt2_config(vocab=100, embd=32, layers=2, heads=4, positions=48):
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": vocab, "n_embd": embd,
             "n_layer": layers, "n_head": heads, "n_positions": positions, "layer_norm_epsilon": 1e-5,
@@ -337,6 +399,48 @@ def expected_llama(cfg, t, shapes, meta_style=False):
                 "mlp/w2/weight": lambda: t[p + "mlp.down_proj.weight"],
                 "mlp/w3/weight": lambda: t[p + "mlp.up_proj.weight"],
             }[leaf]()
+    return out
+
+
+def interleave_vector(g):
+    """A q/k norm vector in tt-train's order: new 2i = old i, new 2i+1 = old D/2 + i."""
+    d = len(g)
+    return np.array([g[i // 2] if i % 2 == 0 else g[d // 2 + i // 2] for i in range(d)], dtype=np.float32)
+
+
+def expected_qwen3(cfg, t, shapes, permute_rows=True, permute_norms=True):
+    """{tt name: values} as tt-train's Qwen3 loader (qwen3.cpp) fills them: q/k rows interleaved per head
+    (q by heads, k by kv heads), q/k norms interleaved, vocabulary padded (with zeros here); without
+    permute_rows or permute_norms, those left in Hugging Face order (a wrong conversion)."""
+    h, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    sources = {"input_layernorm/gamma": "input_layernorm.weight",
+               "post_attention_layernorm/gamma": "post_attention_layernorm.weight",
+               "self_attn/v_linear/weight": "self_attn.v_proj.weight",
+               "self_attn/out_linear/weight": "self_attn.o_proj.weight", "mlp/w1/weight": "mlp.gate_proj.weight",
+               "mlp/w2/weight": "mlp.down_proj.weight", "mlp/w3/weight": "mlp.up_proj.weight"}
+    out = {}
+    for name, (rows, cols) in shapes.items():
+        if name == "tok_emb/weight":
+            out[name] = pad_rows(t["model.embed_tokens.weight"], rows)
+        elif name == "fc/weight":
+            out[name] = pad_rows(t.get("lm_head.weight", t["model.embed_tokens.weight"]), rows)
+        elif name == "ln_fc/gamma":
+            out[name] = t["model.norm.weight"][None]
+        else:
+            block, leaf = name.split("/", 1)
+            p = f"model.layers.{int(block.split('_')[-1])}."
+            if leaf == "self_attn/q_linear/weight":
+                w = t[p + "self_attn.q_proj.weight"]
+                out[name] = interleave_heads(w, h) if permute_rows else w
+            elif leaf == "self_attn/k_linear/weight":
+                w = t[p + "self_attn.k_proj.weight"]
+                out[name] = interleave_heads(w, kv) if permute_rows else w
+            elif leaf in ("self_attn/q_norm/gamma", "self_attn/k_norm/gamma"):
+                g = t[p + f"self_attn.{leaf.split('/')[1]}.weight"]
+                out[name] = (interleave_vector(g) if permute_norms else g)[None]
+            else:
+                w = t[p + sources[leaf]]
+                out[name] = w[None] if w.ndim == 1 else w
     return out
 
 

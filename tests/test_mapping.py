@@ -32,7 +32,7 @@ def test_find_prefix_variants():
         == "llama/llama"
     assert find_prefix(params("transformer/llama/fc/weight", "transformer/llama/llama_block_0/x"), "llama", "f") \
         == "transformer/llama"
-    with pytest.raises(TtFileError, match="looks like a gpt2 init file"):
+    with pytest.raises(TtFileError, match="holds a GPT-2 model; use .ttconv gpt2."):
         find_prefix(params("t/t/fc/weight", "t/t/gpt_block_0/ln1/gamma"), "llama", "f")
     with pytest.raises(TtFileError, match="no recognisable tt-train gpt2"):
         find_prefix(params("a/b"), "gpt2", "f")

@@ -4,6 +4,7 @@ import logging
 from .conversion import open_checkpoint, run_conversion
 from .errors import TtconvError
 from .formats import FORMATS
+from .families import DIRECTORY_ONLY, FAMILIES, FAMILY_NAMES
 from .training import DEFAULT_LEARNING_RATE, DEFAULT_MAX_STEPS
 
 log = logging.getLogger("ttconv")
@@ -12,9 +13,10 @@ log = logging.getLogger("ttconv")
 def convert(family, hf_model, output, *, init=None, format=None, layout="training", scheduler="identity",
             learning_rate=DEFAULT_LEARNING_RATE, max_steps=DEFAULT_MAX_STEPS, vocab_multiple=32, meta_style=False,
             text_path=None, keep_optimizer_state=False, prefix=None, revision=None, dry_run=False, quiet=True):
-    """Convert a Hugging Face checkpoint (a local folder or a hub id) of family "llama" or "gpt2" into
-    a tt-train msgpack file or checkpoint directory at output; returns a Report (with dry_run nothing is
-    written and report.plan tells what would be done).
+    """Convert a Hugging Face checkpoint (a local folder or a hub id) of family "llama", "qwen3" or
+    "gpt2" into a tt-train msgpack file or checkpoint directory at output; returns a Report (with
+    dry_run nothing is written and report.plan tells what would be done). Qwen3 is written as a
+    checkpoint directory only: no tt-train that reads msgpack has it.
 
     init is what to fill: an init file, a -s dump or a training save (msgpack), or a checkpoint
     directory (model dump or training state); the output takes its format. Without init the output is
@@ -30,12 +32,18 @@ def convert(family, hf_model, output, *, init=None, format=None, layout="trainin
     ...                         format="flatbuffer")           # doctest: +SKIP
     >>> print(report.summary())                                 # doctest: +SKIP
     """
-    if family not in ("llama", "gpt2"):
-        raise TtconvError(f"unknown model family {family!r}; ttconv converts 'llama' and 'gpt2'")
+    if family not in FAMILIES:
+        raise TtconvError(f"unknown model family {family!r}; ttconv converts {', '.join(map(repr, FAMILIES))}")
     if format not in (None,) + FORMATS:
         raise TtconvError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
     if family != "llama" and meta_style:
         raise TtconvError("meta_style applies to Llama-family checkpoints only")
+    if family in DIRECTORY_ONLY:
+        if format == "msgpack":
+            raise TtconvError(f"{family} cannot be written as msgpack: tt-train has {FAMILY_NAMES[family]} only "
+                              "since it saves checkpoint directories, and no tt-train that reads msgpack has it; "
+                              "leave out --format msgpack")
+        format = "flatbuffer"
     ckpt = open_checkpoint(hf_model, revision)
     build = dict(layout=layout, scheduler=scheduler, learning_rate=learning_rate, vocab_multiple=vocab_multiple,
                  max_steps=max_steps)

@@ -1,4 +1,4 @@
-"""Command line: python -m ttconv {llama,gpt2,inspect,to-hf,check,config} ..."""
+"""Command line: python -m ttconv {llama,qwen3,gpt2,inspect,to-hf,check,config} ..."""
 import argparse
 import math
 import logging
@@ -7,6 +7,7 @@ import sys
 
 from . import __version__, interrupts
 from .errors import TtconvError
+from .families import DIRECTORY_ONLY, FAMILIES
 from .verify import TOLERANCE
 from .training import DEFAULT_LEARNING_RATE, DEFAULT_MAX_STEPS, SCHEDULERS
 from .formats import FORMATS
@@ -17,11 +18,12 @@ log = logging.getLogger("ttconv")
 EXIT_ERROR = 1
 
 DESCRIPTION = """\
-Convert Hugging Face Llama and GPT-2 checkpoints (safetensors) into what tt-train loads,
-without torch: msgpack weight files (the upstream scripts' format, older tt-train) or the
-checkpoint directories today's tt-train saves and loads (--format flatbuffer:
-metadata.flatbuffer + one bfloat16 .tensorbin per tensor). The output has exactly the
-entries of the init file or directory you give, in its order, or is built from config.json.
+Convert Hugging Face Llama, Qwen3 and GPT-2 checkpoints (safetensors) into what tt-train
+loads, without torch: msgpack weight files (the upstream scripts' format, older tt-train) or
+the checkpoint directories today's tt-train saves and loads (--format flatbuffer:
+metadata.flatbuffer + one bfloat16 .tensorbin per tensor; Qwen3 only as directories). The
+output has exactly the entries of the init file or directory you give, in its order, or is
+built from config.json.
 
 inspect, to-hf and check read both formats."""
 
@@ -31,6 +33,13 @@ Llama-family checkpoint (TinyLlama, Llama 2/3/3.x and same-shaped models), or bu
 from config.json (--no-init; --format flatbuffer for a directory, as today's tt-train
 loads). Same flags as llama_export.py. With only -t, just the tokenizer is written; with
 -t and explicit -i (or --no-init) and -o, both."""
+
+QWEN3_HELP = """\
+Fill a tt-train Qwen3 checkpoint directory (a model dump or a training state) with the
+weights of a Qwen3 checkpoint (Qwen3-0.6B to 8B and same-shaped models), or build one from
+config.json. Directories only: tt-train has Qwen3 only since it saves checkpoint
+directories. q/k rows and the q/k norm weights are put in tt-train's adjacent-pair RoPE
+order, the vocabulary is zero-padded to a multiple of 32."""
 
 GPT2_HELP = """\
 Fill a tt-train GPT-2 init file or checkpoint directory with the weights of a
@@ -48,22 +57,21 @@ def _common(parser, subcommand=True):
                         help="no progress bar or notices; warnings and the closing summary line remain")
 
 
-def _hf_options(parser, default_model):
+def _hf_options(parser, default_model, tokenizer_help="also (or, without explicit input/output, only) write the "
+                                                       "tokenizer.json that tt-train reads to this path"):
     parser.add_argument("--hf_model", default=default_model,
                         help=f"checkpoint folder or Hugging Face hub id (default: {default_model})")
     parser.add_argument("--revision", help="hub revision (branch, tag or commit) when --hf_model is a hub id")
-    parser.add_argument("-t", "--dump_tokenizer_path", metavar="DUMP_TOKENIZER_PATH",
-                        help="also (or, without explicit input/output, only) write the tokenizer.json "
-                             "that tt-train reads to this path")
+    parser.add_argument("-t", "--dump_tokenizer_path", metavar="DUMP_TOKENIZER_PATH", help=tokenizer_help)
     parser.add_argument("--dry-run", action="store_true",
                         help="print the plan (tt key <- checkpoint tensors) and write nothing")
 
 
-def _file_options(parser):
-    parser.add_argument("--format", choices=FORMATS,
-                        help="msgpack: a tt-train msgpack file (the upstream scripts' format, tt-train before late "
-                             "2025); flatbuffer: a checkpoint directory as today's tt-train saves and loads "
-                             "(metadata.flatbuffer + .tensorbin files). Default: the input's format, else msgpack")
+def _file_options(parser, format_help="msgpack: a tt-train msgpack file (the upstream scripts' format, tt-train "
+                                      "before late 2025); flatbuffer: a checkpoint directory as today's tt-train "
+                                      "saves and loads (metadata.flatbuffer + .tensorbin files). Default: the "
+                                      "input's format, else msgpack"):
+    parser.add_argument("--format", choices=FORMATS, help=format_help)
     built = parser.add_argument_group("without an init file (built from config.json)")
     built.add_argument("--no-init", action="store_true",
                        help="build the whole output from config.json even if an init file exists")
@@ -142,6 +150,17 @@ def build_parser():
     _file_options(llama)
     _common(llama)
 
+    qwen3 = sub.add_parser("qwen3", help="convert a Qwen3-family checkpoint into a checkpoint directory",
+                           description=QWEN3_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    qwen3.add_argument("-i", "--input_path", metavar="INPUT_DIR",
+                       help="checkpoint directory to fill: a model dump (-s) or a training state tt-train saved "
+                            "(default: none; the directory is built from config.json)")
+    qwen3.add_argument("-o", "--output_path", metavar="OUTPUT_DIR",
+                       help=f"output directory (default: {DEFAULT_QWEN3_OUTPUT})")
+    _hf_options(qwen3, "Qwen/Qwen3-0.6B", "also write the tokenizer.json that tt-train reads to this path")
+    _file_options(qwen3, "flatbuffer (the default and the only choice: no tt-train that reads msgpack has Qwen3)")
+    _common(qwen3)
+
     gpt2 = sub.add_parser("gpt2", help="convert a GPT-2-family checkpoint", description=GPT2_HELP,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     gpt2.add_argument("input_pos", nargs="?", metavar="INPUT_FILE",
@@ -174,7 +193,7 @@ def build_parser():
                                        "tying. Values are exact (bfloat16 widens to the identical float32); a "
                                        "training state's full-precision master weights are exported where it "
                                        "holds them.")
-    to_hf.add_argument("family", choices=["llama", "gpt2"])
+    to_hf.add_argument("family", choices=FAMILIES)
     to_hf.add_argument("-i", "--input_path", required=True, metavar="TT_PATH",
                        help="tt-train msgpack file, checkpoint directory or its metadata.flatbuffer")
     to_hf.add_argument("--hf_model", required=True,
@@ -192,7 +211,7 @@ def build_parser():
                                        "Hugging Face checkpoint (as transformers computes it) on the same tokens, "
                                        "in jax on the CPU; compare their losses, logits and top-1 predictions. "
                                        "Exit 0 when they agree, 1 when not.")
-    check.add_argument("family", choices=["llama", "gpt2"])
+    check.add_argument("family", choices=FAMILIES)
     check.add_argument("tt_file", metavar="TT_PATH",
                        help="a ttconv output, an upstream output, or a file or checkpoint directory tt-train saved")
     check.add_argument("--hf_model", required=True, help="the checkpoint it came from: folder or hub id")
@@ -207,13 +226,13 @@ def build_parser():
     config = sub.add_parser("config", help="write the tt-train YAML training config for a checkpoint",
                             description="Write the tt-train YAML (training_config with transformer_config) "
                                         "that matches a checkpoint's config.json and the file ttconv writes for it.")
-    config.add_argument("family", choices=["llama", "gpt2"])
+    config.add_argument("family", choices=FAMILIES)
     config.add_argument("--hf_model", required=True, help="checkpoint folder or hub id")
     config.add_argument("--revision", help="hub revision when --hf_model is a hub id")
     config.add_argument("-o", "--output", metavar="FILE", help="YAML file to write (default: standard output)")
-    config.add_argument("--model-path", default="data/tt_model.msgpack",
+    config.add_argument("--model-path",
                         help="model_path in the YAML: the tt-train file or checkpoint directory "
-                             "(default: data/tt_model.msgpack)")
+                             "(default: data/tt_model.msgpack; for qwen3 data/tt_model)")
     config.add_argument("--tokenizer-path", default="data/tokenizer.json",
                         help="tokenizer_path in the YAML (default: data/tokenizer.json)")
     _state_choices(config)
@@ -232,6 +251,7 @@ def _setup_logging(quiet):
 DEFAULT_INIT = "data/tinyllama_init.msgpack"
 DEFAULT_OUTPUT = "data/tinyllama_exported.msgpack"
 DEFAULT_OUTPUT_DIR = "data/tinyllama_exported"
+DEFAULT_QWEN3_OUTPUT = "data/qwen3_exported"
 
 
 def _output_format(args, init_path):
@@ -251,6 +271,9 @@ def _paths(args, family):
                                  else None)
         default_output = DEFAULT_OUTPUT_DIR if _output_format(args, init_path) == "flatbuffer" else DEFAULT_OUTPUT
         output_path = given_out or default_output
+    elif family == "qwen3":
+        given_in, given_out = args.input_path, args.output_path
+        init_path, output_path = given_in, given_out or DEFAULT_QWEN3_OUTPUT
     else:
         for flag, positional, name in ((args.input_file, args.input_pos, "INPUT_FILE and -i"),
                                        (args.output_file, args.output_pos, "OUTPUT_FILE and -o")):
@@ -267,7 +290,10 @@ def _paths(args, family):
         if given_in:
             raise TtconvError("--no-init builds the file from config.json; do not give an input file as well")
         init_path = None
-    tokenizer_only = bool(args.dump_tokenizer_path) and not (given_out and (given_in or args.no_init))
+    # As with the upstream scripts, -t without explicit input and output writes only the tokenizer (Qwen3 has no
+    # upstream script: there -t is always in addition).
+    tokenizer_only = bool(args.dump_tokenizer_path) and family != "qwen3" and \
+        not (given_out and (given_in or args.no_init))
     if family == "gpt2" and not tokenizer_only and not output_path:
         raise TtconvError("gpt2 needs OUTPUT_FILE (or -o): with INPUT_FILE it fills that file, without it the file "
                           "is built from config.json; or -t alone for the tokenizer only")
@@ -337,7 +363,7 @@ def _check(args):
 
 
 def _run(args):
-    if args.command in ("llama", "gpt2"):
+    if args.command in FAMILIES:
         return _conversion(args, args.command)
     if args.command == "inspect":
         from .inspection import inspect_file
@@ -348,7 +374,9 @@ def _run(args):
     if args.command == "config":
         from .api import write_config
 
-        text = write_config(args.family, args.hf_model, args.output, model_path=args.model_path,
+        model_path = args.model_path or ("data/tt_model" if args.family in DIRECTORY_ONLY
+                                         else "data/tt_model.msgpack")
+        text = write_config(args.family, args.hf_model, args.output, model_path=model_path,
                             tokenizer_path=args.tokenizer_path, scheduler=args.scheduler,
                             learning_rate=args.learning_rate, vocab_multiple=args.vocab_multiple,
                             revision=args.revision, max_steps=args.max_steps)
@@ -378,6 +406,8 @@ def _output_of(args):
         if args.output_path:
             return args.output_path
         return DEFAULT_OUTPUT_DIR if _output_format(args, args.input_path) == "flatbuffer" else DEFAULT_OUTPUT
+    if args.command == "qwen3":
+        return args.output_path or DEFAULT_QWEN3_OUTPUT
     if args.command == "gpt2":
         return args.output_file or args.output_pos
     return None

@@ -1,4 +1,4 @@
-"""Llama and GPT-2 conversions: Hugging Face checkpoint + tt-train init file or directory -> the same format."""
+"""Llama, Qwen3 and GPT-2 conversions: Hugging Face checkpoint + tt-train init file or directory -> the same format."""
 import logging
 import os
 import time
@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from .checkpoint import Checkpoint
 from .errors import InputFileError
+from .families import DIRECTORY_ONLY, FAMILY_NAMES, ROPE_FAMILIES
 from .formats import check_output, conversion_output, output_size, value_bytes
 from .hfconfig import model_shape
 from .hub import resolve_model
@@ -46,8 +47,10 @@ def plan_conversion(family, tt, ckpt, meta_style=False, params=None):
     parameters (params: another set of them, e.g. tt.weights())."""
     shape = model_shape(family, ckpt)
     layout = {"n_layers": shape.num_blocks}
-    if family == "llama":
+    if family in ROPE_FAMILIES:
         layout.update(rope_q=shape.num_heads, rope_kv=shape.num_groups, head_dim=shape.head_dim)
+    if family == "qwen3":
+        layout.update(rope_norm=1)
     tensors = canonical_names(family, ckpt.tensors, ckpt.directory)
     return build_plan(family, tt, params or tt.parameters("model"), tensors, layout, meta_style)
 
@@ -97,6 +100,10 @@ def _open_source(family, init_path, ckpt, build, quiet, output_format):
             raise InputFileError(f"{init_path}: is a tt-train checkpoint directory, so the output is one too; "
                                  "--format msgpack fills a msgpack file (or builds one with --no-init)")
         return TtDir(init_path)
+    if family in DIRECTORY_ONLY:
+        raise InputFileError(f"{init_path}: is a msgpack file; {family} fills a checkpoint directory (-i DIR) or "
+                             "builds one from config.json (no tt-train that reads msgpack has "
+                             f"{FAMILY_NAMES[family]})")
     if output_format == "flatbuffer":
         raise InputFileError(f"{init_path}: is a msgpack file; --format flatbuffer fills a checkpoint directory "
                              "(-i DIR) or builds one from config.json (--no-init)")

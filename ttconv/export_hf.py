@@ -2,9 +2,9 @@
 
 The conversion plan that maps the original checkpoint onto the tt file is built as for
 a forward conversion, then every step is undone: padding rows dropped, [k; v] split,
-RoPE interleave and Conv1D transposes reversed, tied tensors written once. Tensors the
-tt file does not hold (mask buffers, positions beyond the tt context) are copied from
-the original checkpoint.
+RoPE interleave (of q/k rows and Qwen3's q/k norm vectors) and Conv1D transposes
+reversed, tied tensors written once. Tensors the tt file does not hold (mask buffers,
+positions beyond the tt context) are copied from the original checkpoint.
 """
 import json
 import os
@@ -34,6 +34,8 @@ def _undo(piece, rows):
     """Checkpoint tensor (float32, stored shape) from its rows in the tt tensor."""
     if piece.transform == "rope":
         rows = kernels.rope_rows(rows, piece.heads, inverse=True)
+    elif piece.transform == "rope_columns":  # a norm vector: its values are one head's rows
+        rows = kernels.rope_rows(rows.reshape(-1, 1), 1, inverse=True)
     elif piece.transform == "transpose":
         rows = kernels.transpose(rows)
     return rows.reshape(piece.tensor.shape)

@@ -1,7 +1,8 @@
 """What a Hugging Face config.json says about a model, in tt-train's terms.
 
-tt-train's Llama has no biases, no q/k norms, full attention over the whole context and
-only Llama 3 style RoPE scaling; its GPT-2 has a 4E MLP. A config asking for anything
+tt-train's Llama and Qwen3 have no biases, full attention over the whole context and
+only Llama 3 style RoPE scaling (Qwen3 adds q/k norms, and its RoPE needs a head_dim that
+is a multiple of 32, at most 256); its GPT-2 has a 4E MLP. A config asking for anything
 else is refused with one line naming the feature, for conversions as for files built
 from the config alone.
 """
@@ -9,11 +10,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .errors import CheckpointError
+from .families import FAMILY_NAMES
 
 
 @dataclass
 class ModelShape:
-    """Sizes and options of a Llama or GPT-2 model, as tt-train's transformer_config names them."""
+    """Sizes and options of a Llama, Qwen3 or GPT-2 model, as tt-train's transformer_config names them."""
 
     family: str
     embedding_dim: int
@@ -27,6 +29,7 @@ class ModelShape:
     weight_tying: bool
     theta: Optional[float] = None
     rope_scaling: Optional[dict] = None
+    rms_norm_eps: Optional[float] = None
 
     def tt_vocab(self, multiple=32):
         """Vocabulary rows in the tt file: vocab_size rounded up to a multiple (32, times the device
@@ -62,23 +65,32 @@ def _refuse(where, feature):
     raise CheckpointError(f"{where}: {feature}, which tt-train cannot represent")
 
 
+# model_type -> the ttconv command for it, where it is not the Llama family's
+OTHER_FAMILIES = {"gpt2": "gpt2", "qwen3": "qwen3"}
+
+
 def _check_model_type(ckpt, family):
     model_type = ckpt.config.get("model_type")
-    if family == "llama" and model_type == "gpt2":
-        raise CheckpointError(f"{ckpt.directory} is a GPT-2 checkpoint (model_type 'gpt2'); use 'ttconv gpt2'")
-    if family == "gpt2" and model_type not in (None, "gpt2"):
-        raise CheckpointError(
-            f"{ckpt.directory} is a {model_type!r} checkpoint, not GPT-2"
-            + ("; use 'ttconv llama'" if model_type == "llama" else "")
-        )
+    if model_type is None and any(str(name).startswith("Qwen3") for name in ckpt.config.get("architectures") or []):
+        model_type = "qwen3"
+    if model_type is None:
+        if family == "qwen3":
+            raise CheckpointError(f"{ckpt.directory}/config.json names no model_type; 'ttconv qwen3' converts "
+                                  "Qwen3 checkpoints (model_type 'qwen3')")
+        return
+    expected = OTHER_FAMILIES.get(model_type, "llama")
+    if expected != family:
+        known = model_type in OTHER_FAMILIES or model_type == "llama"
+        raise CheckpointError(f"{ckpt.directory} is a {model_type!r} checkpoint, not {FAMILY_NAMES[family]}"
+                              + (f"; use 'ttconv {expected}'" if known else ""))
 
 
-def _llama(ckpt, where):
-    config = ckpt.config
+def _attention(ckpt, where):
+    """(heads, kv heads, head_dim) of a Llama- or Qwen3-family config."""
     hidden = ckpt.config_int("hidden_size")
     heads = ckpt.config_int("num_attention_heads")
     kv_heads = ckpt.config_int("num_key_value_heads", heads)
-    if config.get("head_dim") is not None:
+    if ckpt.config.get("head_dim") is not None:
         head_dim = ckpt.config_int("head_dim")
     elif hidden % heads:
         raise CheckpointError(
@@ -90,20 +102,51 @@ def _llama(ckpt, where):
         raise CheckpointError(
             f"{where}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
         )
+    return heads, kv_heads, head_dim
+
+
+def _rope_model(ckpt, where, family, sliding):
+    """The ModelShape of a Llama- or Qwen3-family config; sliding: whether a layer attends through a
+    window."""
+    config = ckpt.config
+    heads, kv_heads, head_dim = _attention(ckpt, where)
     for flag in ("attention_bias", "mlp_bias"):
         if config.get(flag):
-            _refuse(where, f"{flag} is true (biases in a Llama-family model)")
+            _refuse(where, f"{flag} is true (biases in a {FAMILY_NAMES[family]}-family model)")
     context = ckpt.config_int("max_position_embeddings", 2048)
     window = config.get("sliding_window")
-    if window and config.get("use_sliding_window", True) and window < context:
+    if window and sliding and window < context:
         _refuse(where, f"sliding_window {window} is shorter than the context of {context} positions")
     theta, rope_scaling = _rope(config, where)
     return ModelShape(
-        family="llama", embedding_dim=hidden, num_blocks=ckpt.config_int("num_hidden_layers"), num_heads=heads,
-        num_groups=kv_heads, head_dim=head_dim, intermediate_dim=ckpt.config_int("intermediate_size"),
+        family=family, embedding_dim=ckpt.config_int("hidden_size"), num_blocks=ckpt.config_int("num_hidden_layers"),
+        num_heads=heads, num_groups=kv_heads, head_dim=head_dim, intermediate_dim=ckpt.config_int("intermediate_size"),
         vocab_size=ckpt.config_int("vocab_size"), max_sequence_length=context,
         weight_tying=bool(config.get("tie_word_embeddings", False)), theta=theta, rope_scaling=rope_scaling,
+        rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
     )
+
+
+def _llama(ckpt, where):
+    return _rope_model(ckpt, where, "llama", ckpt.config.get("use_sliding_window", True))
+
+
+def _qwen3(ckpt, where):
+    """Qwen3: a layer attends through sliding_window when layer_types says "sliding_attention" or, in
+    configs without layer_types, when use_sliding_window is on from layer max_window_layers on."""
+    config = ckpt.config
+    layers = ckpt.config_int("num_hidden_layers")
+    if config.get("layer_types"):
+        sliding = "sliding_attention" in config["layer_types"]
+    else:
+        sliding = bool(config.get("use_sliding_window", False)) and \
+            int(config.get("max_window_layers", layers) or 0) < layers
+    shape = _rope_model(ckpt, where, "qwen3", sliding)
+    if shape.head_dim % 32 or not 0 < shape.head_dim <= 256:
+        _refuse(where, f"head_dim {shape.head_dim} (tt-train's RoPE needs a multiple of 32 up to 256)")
+    if shape.embedding_dim % 32:
+        _refuse(where, f"hidden_size {shape.embedding_dim} (tt-train's Qwen3 needs a multiple of 32)")
+    return shape
 
 
 def _gpt2(ckpt, where):
@@ -128,4 +171,4 @@ def model_shape(family, ckpt):
     tt-train cannot represent."""
     _check_model_type(ckpt, family)
     where = f"{ckpt.directory}/config.json"
-    return _llama(ckpt, where) if family == "llama" else _gpt2(ckpt, where)
+    return {"llama": _llama, "qwen3": _qwen3, "gpt2": _gpt2}[family](ckpt, where)

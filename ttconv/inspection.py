@@ -4,6 +4,8 @@ import os
 
 import numpy as np
 
+from .families import FAMILY_NAMES
+from .mapping import BLOCK_0
 from .training import LOAD_PREFIX, SAVE_PREFIX
 from .ttdir import PARAMETER_FLAGS, TENSOR_FIELDS, TtDir, is_checkpoint_dir
 from .ttfile import SCHEDULER_ROOT, TtFile, array_header, state_group
@@ -57,6 +59,13 @@ def _model_prefix(names):
     return heads[0] if len(heads) == 1 else None
 
 
+def _family(names, prefix):
+    """The model family whose blocks lie under prefix (None when none or several do)."""
+    found = [family for family, block in BLOCK_0.items()
+             if prefix and any(n.startswith(f"{prefix}/{block}") for n in names)]
+    return found[0] if len(found) == 1 else None
+
+
 def _kind(prefix, groups, scalars):
     if not groups["optimizer"] and not groups["scheduler"] and not scalars["optimizer"]:
         return f"model parameters under {prefix or '?'} (an init file, a -s dump or converted weights)"
@@ -87,11 +96,13 @@ def describe(path):
             scalars[state_group(entry.key)][entry.key] = entry.scalar
         else:
             others.append(entry.key)
-    prefix = _model_prefix([row["name"] for row in groups["model"]])
+    names = [row["name"] for row in groups["model"]]
+    prefix = _model_prefix(names)
     everything = [row for rows in groups.values() for row in rows]
     return {
         "file": os.fspath(path),
         "format": "msgpack",
+        "family": _family(names, prefix),
         "kind": _kind(prefix, groups, scalars),
         "training_state": tt.is_training_state(),
         "model_prefix": prefix,
@@ -151,11 +162,13 @@ def _describe_dir(path):
         if key not in in_tensors:
             plain = value.value.tolist() if isinstance(value.value, np.ndarray) else value.value
             scalars[ttdir.group(key)][key] = plain
-    prefix = _model_prefix([row["name"] for row in groups["model"]])
+    names = [row["name"] for row in groups["model"]]
+    prefix = _model_prefix(names)
     everything = [row for rows in groups.values() for row in rows]
     return {
         "file": ttdir.directory,
         "format": "flatbuffer",
+        "family": _family(names, prefix),
         "kind": _dir_kind(prefix, ttdir.optimizer_roots, groups, scalars),
         "training_state": ttdir.is_training_state(),
         "model_prefix": prefix,
@@ -206,6 +219,8 @@ def inspect_file(path, as_json=False):
         return 0
     width = max([len(r["name"]) for r in info["parameters"] + info["optimizer"]] + [4])
     print(f"kind: {info['kind']}")
+    family = info["family"]
+    print(f"family: {FAMILY_NAMES[family]} (ttconv {family})" if family else "family: not recognised")
     header, line = _columns(info, width)
     print(f"\nmodel ({len(info['parameters'])} tensors, {info['model_elements']:,} values)")
     print(header)

@@ -3,13 +3,15 @@
 Each table line: the tt name under the file's parameter prefix, its checkpoint
 source(s) and the row rule. Sources: "a | b" means a, or b when a is absent;
 "x + y" stacks the rows of x then y; a ":rope_q", ":rope_kv" or ":T" suffix applies
-the RoPE row permutation (with query or key/value heads) or a transpose. Row rules:
+the RoPE row permutation (with query or key/value heads) or a transpose, ":rope_norm" the
+same permutation to the columns of a q/k norm vector (one head_dim). Row rules:
 "pad" zero-pads rows up to the tt row count, "crop" keeps the first tt rows.
 """
 import re
 from dataclasses import dataclass, field
 
 from .errors import MappingError, TtFileError
+from .families import FAMILY_NAMES
 
 LLAMA_TABLE = (
     # tt name                                        checkpoint source(s)                                                                      rows
@@ -26,12 +28,35 @@ LLAMA_TABLE = (
     ("llama_block_{i}/mlp/w3/weight",                "model.layers.{i}.mlp.up_proj.weight",                                                    ""),
 )
 LLAMA_IGNORED = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)
-# Checkpoint tensors of features tt-train's Llama does not have: converting without them would
-# silently change the model.
-LLAMA_UNREPRESENTABLE = (
-    (r"(model\.)?layers\.\d+\.(self_attn|mlp)\.\w+_proj\.bias", "biases in a Llama-family model"),
-    (r"(model\.)?layers\.\d+\.self_attn\.[qk]_norm\.weight", "q/k norms"),
+
+QWEN3_TABLE = (
+    # tt name                                          checkpoint source(s)                                    rows
+    ("tok_emb/weight",                                 "model.embed_tokens.weight",                            "pad"),
+    ("fc/weight",                                      "lm_head.weight | model.embed_tokens.weight",           "pad"),
+    ("ln_fc/gamma",                                    "model.norm.weight",                                    ""),
+    ("qwen3_block_{i}/input_layernorm/gamma",          "model.layers.{i}.input_layernorm.weight",              ""),
+    ("qwen3_block_{i}/post_attention_layernorm/gamma", "model.layers.{i}.post_attention_layernorm.weight",     ""),
+    ("qwen3_block_{i}/self_attn/q_linear/weight",      "model.layers.{i}.self_attn.q_proj.weight:rope_q",      ""),
+    ("qwen3_block_{i}/self_attn/k_linear/weight",      "model.layers.{i}.self_attn.k_proj.weight:rope_kv",     ""),
+    ("qwen3_block_{i}/self_attn/v_linear/weight",      "model.layers.{i}.self_attn.v_proj.weight",             ""),
+    ("qwen3_block_{i}/self_attn/out_linear/weight",    "model.layers.{i}.self_attn.o_proj.weight",             ""),
+    ("qwen3_block_{i}/self_attn/q_norm/gamma",         "model.layers.{i}.self_attn.q_norm.weight:rope_norm",   ""),
+    ("qwen3_block_{i}/self_attn/k_norm/gamma",         "model.layers.{i}.self_attn.k_norm.weight:rope_norm",   ""),
+    ("qwen3_block_{i}/mlp/w1/weight",                  "model.layers.{i}.mlp.gate_proj.weight",                ""),
+    ("qwen3_block_{i}/mlp/w2/weight",                  "model.layers.{i}.mlp.down_proj.weight",                ""),
+    ("qwen3_block_{i}/mlp/w3/weight",                  "model.layers.{i}.mlp.up_proj.weight",                  ""),
 )
+
+# Checkpoint tensors of features tt-train's model does not have: converting without them would
+# silently change the model.
+# (checkpoint name pattern, feature, what to do instead)
+BIASES = (r"(model\.)?layers\.\d+\.(self_attn|mlp)\.\w+_proj\.bias", "biases in a {name}-family model", "")
+UNREPRESENTABLE = {
+    "llama": (BIASES, (r"(model\.)?layers\.\d+\.self_attn\.[qk]_norm\.weight", "q/k norms",
+                       "; a Llama-family model with q/k norms is a Qwen3: use 'ttconv qwen3'")),
+    "qwen3": (BIASES,),
+    "gpt2": (),
+}
 
 GPT2_TABLE = (
     # tt name                                        checkpoint source(s)             rows
@@ -55,14 +80,21 @@ GPT2_TABLE = (
 )
 GPT2_IGNORED = (r"h\.\d+\.attn\.bias", r"h\.\d+\.attn\.masked_bias")
 
-LAYER_PATTERN = {"llama": re.compile(r"llama_block_(\d+)/"), "gpt2": re.compile(r"gpt_block_(\d+)/")}
-TRANSFORM_NAMES = {"": "copy", "rope_q": "rope", "rope_kv": "rope", "T": "transpose"}
+TABLES = {"llama": (LLAMA_TABLE, LLAMA_IGNORED), "qwen3": (QWEN3_TABLE, LLAMA_IGNORED),
+          "gpt2": (GPT2_TABLE, GPT2_IGNORED)}
+BLOCK_0 = {"llama": "llama_block_0/", "qwen3": "qwen3_block_0/", "gpt2": "gpt_block_0/"}
+LAYER_PATTERN = {family: re.compile(block.replace("0/", r"(\d+)/")) for family, block in BLOCK_0.items()}
+TRANSFORM_NAMES = {"": "copy", "rope_q": "rope", "rope_kv": "rope", "rope_norm": "rope_columns", "T": "transpose"}
 HINTS = {
     "tok_emb/weight": "vocab_size or hidden_size",
     "fc/weight": "vocab_size or hidden_size",
     "pos_emb/weight": "n_positions or n_embd",
     "kv_linear": "num_key_value_heads or head_dim",
+    "k_linear": "num_key_value_heads or head_dim",
+    "v_linear": "num_key_value_heads or head_dim",
     "q_linear": "num_attention_heads or head_dim",
+    "q_norm": "head_dim",
+    "k_norm": "head_dim",
     "mlp": "intermediate_size",
 }
 
@@ -83,7 +115,8 @@ class Piece:
         return (cols, rows) if self.transform == "transpose" else (rows, cols)
 
     def describe(self):
-        how = {"copy": "", "rope": f" (RoPE interleave, {self.heads} heads)", "transpose": " (transposed)"}
+        how = {"copy": "", "rope": f" (RoPE interleave, {self.heads} heads)", "transpose": " (transposed)",
+               "rope_columns": " (RoPE interleave of its head_dim values)"}
         return f"{self.tensor.name}{how[self.transform]}"
 
 
@@ -148,9 +181,6 @@ def expand(table, n_layers):
     return rows
 
 
-BLOCK_0 = {"llama": "llama_block_0/", "gpt2": "gpt_block_0/"}
-
-
 def find_prefix(params, family, path):
     """The parameter prefix of a tt file (llama/llama, transformer/transformer, ...)."""
     heads = sorted({name[: -len("/fc/weight")] for name in params if name.endswith("/fc/weight")})
@@ -161,9 +191,9 @@ def find_prefix(params, family, path):
     prefixes = with_blocks(family)
     if len(prefixes) == 1:
         return prefixes[0]
-    other = "gpt2" if family == "llama" else "llama"
-    if not prefixes and with_blocks(other):
-        hint = f"it looks like a {other} init file; use 'ttconv {other}'"
+    other = next((kind for kind in BLOCK_0 if kind != family and with_blocks(kind)), None)
+    if not prefixes and other:
+        hint = f"it holds a {FAMILY_NAMES[other]} model; use 'ttconv {other}'"
     elif prefixes:
         hint = f"several candidate prefixes: {', '.join(prefixes)}"
     else:
@@ -229,11 +259,11 @@ def _fit_rows(target, rule, tt_name, shapes):
 def build_plan(family, tt, params, tensors, layout, meta_style=False):
     """Match tt parameters with checkpoint tensors.
 
-    layout: dict with "n_layers" and, for Llama, the head counts "rope_q"/"rope_kv" and "head_dim".
+    layout: dict with "n_layers" and, for Llama and Qwen3, the head counts "rope_q"/"rope_kv" and
+    "head_dim" (Qwen3: "rope_norm" 1, a norm vector being one head).
     tensors: {checkpoint name (as used in the table): TensorInfo}.
     """
-    table = LLAMA_TABLE if family == "llama" else GPT2_TABLE
-    ignored = LLAMA_IGNORED if family == "llama" else GPT2_IGNORED
+    table, ignored = TABLES[family]
     prefix = find_prefix(params, family, tt.path)
     tt_layers = count_tt_layers(params, prefix, family)
     if tt_layers != layout["n_layers"]:
@@ -242,7 +272,7 @@ def build_plan(family, tt, params, tensors, layout, meta_style=False):
             "dump the init file with this model's config"
         )
     rows = expand(table, layout["n_layers"])
-    heads = {} if meta_style else {k: layout[k] for k in ("rope_q", "rope_kv") if k in layout}
+    heads = {} if meta_style else {k: layout[k] for k in ("rope_q", "rope_kv", "rope_norm") if k in layout}
     targets, untouched, used, notices = {}, [], set(), []
     for name, param in params.items():
         tt_name = name[len(prefix) + 1:] if name.startswith(prefix + "/") else None
@@ -254,7 +284,7 @@ def build_plan(family, tt, params, tensors, layout, meta_style=False):
         shapes = [piece.shape for piece in target.pieces]
         for piece, shape in zip(target.pieces, shapes):
             piece.rows = shape[0]
-            if piece.transform == "rope":
+            if piece.transform in ("rope", "rope_columns"):
                 _check_heads(piece, param.data.key, layout["head_dim"])
         _fit_rows(target, rule, tt_name, shapes)
         notices.extend(target.notes)
@@ -269,15 +299,21 @@ def build_plan(family, tt, params, tensors, layout, meta_style=False):
 
 
 def _refuse_unrepresentable(family, unused):
-    for pattern, feature in LLAMA_UNREPRESENTABLE if family == "llama" else ():
+    for pattern, feature, instead in UNREPRESENTABLE[family]:
         found = [name for name in unused if re.fullmatch(pattern, name)]
         if found:
             more = f" and {len(found) - 1} more" if len(found) > 1 else ""
-            raise MappingError(f"checkpoint has {feature} ({found[0]}{more}), which tt-train cannot represent")
+            raise MappingError(f"checkpoint has {feature.format(name=FAMILY_NAMES[family])} ({found[0]}{more}), "
+                               f"which tt-train's {FAMILY_NAMES[family]} cannot represent{instead}")
 
 
 def _check_heads(piece, tt_key, head_dim):
-    rows = piece.tensor.matrix_shape()[0]
+    rows, cols = piece.tensor.matrix_shape()
+    if piece.transform == "rope_columns":
+        if cols != head_dim or rows != 1 or head_dim % 2:
+            raise MappingError(f"cannot apply the RoPE permutation to {piece.tensor.name} for {tt_key}: it has "
+                               f"shape {list(piece.tensor.shape)}, config.json says head_dim {head_dim}")
+        return
     if rows != piece.heads * head_dim or head_dim % 2:
         raise MappingError(
             f"cannot apply the RoPE permutation for {tt_key}: {piece.tensor.name} has {rows} rows, "

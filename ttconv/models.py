@@ -1,11 +1,12 @@
-"""Forward passes of Llama and GPT-2 in jax.numpy, one layer at a time, two ways.
+"""Forward passes of Llama, Qwen3 and GPT-2 in jax.numpy, one layer at a time, two ways.
 
 `TtModel` computes what tt-train computes from a tt-train file: its parameter names and
-layouts (q_linear, kv_linear = [k; v], RoPE on adjacent pairs (2i, 2i+1), weights
-[out, in], padded vocabulary rows ignored, tied `fc`, positions cropped to the
-context). `HfModel` computes what transformers computes from a safetensors checkpoint:
-separate q/k/v, RoPE on the pairs (i, i + D/2) ("rotate half"), GPT-2's Conv1D [in,
-out] weights and tanh GELU. The two are written apart on purpose: `ttconv check`
+layouts (q_linear, Llama's kv_linear = [k; v] or Qwen3's k_linear and v_linear, Qwen3's
+q/k norms per head before RoPE, RoPE on adjacent pairs (2i, 2i+1), weights [out, in],
+padded vocabulary rows ignored, tied `fc`, positions cropped to the context). `HfModel`
+computes what transformers computes from a safetensors checkpoint: separate q/k/v, q/k
+norms where the checkpoint has them, RoPE on the pairs (i, i + D/2) ("rotate half"),
+GPT-2's Conv1D [in, out] weights and tanh GELU. The two are written apart on purpose: `ttconv check`
 compares them. Parameters are read one layer at a time, so memory stays about one
 layer plus the embeddings; each layer runs as one jit-compiled function.
 """
@@ -16,8 +17,9 @@ import ml_dtypes
 import numpy as np
 
 from .errors import MappingError
+from .families import ROPE_FAMILIES
 from .interrupts import import_held
-from .mapping import count_tt_layers, find_prefix
+from .mapping import BLOCK_0, count_tt_layers, find_prefix
 
 jax = import_held("jax")
 jax.config.update("jax_platforms", "cpu")
@@ -98,12 +100,31 @@ def _rope_adjacent(x, cos, sin):
     return turned.reshape(x.shape)
 
 
+# Qwen3's block names where the Llama block (which _tt_rope_block reads) has the same thing.
+QWEN3_AS_LLAMA = (("input_layernorm/", "attention_norm/"), ("post_attention_layernorm/", "mlp_norm/"),
+                  ("self_attn/", "attention/"))
+
+
+def _as_llama_names(name):
+    for qwen3, llama in QWEN3_AS_LLAMA:
+        if name.startswith(qwen3):
+            return llama + name[len(qwen3):]
+    return name
+
+
 @functools.partial(jax.jit, static_argnames=("heads", "kv_heads", "eps"))
-def _tt_llama_block(x, w, cos, sin, heads, kv_heads, eps):
+def _tt_rope_block(x, w, cos, sin, heads, kv_heads, eps):
+    """A Llama block, or a Qwen3 block under Llama's names (separate k/v, q/k norms)."""
     a = _rms_norm(x, w["attention_norm/gamma"][0], eps)
     q = _split_heads(a @ w["attention/q_linear/weight"].T, heads)
-    kv = a @ w["attention/kv_linear/weight"].T
-    k, v = (_split_heads(part, kv_heads) for part in jnp.split(kv, 2, axis=-1))
+    if "attention/kv_linear/weight" in w:
+        k, v = jnp.split(a @ w["attention/kv_linear/weight"].T, 2, axis=-1)
+    else:
+        k, v = a @ w["attention/k_linear/weight"].T, a @ w["attention/v_linear/weight"].T
+    k, v = _split_heads(k, kv_heads), _split_heads(v, kv_heads)
+    if "attention/q_norm/gamma" in w:  # each head normalized before RoPE
+        q = _rms_norm(q, w["attention/q_norm/gamma"][0], eps)
+        k = _rms_norm(k, w["attention/k_norm/gamma"][0], eps)
     attended = _causal_attention(_rope_adjacent(q, cos, sin), _rope_adjacent(k, cos, sin), v)
     x = x + _merge_heads(attended) @ w["attention/out_linear/weight"].T
     m = _rms_norm(x, w["mlp_norm/gamma"][0], eps)
@@ -156,6 +177,10 @@ class TtModel:
             expected = {"llama_block_0/attention/q_linear/weight": shape.num_heads * shape.head_dim,
                         "llama_block_0/attention/kv_linear/weight": 2 * shape.num_groups * shape.head_dim,
                         "llama_block_0/mlp/w1/weight": shape.intermediate_dim}
+        elif self.family == "qwen3":
+            expected = {"qwen3_block_0/self_attn/q_linear/weight": shape.num_heads * shape.head_dim,
+                        "qwen3_block_0/self_attn/k_linear/weight": shape.num_groups * shape.head_dim,
+                        "qwen3_block_0/mlp/w1/weight": shape.intermediate_dim}
         else:
             expected = {"gpt_block_0/attention/qkv_linear/weight": 3 * shape.embedding_dim,
                         "gpt_block_0/mlp/fc1/weight": shape.intermediate_dim}
@@ -179,20 +204,20 @@ class TtModel:
             x = x + self._tensor("pos_emb/weight")[: len(ids)]
         else:
             cos, sin = _angles(shape, len(ids))
-        block = "llama_block_{}/" if self.family == "llama" else "gpt_block_{}/"
+        block = BLOCK_0[self.family].replace("_0/", "_{}/")
         for i in range(shape.num_blocks):
             head = f"{prefix}/{block.format(i)}"
-            w = {name[len(head):]: jnp.asarray(self._tensor(name[len(prefix) + 1:]))
+            w = {_as_llama_names(name[len(head):]): jnp.asarray(self._tensor(name[len(prefix) + 1:]))
                  for name in self.params if name.startswith(head)}
-            if self.family == "llama":
-                x = _tt_llama_block(x, w, cos, sin, shape.num_heads, shape.num_groups, self.eps)
+            if self.family in ROPE_FAMILIES:
+                x = _tt_rope_block(x, w, cos, sin, shape.num_heads, shape.num_groups, self.eps)
             else:
                 x = _tt_gpt2_block(x, w, shape.num_heads, self.eps)
             x.block_until_ready()
             del w  # before the next layer is read: one layer in memory at a time
             if progress is not None:
                 progress.advance(1)
-        if self.family == "llama":
+        if self.family in ROPE_FAMILIES:
             x = _rms_norm(x, self._tensor("ln_fc/gamma")[0], self.eps)
         else:
             x = _layer_norm(x, self._tensor("ln_fc/gamma")[0], self._tensor("ln_fc/beta")[0], self.eps)
@@ -207,11 +232,15 @@ def _rotate_half(x):
 
 
 @functools.partial(jax.jit, static_argnames=("heads", "kv_heads", "eps", "adjacent_pairs"))
-def _hf_llama_layer(x, t, cos, sin, heads, kv_heads, eps, adjacent_pairs):
+def _hf_rope_layer(x, t, cos, sin, heads, kv_heads, eps, adjacent_pairs):
+    """A Llama decoder layer, or a Qwen3 one (q/k norms per head before RoPE)."""
     normed = _rms_norm(x, t["input_layernorm.weight"], eps)
     q = _split_heads(normed @ t["self_attn.q_proj.weight"].T, heads)
     k = _split_heads(normed @ t["self_attn.k_proj.weight"].T, kv_heads)
     v = _split_heads(normed @ t["self_attn.v_proj.weight"].T, kv_heads)
+    if "self_attn.q_norm.weight" in t:
+        q = _rms_norm(q, t["self_attn.q_norm.weight"], eps)
+        k = _rms_norm(k, t["self_attn.k_norm.weight"], eps)
     if adjacent_pairs:  # q/k rows read as Meta-interleaved
         q, k = _rope_adjacent(q, cos, sin), _rope_adjacent(k, cos, sin)
     else:
@@ -260,20 +289,22 @@ class HfModel:
         return values.astype(ml_dtypes.bfloat16).astype(np.float32) if self.bfloat16 else values
 
     def logits(self, ids, progress=None, adjacent_pairs=(False,)):
-        """Logits [T, vocab_size] for token ids, one array per entry of adjacent_pairs (Llama only:
-        True reads the checkpoint's q/k rows as Meta-interleaved); all variants share each layer read."""
+        """Logits [T, vocab_size] for token ids, one array per entry of adjacent_pairs (Llama and
+        Qwen3: True reads the checkpoint's q/k rows as Meta-interleaved); all variants share each
+        layer read."""
         shape = self.shape
-        if self.family == "llama":
+        rope = self.family in ROPE_FAMILIES
+        if rope:
             states = [jnp.asarray(self._tensor("model.embed_tokens.weight")[ids])] * len(adjacent_pairs)
             cos, sin = _angles(shape, len(ids))
         else:
             states = [jnp.asarray(self._tensor("wte.weight")[ids] + self._tensor("wpe.weight")[: len(ids)])]
         for i in range(shape.num_blocks):
-            head = f"model.layers.{i}." if self.family == "llama" else f"h.{i}."
+            head = f"model.layers.{i}." if rope else f"h.{i}."
             t = {name[len(head):]: jnp.asarray(self._tensor(name)) for name in self.tensors
                  if name.startswith(head) and name[len(head):] not in BUFFERS and not name.endswith("inv_freq")}
-            if self.family == "llama":
-                states = [_hf_llama_layer(x, t, cos, sin, shape.num_heads, shape.num_groups, self.eps, pairs)
+            if rope:
+                states = [_hf_rope_layer(x, t, cos, sin, shape.num_heads, shape.num_groups, self.eps, pairs)
                           for x, pairs in zip(states, adjacent_pairs)]
             else:
                 states = [_hf_gpt2_layer(states[0], t, shape.num_heads, self.eps)]
@@ -281,7 +312,7 @@ class HfModel:
             del t  # before the next layer is read: one layer in memory at a time
             if progress is not None:
                 progress.advance(1)
-        if self.family == "llama":
+        if rope:
             head = self._tensor("lm_head.weight" if "lm_head.weight" in self.tensors else "model.embed_tokens.weight")
             norm = self._tensor("model.norm.weight")
             return [np.asarray(_rms_norm(x, norm, self.eps)) @ head.T for x in states]
@@ -292,6 +323,6 @@ class HfModel:
 
 def norm_epsilon(family, config):
     """The norm epsilon of a config (rms_norm_eps or layer_norm_epsilon, transformers' defaults)."""
-    if family == "llama":
+    if family in ROPE_FAMILIES:
         return float(config.get("rms_norm_eps", 1e-6))
     return float(config.get("layer_norm_epsilon", 1e-5))

@@ -84,15 +84,15 @@ def gpt2_tokenizer_text(model_dir):
 def export_tokenizer(family, hf_model, output_path, revision=None):
     """Write the tokenizer of a checkpoint (folder or hub id) in the form tt-train reads.
 
-    family is "llama" (Strip decoder removed, ignore_merges deleted, merges as "a b"
-    strings) or "gpt2" (tokenizer.json unchanged, or built from vocab.json + merges.txt).
+    family is "llama" or "qwen3" (Strip decoder removed, ignore_merges deleted, merges as
+    "a b" strings) or "gpt2" (tokenizer.json unchanged, or built from vocab.json + merges.txt).
 
     >>> export_tokenizer("llama", "examples/llama-mini", "out/tokenizer.json")  # doctest: +SKIP
     """
-    if family not in ("llama", "gpt2"):
-        raise ValueError(f"family must be 'llama' or 'gpt2', not {family!r}")
+    if family not in ("llama", "qwen3", "gpt2"):
+        raise ValueError(f"family must be 'llama', 'qwen3' or 'gpt2', not {family!r}")
     model_dir = resolve_model(hf_model, revision)
-    text = llama_tokenizer_text(model_dir) if family == "llama" else gpt2_tokenizer_text(model_dir)
+    text = gpt2_tokenizer_text(model_dir) if family == "gpt2" else llama_tokenizer_text(model_dir)
     with atomic_output(output_path, [os.path.join(model_dir, "tokenizer.json")]) as out:
         out.write(text.encode("utf-8"))
     return output_path

@@ -63,14 +63,15 @@ def reset_kind(entry):
 # Checkpoint directories (tt-train since late 2025): the model under the YAML's model_type, then the
 # parameter names of its root module; the optimizer under its get_name(), the scheduler under
 # "scheduler", with the key names and value types of tt-train's sources.
-MODEL_ROOT = {"llama": "llama", "gpt2": "transformer"}
+MODEL_ROOT = {"llama": "llama", "qwen3": "qwen3", "gpt2": "transformer"}
 DIR_OPTIMIZER = "AdamW"
 DIR_MOMENTS = ("exp_avg", "exp_avg_sq")
 WARMUP_FRACTION = 0.1
 
 
 def dir_model_prefix(family):
-    """Where a directory holds the model: <model_type>/<root module>, e.g. llama/llama or gpt2/transformer."""
+    """Where a directory holds the model: <model_type>/<root module>, e.g. llama/llama, qwen3/qwen3 or
+    gpt2/transformer."""
     return f"{family}/{MODEL_ROOT[family]}"
 
 

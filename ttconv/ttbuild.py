@@ -47,6 +47,29 @@ def llama_tensors(shape, vocab_rows):
     return tensors
 
 
+def qwen3_tensors(shape, vocab_rows):
+    """(name under the qwen3 root, rows, cols) of tt-train's Qwen3."""
+    e, d, inner = shape.embedding_dim, shape.head_dim, shape.intermediate_dim
+    tensors = [] if shape.weight_tying else [("tok_emb/weight", vocab_rows, e)]
+    tensors += [("fc/weight", vocab_rows, e), ("ln_fc/gamma", 1, e)]
+    for i in range(shape.num_blocks):
+        block = f"qwen3_block_{i}/"
+        tensors += [
+            (block + "input_layernorm/gamma", 1, e),
+            (block + "post_attention_layernorm/gamma", 1, e),
+            (block + "self_attn/q_linear/weight", shape.num_heads * d, e),
+            (block + "self_attn/k_linear/weight", shape.num_groups * d, e),
+            (block + "self_attn/v_linear/weight", shape.num_groups * d, e),
+            (block + "self_attn/out_linear/weight", e, shape.num_heads * d),
+            (block + "self_attn/q_norm/gamma", 1, d),
+            (block + "self_attn/k_norm/gamma", 1, d),
+            (block + "mlp/w1/weight", inner, e),
+            (block + "mlp/w2/weight", e, inner),
+            (block + "mlp/w3/weight", inner, e),
+        ]
+    return tensors
+
+
 def gpt2_tensors(shape, vocab_rows):
     """(name under the transformer root, rows, cols) of tt-train's GPT-2 with trainable positions."""
     e = shape.embedding_dim
@@ -63,6 +86,9 @@ def gpt2_tensors(shape, vocab_rows):
                                  ("mlp/fc2/weight", e, 4 * e), ("mlp/fc2/bias", 1, e)):
             tensors.append((block + name, rows, cols))
     return tensors
+
+
+MODEL_TENSORS = {"llama": llama_tensors, "qwen3": qwen3_tensors, "gpt2": gpt2_tensors}
 
 
 class BuiltFile(TtFile):
@@ -132,7 +158,7 @@ def build_file(family, ckpt, layout="training", scheduler="identity", learning_r
     and, for the "training" layout, a fresh AdamW and scheduler state."""
     shape = model_shape(family, ckpt)
     vocab_rows = shape.tt_vocab(vocab_multiple)
-    tensors = (llama_tensors if family == "llama" else gpt2_tensors)(shape, vocab_rows)
+    tensors = MODEL_TENSORS[family](shape, vocab_rows)
     prefix = LOAD_PREFIX[family]
     root = prefix.split("/")[-1]
     built = BuiltFile(f"{ckpt.directory}/config.json")
@@ -177,7 +203,7 @@ def build_dir(family, ckpt, layout="training", scheduler="identity", learning_ra
     """A BuiltDir for the checkpoint's config: the model under <model_type>/<root> and, for the
     "training" layout, AdamW's zero moments and a fresh optimizer and scheduler state."""
     shape = model_shape(family, ckpt)
-    tensors = (llama_tensors if family == "llama" else gpt2_tensors)(shape, shape.tt_vocab(vocab_multiple))
+    tensors = MODEL_TENSORS[family](shape, shape.tt_vocab(vocab_multiple))
     built = BuiltDir(f"{ckpt.directory}/config.json")
     for name, rows, cols in tensors:
         built.add_parameter(f"{dir_model_prefix(family)}/{name}", rows, cols, trainable=True)

@@ -11,27 +11,39 @@ import json
 from .training import DEFAULT_LEARNING_RATE, DEFAULT_MAX_STEPS
 
 
-def training_config(shape, model_path, tokenizer_path, scheduler="identity", learning_rate=DEFAULT_LEARNING_RATE,
-                    vocab_multiple=32, max_steps=DEFAULT_MAX_STEPS):
-    """The YAML document as nested dicts (insertion order is the order written)."""
-    transformer = {
-        "num_heads": shape.num_heads,
-        **({"num_groups": shape.num_groups} if shape.family == "llama" else {}),
-        "embedding_dim": shape.embedding_dim,
-        **({"intermediate_dim": shape.intermediate_dim} if shape.family == "llama" else {}),
+def _transformer_config(shape, vocab_multiple):
+    """transformer_config: the keys tt-train's read_config for the family reads."""
+    if shape.family == "gpt2":
+        return {"num_heads": shape.num_heads, "embedding_dim": shape.embedding_dim, "dropout_prob": 0.0,
+                "num_blocks": shape.num_blocks, "vocab_size": shape.tt_vocab(vocab_multiple),
+                "max_sequence_length": shape.max_sequence_length,
+                "weight_tying": "enabled" if shape.weight_tying else "disabled", "runner_type": "default",
+                "positional_embedding_type": "trainable"}
+    transformer = {"num_heads": shape.num_heads, "num_groups": shape.num_groups, "embedding_dim": shape.embedding_dim}
+    if shape.family == "qwen3":
+        transformer["head_dim"] = shape.head_dim  # tt-train's default is 128, not embedding_dim / num_heads
+    transformer.update({
+        # intermediate_dim written out: tt-train's default is Llama's 8/3 * embedding_dim rounded to 256
+        "intermediate_dim": shape.intermediate_dim,
         "dropout_prob": 0.0,
         "num_blocks": shape.num_blocks,
         "vocab_size": shape.tt_vocab(vocab_multiple),
         "max_sequence_length": shape.max_sequence_length,
         "weight_tying": "enabled" if shape.weight_tying else "disabled",
         "runner_type": "default",
-    }
-    if shape.family == "llama":
-        transformer["theta"] = shape.theta
-        if shape.rope_scaling:
-            transformer["rope_scaling"] = dict(shape.rope_scaling)
-    else:
-        transformer["positional_embedding_type"] = "trainable"
+        "theta": shape.theta,
+    })
+    if shape.family == "qwen3":
+        transformer["rms_norm_eps"] = shape.rms_norm_eps
+    if shape.rope_scaling:
+        transformer["rope_scaling"] = dict(shape.rope_scaling)
+    return transformer
+
+
+def training_config(shape, model_path, tokenizer_path, scheduler="identity", learning_rate=DEFAULT_LEARNING_RATE,
+                    vocab_multiple=32, max_steps=DEFAULT_MAX_STEPS):
+    """The YAML document as nested dicts (insertion order is the order written)."""
+    transformer = _transformer_config(shape, vocab_multiple)
     return {
         "training_config": {
             "model_type": shape.family,

@@ -5,9 +5,10 @@ format (copy_entry, zero_tensor, zero_counter, write_target, reset_kind). A tens
 fills is written as ttnn 0.81.1 writes one (tensorbin.header_bytes): bfloat16 (float32 for an
 optimizer's full-precision master weights), TILE, [1, 1, rows, cols]; the C kernel (or its jax
 twin) permutes, transposes, rounds and tiles each block of tile rows straight into the output
-file's buffer. Other tensor files are copied byte for byte, or keep their header with zero data
-(a hole the file system reads as zeros: nothing to write); the metadata, every value in its input
-order and type, is written last.
+file's buffer (a q/k norm vector's columns are permuted the same way). Other tensor files are
+copied byte for byte, or keep their header with zero data (a hole the file system reads as
+zeros: nothing to write); the metadata, every value in its input order and type, is written
+last.
 """
 import concurrent.futures
 import contextlib
@@ -36,7 +37,8 @@ def _tiled(n):
 
 def rope_source_rows(first, last, head_dim):
     """Source rows of output rows [first, last) of a head-interleaved matrix: row 2i of each head is
-    the checkpoint's row i, row 2i+1 its row head_dim/2 + i."""
+    the checkpoint's row i, row 2i+1 its row head_dim/2 + i (for a q/k norm vector, with one head,
+    the same of its columns)."""
     out = np.arange(first, last)
     within = out % head_dim
     return out - within + np.where(within % 2 == 0, within // 2, head_dim // 2 + within // 2)
@@ -212,6 +214,7 @@ class _TileWriter:
             return kernels.tile(self.transposed[info.name], block, self.padded_cols, rows=np.arange(lo, hi),
                                 first_row=first_row, transposed=True, out_dtype=self.out_dtype)
         cols = info.matrix_shape()[1]
+        columns = rope_source_rows(0, cols, cols) if piece.transform == "rope_columns" else None
         if piece.transform == "rope":
             head_dim = info.matrix_shape()[0] // piece.heads
             start, stop = lo // head_dim * head_dim, -(-hi // head_dim) * head_dim
@@ -221,7 +224,7 @@ class _TileWriter:
         itemsize = 4 if info.dtype == "F32" else 2
         source = self.ckpt.read_rows(info, start, stop, scratch.get((stop - start) * cols * itemsize))
         return kernels.tile(source, block, self.padded_cols, rows=rows, first_row=first_row,
-                            out_dtype=self.out_dtype)
+                            out_dtype=self.out_dtype, columns=columns)
 
 
 @contextlib.contextmanager

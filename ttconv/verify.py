@@ -3,7 +3,8 @@
 Both run on the same token ids: tt-train's computation on the tt file (models.TtModel)
 and transformers' on the checkpoint (models.HfModel). Their mean next-token losses must
 agree to TOLERANCE (relative) and their top-1 predictions everywhere. For Llama, the
-checkpoint's own numbers also tell its q/k layout (see decide_meta_style).
+checkpoint's own numbers also tell its q/k layout (see decide_meta_style); tt-train's
+Qwen3 loader always permutes, so a Qwen3 is compared with the checkpoint as it is.
 """
 import logging
 import os
@@ -146,13 +147,13 @@ def check(family, tt_path, hf_model, text_path=None, tokens=128, revision=None, 
         ids = np.array(sample_ids(ckpt.directory, text, tokens, tt_model.context, log.info))
         if int(ids.max()) >= shape.vocab_size:
             raise MappingError(f"the tokenizer gives id {int(ids.max())}, beyond the vocabulary of {shape.vocab_size}")
-        variants = (False, True) if family == "llama" else (False,)
+        variants = (False, True) if family == "llama" else (False,)  # Llama: also read as Meta-interleaved
         with Progress(shape.num_blocks * 2, "checking layers", quiet, unit="layer") as progress:
             tt_logits = tt_model.logits(ids, progress)
             hf_logits = HfModel(ckpt, family, shape, eps, bfloat16).logits(ids, progress, adjacent_pairs=variants)
     finally:
         ckpt.close()
-    if family == "gpt2":
+    if family != "llama":
         result = _compare(tt_logits, hf_logits[0], ids, None)
     else:
         layout = LayoutDecision(cross_entropy(hf_logits[0], ids), cross_entropy(hf_logits[1], ids))

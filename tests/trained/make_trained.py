@@ -1,13 +1,15 @@
-"""Train the tiny Llama and GPT-2 checkpoints that the check tests use, on tests/trained/corpus.txt.
+"""Train the tiny Llama, GPT-2 and Qwen3 checkpoints that the check tests use, on tests/trained/corpus.txt.
 
-    python tests/trained/make_trained.py      # about a minute on 2 cores; rewrites llama/ and gpt2/
+    python tests/trained/make_trained.py [NAME ...]  # about a minute on 2 cores; rewrites the folders named
+                                                     # (default: all of llama gpt2 qwen3 qwen3-tied)
 
 A byte-level BPE tokenizer is trained on the corpus, then each model with AdamW in jax
 for a few hundred steps. The forward passes here follow transformers' conventions
-(rotate-half RoPE, Conv1D [in, out] weights, tanh GELU) and are written apart from
-ttconv's. Every folder gets config.json, model.safetensors (float32), tokenizer.json,
-and expected.json with the loss this script computes on the check's built-in sample,
-which `ttconv check` must reproduce.
+(rotate-half RoPE, Conv1D [in, out] weights, tanh GELU, Qwen3's q/k norms per head before
+RoPE) and are written apart from ttconv's. Every folder gets config.json, model.safetensors
+(float32; qwen3-tied: bfloat16, tied embeddings), tokenizer.json, and expected.json with
+the loss this script computes on the check's built-in sample (from the weights as stored),
+which `ttconv check` must reproduce. The Qwen3 models have head_dim 32, not hidden / heads = 16.
 """
 import json
 import math
@@ -17,6 +19,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_dtypes
 from safetensors.numpy import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -77,6 +80,40 @@ def llama_logits(p, ids, kv_heads=2):
         x = x + (jax.nn.silu(m @ w("mlp.gate_proj.weight").T) * (m @ w("mlp.up_proj.weight").T)) \
             @ w("mlp.down_proj.weight").T
     return rms(x, p["model.norm.weight"]) @ p["lm_head.weight"].T
+
+
+QWEN3_HEAD_DIM, QWEN3_KV_HEADS, QWEN3_EPS, QWEN3_THETA = 32, 2, 1e-6, 1000000.0
+
+
+def qwen3_logits(p, ids):
+    b, t = ids.shape
+    d = QWEN3_HEAD_DIM
+    inv = 1.0 / QWEN3_THETA ** (np.arange(0, d, 2) / d)
+    ang = np.outer(np.arange(t), inv)
+    cos, sin = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
+
+    def rope(x):
+        return x * cos + jnp.concatenate([-x[..., d // 2:], x[..., :d // 2]], -1) * sin
+
+    def heads(x, n):
+        return x.reshape(b, t, n, d).transpose(0, 2, 1, 3)
+
+    x = p["model.embed_tokens.weight"][ids]
+    for i in range(LAYERS):
+        w = lambda n: p[f"model.layers.{i}.{n}"]  # noqa: E731
+        a = rms(x, w("input_layernorm.weight"), QWEN3_EPS)
+        q = rope(rms(heads(a @ w("self_attn.q_proj.weight").T, HEADS), w("self_attn.q_norm.weight"), QWEN3_EPS))
+        k = rope(rms(heads(a @ w("self_attn.k_proj.weight").T, QWEN3_KV_HEADS), w("self_attn.k_norm.weight"),
+                     QWEN3_EPS))
+        v = heads(a @ w("self_attn.v_proj.weight").T, QWEN3_KV_HEADS)
+        rep = HEADS // QWEN3_KV_HEADS
+        o = attend(q, jnp.repeat(k, rep, 1), jnp.repeat(v, rep, 1)).transpose(0, 2, 1, 3).reshape(b, t, HEADS * d)
+        x = x + o @ w("self_attn.o_proj.weight").T
+        m = rms(x, w("post_attention_layernorm.weight"), QWEN3_EPS)
+        x = x + (jax.nn.silu(m @ w("mlp.gate_proj.weight").T) * (m @ w("mlp.up_proj.weight").T)) \
+            @ w("mlp.down_proj.weight").T
+    head = p["lm_head.weight"] if "lm_head.weight" in p else p["model.embed_tokens.weight"]
+    return rms(x, p["model.norm.weight"], QWEN3_EPS) @ head.T
 
 
 def layer_norm(x, g, b, eps=1e-5):
@@ -147,6 +184,44 @@ def init_gpt2(rng, vocab):
     return p, config, gpt2_logits
 
 
+def init_qwen3(rng, vocab, tied=False):
+    e, d, inner, kv = WIDTH, QWEN3_HEAD_DIM, 2 * WIDTH, QWEN3_KV_HEADS
+
+    def w(*shape):
+        return rng.standard_normal(shape).astype(np.float32) * 0.05
+
+    def gamma(n):  # away from 1, so that a q/k norm in the wrong order changes the model
+        return (1.0 + 0.3 * rng.standard_normal(n)).astype(np.float32)
+
+    p = {"model.embed_tokens.weight": w(vocab, e), "model.norm.weight": np.ones(e, np.float32)}
+    if not tied:
+        p["lm_head.weight"] = w(vocab, e)
+    for i in range(LAYERS):
+        n = f"model.layers.{i}."
+        p.update({n + "input_layernorm.weight": np.ones(e, np.float32),
+                  n + "post_attention_layernorm.weight": np.ones(e, np.float32),
+                  n + "self_attn.q_proj.weight": w(HEADS * d, e), n + "self_attn.k_proj.weight": w(kv * d, e),
+                  n + "self_attn.v_proj.weight": w(kv * d, e), n + "self_attn.o_proj.weight": w(e, HEADS * d),
+                  n + "self_attn.q_norm.weight": gamma(d), n + "self_attn.k_norm.weight": gamma(d),
+                  n + "mlp.gate_proj.weight": w(inner, e), n + "mlp.up_proj.weight": w(inner, e),
+                  n + "mlp.down_proj.weight": w(e, inner)})
+    config = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": vocab,
+              "hidden_size": e, "intermediate_size": inner, "num_hidden_layers": LAYERS,
+              "num_attention_heads": HEADS, "num_key_value_heads": kv, "head_dim": d,
+              "max_position_embeddings": CONTEXT, "rms_norm_eps": QWEN3_EPS, "rope_theta": QWEN3_THETA,
+              "rope_scaling": None, "attention_bias": False, "use_sliding_window": False, "sliding_window": None,
+              "max_window_layers": LAYERS, "tie_word_embeddings": tied,
+              "torch_dtype": "bfloat16" if tied else "float32"}
+    return p, config, qwen3_logits
+
+
+def init_qwen3_tied(rng, vocab):
+    return init_qwen3(rng, vocab, tied=True)
+
+
+MODELS = {"llama": init_llama, "gpt2": init_gpt2, "qwen3": init_qwen3, "qwen3-tied": init_qwen3_tied}
+
+
 def mean_loss(logits_fn, p, ids):
     logits = logits_fn(p, ids)[:, :-1]
     target = ids[:, 1:]
@@ -181,17 +256,21 @@ def main():
     stream = np.array(tokenizer.encode(corpus).ids)
     sample = np.array(tokenizer.encode(SAMPLE_TEXT).ids[:CONTEXT])
     vocab = tokenizer.get_vocab_size()
-    for name, init in (("llama", init_llama), ("gpt2", init_gpt2)):
+    for name in sys.argv[1:] or MODELS:
+        init = MODELS[name]
         print(f"{name}: vocab {vocab}, {len(stream)} training tokens")
         params, config, logits_fn = init(np.random.default_rng(1), vocab)
         params = train(logits_fn, params, stream)
+        if config["torch_dtype"] == "bfloat16":  # stored rounded; the expected loss is the stored model's
+            params = {k: v.astype(ml_dtypes.bfloat16) for k, v in params.items()}
         folder = os.path.join(HERE, name)
         os.makedirs(folder, exist_ok=True)
         save_file(params, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(folder, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
         tokenizer.save(os.path.join(folder, "tokenizer.json"))
-        loss = float(mean_loss(logits_fn, params, jnp.asarray(sample[None])))
+        stored = {k: jnp.asarray(v.astype(np.float32)) for k, v in params.items()}
+        loss = float(mean_loss(logits_fn, stored, jnp.asarray(sample[None])))
         with open(os.path.join(folder, "expected.json"), "w") as f:
             json.dump({"sample_tokens": len(sample), "sample_loss": loss}, f, indent=2)
         print(f"  loss on the built-in sample ({len(sample)} tokens): {loss:.4f}")
