@@ -394,6 +394,19 @@ static size_t f32_to_bf16(const float *src, size_t n, uint16_t *out)
     return nonfinite;
 }
 
+/* n bfloat16 values kept as they are (a NaN becomes its sign's quiet NaN, as rounding makes it);
+ * returns the NaN/Inf count. */
+static size_t bf16_to_bf16(const uint16_t *src, size_t n, uint16_t *out)
+{
+    size_t nonfinite = 0;
+    for (size_t j = 0; j < n; j++) {
+        uint16_t v = src[j];
+        nonfinite += (v & 0x7f80u) == 0x7f80u;
+        out[j] = (uint16_t)((v & 0x7fffu) > 0x7f80u ? (v & 0x8000u) | 0x7fc0u : v);
+    }
+    return nonfinite;
+}
+
 /* One output row (r within its tile row), converted a segment of columns at a time; each 16
  * columns of it are one row of a face, copied into place. Columns past cols become zeros. */
 static size_t tile_row(const void *src, int dtype, size_t first, size_t col_stride,
@@ -409,8 +422,11 @@ static size_t tile_row(const void *src, int dtype, size_t first, size_t col_stri
         size_t n = c0 >= cols ? 0 : (cols - c0 < count ? cols - c0 : count);
         size_t at = col_index ? first : first + c0 * col_stride;
         const uint32_t *segment_index = col_index ? col_index + c0 : NULL;
-        if (out_dtype == TT_OUT_BF16 && dtype == TT_DTYPE_F32 && col_stride == 1 && !col_index && n == count) {
+        int plain = col_stride == 1 && !col_index && n == count && out_dtype == TT_OUT_BF16;
+        if (plain && dtype == TT_DTYPE_F32) {
             nonfinite += f32_to_bf16((const float *)src + at, count, halves);
+        } else if (plain && dtype == TT_DTYPE_BF16) {
+            nonfinite += bf16_to_bf16((const uint16_t *)src + at, count, halves);
         } else {
             nonfinite += load_bits(src, dtype, at, col_stride, segment_index, n, count, bits);
             if (out_dtype == TT_OUT_BF16) {

@@ -93,12 +93,28 @@ def test_directory_files_are_exact_through_one_shared_pool(tmp_path):
         with out.file("zeros") as handle:
             handle.write(b"header")
             handle.end_with_zeros(3 * output.BUFFER_BYTES)
+        out.wait()  # files are finished by a helper thread
         assert out._pool.qsize() == output.POOL_BUFFERS  # every buffer came back to the pool
     assert sorted(os.listdir(tmp_path)) == ["dir"]
     for name, (data, _) in contents.items():
         assert (tmp_path / "dir" / name).read_bytes() == data
     zeros = (tmp_path / "dir" / "zeros").read_bytes()
     assert zeros[:6] == b"header" and len(zeros) == 3 * output.BUFFER_BYTES and not any(zeros[6:])
+
+
+def test_a_file_that_failed_to_finish_stops_the_next_one(tmp_path, monkeypatch):
+    """Files are finished (last writes, fsync) by a helper thread; a failure there is raised when the next
+    file starts, not only at the end."""
+    monkeypatch.setattr(output.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    started = []
+    with pytest.raises(OutputError, match="f1: cannot write: I/O error"):
+        with output.atomic_directory(tmp_path / "dir") as out:
+            with out.file("f1") as handle:
+                handle.write(b"data")
+            out._pending[0][1].exception()  # let the helper finish f1
+            with out.file("f2"):
+                started.append("f2")
+    assert started == [] and os.listdir(tmp_path) == []
 
 
 def test_a_failed_fsync_is_one_error_and_leaves_nothing(tmp_path, monkeypatch):

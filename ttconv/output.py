@@ -243,8 +243,11 @@ RENAME_EXCHANGE = 2
 AT_FDCWD = -100
 
 
-def _fsync_and_close(fd):
+def _finish_file(out, fd):
+    """Write a directory file's last buffers, fsync and close it (on the helper thread)."""
     try:
+        out.close()
+        out._raise_error()
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -271,8 +274,11 @@ class DirectoryOutput:
     @contextlib.contextmanager
     def file(self, name):
         """Yield a writer for a new file of the directory (write, reserve/commit). When the block ends
-        the file is written out and handed to a helper thread that fsyncs and closes it while the next
-        file is written; wait() waits for every such fsync."""
+        a helper thread finishes the file (its last buffers written, fsync, close) while the next file
+        is written: a model has hundreds of files, and waiting for each one's last write and fsync
+        would serialize the disk and the kernel again. A file that failed to finish is raised at the
+        next file or by wait()."""
+        self._raise_failure(finished_only=True)
         target = os.path.join(self.target, name)
         try:
             fd = os.open(os.path.join(self.staging, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -281,24 +287,31 @@ class DirectoryOutput:
         out = _OutputFile(fd, target, self._pool)
         try:
             yield out
-            out.close()
-            out._raise_error()
         except BaseException:
             out.close()
             os.close(fd)
             raise
-        self._pending.append((target, self._syncer.submit(_fsync_and_close, fd)))
+        self._pending.append((target, self._syncer.submit(_finish_file, out, fd)))
+
+    def _raise_failure(self, finished_only):
+        """Raise the first failure among the files handed over (those finished so far, with
+        finished_only); the files that finished well are forgotten."""
+        running = []
+        for target, future in self._pending:
+            if finished_only and not future.done():
+                running.append((target, future))
+                continue
+            exc = future.exception()
+            if exc is not None:
+                raise exc if isinstance(exc, OutputError) else _output_error(target, exc)
+        self._pending = running
 
     def wait(self):
-        """Wait until every file written so far is fsynced and closed; OutputError for the first that failed."""
-        pending, self._pending = self._pending, []
-        failure = None
-        for target, future in pending:
-            exc = future.exception()
-            if exc is not None and failure is None:
-                failure = _output_error(target, exc)
-        if failure is not None:
-            raise failure
+        """Wait until every file written so far is finished; OutputError for the first that failed."""
+        try:
+            self._raise_failure(finished_only=False)
+        finally:
+            self._pending = []
 
     def close(self):
         """Wait for the helper thread (files still pending are closed, their errors ignored)."""

@@ -9,6 +9,7 @@ the data of a shard is read straight into numpy, untilized (32x32 tiles of 16x16
 faces; other tile shapes are refused), unpadded to the logical shape and, across
 devices, read once when replicated or reassembled along the sharded dimensions.
 """
+import functools
 import os
 import struct
 from dataclasses import dataclass, field
@@ -294,6 +295,7 @@ def _uint32_table(builder, values):
     return _single_field_table(builder, builder.CreateNumpyVector(np.asarray(values, dtype="<u4")))
 
 
+@functools.lru_cache(maxsize=256)  # a model's tensors share a few shapes; each header costs ~1 ms to build
 def header_bytes(rows, cols, data_type=BFLOAT16):
     """The first bytes of a .tensorbin for a [1, 1, rows, cols] TILE tensor on one device, as ttnn 0.81.1's
     dump_tensor_flatbuffer writes them (the same objects built in the same order, so the same bytes):
