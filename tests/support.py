@@ -292,30 +292,13 @@ def qwen3_config(vocab=96, hidden=64, layers=2, heads=4, kv_heads=2, head_dim=32
 
 
 def qwen3_tensors(cfg, seed=3):
-    """Random Qwen3 weights; norm weights away from 1, so that a wrong order shows."""
-    rng = np.random.default_rng(seed)
-    e, h, kv, d = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
-    inter, v = cfg["intermediate_size"], cfg["vocab_size"]
-
-    def w(*shape):
-        return (rng.standard_normal(shape) * 0.2).astype(np.float32)
-
-    t = {"model.embed_tokens.weight": w(v, e), "model.norm.weight": 1 + w(e)}
-    if not cfg["tie_word_embeddings"]:
-        t["lm_head.weight"] = w(v, e)
+    """Random Qwen3 weights: a Llama's plus q/k norm weights away from 1, so that a wrong order shows."""
+    t = llama_tensors(cfg, seed, tie=cfg["tie_word_embeddings"])
+    rng = np.random.default_rng(seed + 100)
     for i in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        t[p + "input_layernorm.weight"] = 1 + w(e)
-        t[p + "post_attention_layernorm.weight"] = 1 + w(e)
-        t[p + "self_attn.q_proj.weight"] = w(h * d, e)
-        t[p + "self_attn.k_proj.weight"] = w(kv * d, e)
-        t[p + "self_attn.v_proj.weight"] = w(kv * d, e)
-        t[p + "self_attn.o_proj.weight"] = w(e, h * d)
-        t[p + "self_attn.q_norm.weight"] = 1 + w(d)
-        t[p + "self_attn.k_norm.weight"] = 1 + w(d)
-        t[p + "mlp.gate_proj.weight"] = w(inter, e)
-        t[p + "mlp.up_proj.weight"] = w(inter, e)
-        t[p + "mlp.down_proj.weight"] = w(e, inter)
+        for norm in ("q_norm", "k_norm"):
+            t[f"model.layers.{i}.self_attn.{norm}.weight"] = \
+                (1 + rng.standard_normal(cfg["head_dim"]) * 0.2).astype(np.float32)
     return t
 
 

@@ -27,11 +27,17 @@ LAYOUTS = ("training", "model")
 BFLOAT16, TILE, DEVICE = 0, 1, 1
 
 
+def _rope_model_ends(shape, vocab_rows):
+    """The tensors of a Llama or Qwen3 outside its blocks: embedding (untied only), fc, final norm."""
+    e = shape.embedding_dim
+    tensors = [] if shape.weight_tying else [("tok_emb/weight", vocab_rows, e)]
+    return tensors + [("fc/weight", vocab_rows, e), ("ln_fc/gamma", 1, e)]
+
+
 def llama_tensors(shape, vocab_rows):
     """(name under the llama root, rows, cols) of tt-train's Llama."""
     e, d, inner = shape.embedding_dim, shape.head_dim, shape.intermediate_dim
-    tensors = [] if shape.weight_tying else [("tok_emb/weight", vocab_rows, e)]
-    tensors += [("fc/weight", vocab_rows, e), ("ln_fc/gamma", 1, e)]
+    tensors = _rope_model_ends(shape, vocab_rows)
     for i in range(shape.num_blocks):
         block = f"llama_block_{i}/"
         tensors += [
@@ -50,8 +56,7 @@ def llama_tensors(shape, vocab_rows):
 def qwen3_tensors(shape, vocab_rows):
     """(name under the qwen3 root, rows, cols) of tt-train's Qwen3."""
     e, d, inner = shape.embedding_dim, shape.head_dim, shape.intermediate_dim
-    tensors = [] if shape.weight_tying else [("tok_emb/weight", vocab_rows, e)]
-    tensors += [("fc/weight", vocab_rows, e), ("ln_fc/gamma", 1, e)]
+    tensors = _rope_model_ends(shape, vocab_rows)
     for i in range(shape.num_blocks):
         block = f"qwen3_block_{i}/"
         tensors += [

@@ -11,6 +11,7 @@ RoPE) and are written apart from ttconv's. Every folder gets config.json, model.
 the loss this script computes on the check's built-in sample (from the weights as stored),
 which `ttconv check` must reproduce. The Qwen3 models have head_dim 32, not hidden / heads = 16.
 """
+import functools
 import json
 import math
 import os
@@ -53,10 +54,10 @@ def attend(q, k, v):
     return jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(s, -1), v)
 
 
-def llama_logits(p, ids, kv_heads=2):
+def decoder_logits(p, ids, kv_heads, d, theta, eps):
+    """A Llama (or, where the weights have q/k norms, Qwen3) decoder as transformers computes it."""
     b, t = ids.shape
-    d = WIDTH // HEADS
-    inv = 1.0 / 10000.0 ** (np.arange(0, d, 2) / d)
+    inv = 1.0 / theta ** (np.arange(0, d, 2) / d)
     ang = np.outer(np.arange(t), inv)
     cos, sin = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
 
@@ -69,51 +70,27 @@ def llama_logits(p, ids, kv_heads=2):
     x = p["model.embed_tokens.weight"][ids]
     for i in range(LAYERS):
         w = lambda n: p[f"model.layers.{i}.{n}"]  # noqa: E731
-        a = rms(x, w("input_layernorm.weight"))
-        q = rope(heads(a @ w("self_attn.q_proj.weight").T, HEADS))
-        k = rope(heads(a @ w("self_attn.k_proj.weight").T, kv_heads))
+        a = rms(x, w("input_layernorm.weight"), eps)
+        q = heads(a @ w("self_attn.q_proj.weight").T, HEADS)
+        k = heads(a @ w("self_attn.k_proj.weight").T, kv_heads)
+        if f"model.layers.{i}.self_attn.q_norm.weight" in p:  # Qwen3: each head normalized before RoPE
+            q, k = rms(q, w("self_attn.q_norm.weight"), eps), rms(k, w("self_attn.k_norm.weight"), eps)
+        q, k = rope(q), rope(k)
         v = heads(a @ w("self_attn.v_proj.weight").T, kv_heads)
         rep = HEADS // kv_heads
-        o = attend(q, jnp.repeat(k, rep, 1), jnp.repeat(v, rep, 1)).transpose(0, 2, 1, 3).reshape(b, t, WIDTH)
-        x = x + o @ w("self_attn.o_proj.weight").T
-        m = rms(x, w("post_attention_layernorm.weight"))
-        x = x + (jax.nn.silu(m @ w("mlp.gate_proj.weight").T) * (m @ w("mlp.up_proj.weight").T)) \
-            @ w("mlp.down_proj.weight").T
-    return rms(x, p["model.norm.weight"]) @ p["lm_head.weight"].T
-
-
-QWEN3_HEAD_DIM, QWEN3_KV_HEADS, QWEN3_EPS, QWEN3_THETA = 32, 2, 1e-6, 1000000.0
-
-
-def qwen3_logits(p, ids):
-    b, t = ids.shape
-    d = QWEN3_HEAD_DIM
-    inv = 1.0 / QWEN3_THETA ** (np.arange(0, d, 2) / d)
-    ang = np.outer(np.arange(t), inv)
-    cos, sin = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
-
-    def rope(x):
-        return x * cos + jnp.concatenate([-x[..., d // 2:], x[..., :d // 2]], -1) * sin
-
-    def heads(x, n):
-        return x.reshape(b, t, n, d).transpose(0, 2, 1, 3)
-
-    x = p["model.embed_tokens.weight"][ids]
-    for i in range(LAYERS):
-        w = lambda n: p[f"model.layers.{i}.{n}"]  # noqa: E731
-        a = rms(x, w("input_layernorm.weight"), QWEN3_EPS)
-        q = rope(rms(heads(a @ w("self_attn.q_proj.weight").T, HEADS), w("self_attn.q_norm.weight"), QWEN3_EPS))
-        k = rope(rms(heads(a @ w("self_attn.k_proj.weight").T, QWEN3_KV_HEADS), w("self_attn.k_norm.weight"),
-                     QWEN3_EPS))
-        v = heads(a @ w("self_attn.v_proj.weight").T, QWEN3_KV_HEADS)
-        rep = HEADS // QWEN3_KV_HEADS
         o = attend(q, jnp.repeat(k, rep, 1), jnp.repeat(v, rep, 1)).transpose(0, 2, 1, 3).reshape(b, t, HEADS * d)
         x = x + o @ w("self_attn.o_proj.weight").T
-        m = rms(x, w("post_attention_layernorm.weight"), QWEN3_EPS)
+        m = rms(x, w("post_attention_layernorm.weight"), eps)
         x = x + (jax.nn.silu(m @ w("mlp.gate_proj.weight").T) * (m @ w("mlp.up_proj.weight").T)) \
             @ w("mlp.down_proj.weight").T
     head = p["lm_head.weight"] if "lm_head.weight" in p else p["model.embed_tokens.weight"]
-    return rms(x, p["model.norm.weight"], QWEN3_EPS) @ head.T
+    return rms(x, p["model.norm.weight"], eps) @ head.T
+
+
+QWEN3_HEAD_DIM, QWEN3_KV_HEADS, QWEN3_EPS, QWEN3_THETA = 32, 2, 1e-6, 1000000.0
+llama_logits = functools.partial(decoder_logits, kv_heads=2, d=WIDTH // HEADS, theta=10000.0, eps=1e-5)
+qwen3_logits = functools.partial(decoder_logits, kv_heads=QWEN3_KV_HEADS, d=QWEN3_HEAD_DIM, theta=QWEN3_THETA,
+                                 eps=QWEN3_EPS)
 
 
 def layer_norm(x, g, b, eps=1e-5):
