@@ -1,6 +1,7 @@
 """Deterministic synthetic benchmark inputs: a Hugging Face checkpoint (safetensors,
-sharded or not, F32/BF16) and a matching tt-train init file (msgpack-c style: weights
-as float32, gammas and biases as ints, keys shuffled), both written streaming.
+sharded or not, F32/BF16) and, for the families msgpack has, a matching tt-train init file
+(msgpack-c style: weights as float32, gammas and biases as ints, keys shuffled), both
+written streaming. Qwen3 cases get the checkpoint only (Qwen3 is written as directories).
 
     python bench/generate.py llama-155m --out bench/out
 """
@@ -19,6 +20,8 @@ CASES = {
                            vocab=32000, dtype="F32", tied=False, shards=1),
     "llama3.2-1b-bf16": dict(family="llama", hidden=2048, layers=16, heads=32, kv_heads=8, inter=8192,
                              vocab=128256, dtype="BF16", tied=True, shards=2),
+    "qwen3-0.6b-bf16": dict(family="qwen3", hidden=1024, layers=28, heads=16, kv_heads=8, head_dim=128,
+                            inter=3072, vocab=151936, dtype="BF16", tied=True, shards=1),
     "gpt2-medium": dict(family="gpt2", hidden=1024, layers=24, heads=16, vocab=50257, positions=1024,
                         dtype="F32", tied=True, shards=1),
 }
@@ -53,6 +56,26 @@ def llama_tensors(c):
                (b + "mlp/w1/weight", (c["inter"], e)), (b + "mlp/w2/weight", (e, c["inter"])),
                (b + "mlp/w3/weight", (c["inter"], e))]
     return hf, tt, "llama/llama"
+
+
+def qwen3_tensors(c):
+    """The checkpoint's tensors (no init file: Qwen3 is converted into directories built from config.json)."""
+    e, d = c["hidden"], c["head_dim"]
+    hf = [("model.embed_tokens.weight", (c["vocab"], e))]
+    if not c["tied"]:
+        hf.append(("lm_head.weight", (c["vocab"], e)))
+    hf.append(("model.norm.weight", (e,)))
+    for i in range(c["layers"]):
+        p = f"model.layers.{i}."
+        hf += [(p + "input_layernorm.weight", (e,)), (p + "post_attention_layernorm.weight", (e,)),
+               (p + "self_attn.q_proj.weight", (c["heads"] * d, e)),
+               (p + "self_attn.k_proj.weight", (c["kv_heads"] * d, e)),
+               (p + "self_attn.v_proj.weight", (c["kv_heads"] * d, e)),
+               (p + "self_attn.o_proj.weight", (e, c["heads"] * d)),
+               (p + "self_attn.q_norm.weight", (d,)), (p + "self_attn.k_norm.weight", (d,)),
+               (p + "mlp.gate_proj.weight", (c["inter"], e)), (p + "mlp.up_proj.weight", (c["inter"], e)),
+               (p + "mlp.down_proj.weight", (e, c["inter"]))]
+    return hf, None, None
 
 
 def gpt2_tensors(c):
@@ -144,8 +167,14 @@ def generate(case, out_dir):
         return folder
     os.makedirs(os.path.join(folder, "checkpoint"), exist_ok=True)
     base = (np.random.default_rng(1234).standard_normal(BLOCK) * 0.02).astype(np.float32)
-    hf, tt, prefix = llama_tensors(c) if c["family"] == "llama" else gpt2_tensors(c)
-    if c["family"] == "llama":
+    hf, tt, prefix = {"llama": llama_tensors, "qwen3": qwen3_tensors, "gpt2": gpt2_tensors}[c["family"]](c)
+    if c["family"] == "qwen3":
+        config = {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "hidden_size": c["hidden"],
+                  "num_hidden_layers": c["layers"], "num_attention_heads": c["heads"],
+                  "num_key_value_heads": c["kv_heads"], "head_dim": c["head_dim"], "intermediate_size": c["inter"],
+                  "vocab_size": c["vocab"], "tie_word_embeddings": c["tied"], "rms_norm_eps": 1e-6,
+                  "rope_theta": 1000000.0, "max_position_embeddings": 40960}
+    elif c["family"] == "llama":
         config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": c["hidden"],
                   "num_hidden_layers": c["layers"], "num_attention_heads": c["heads"],
                   "num_key_value_heads": c["kv_heads"], "intermediate_size": c["inter"], "vocab_size": c["vocab"],
@@ -167,7 +196,8 @@ def generate(case, out_dir):
             weight_map.update({t: name for t, _ in part})
         with open(os.path.join(folder, "checkpoint", "model.safetensors.index.json"), "w") as f:
             json.dump({"metadata": {}, "weight_map": weight_map}, f)
-    write_init(os.path.join(folder, "init.msgpack"), tt, prefix, base, seed=len(case))
+    if tt is not None:
+        write_init(os.path.join(folder, "init.msgpack"), tt, prefix, base, seed=len(case))
     open(done, "w").close()
     return folder
 
