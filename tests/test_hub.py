@@ -14,6 +14,7 @@ from ttconv.hub import resolve_model
 
 LLAMA_MINI = os.path.join(support.FIXTURES, "llama-mini")
 MODEL_FILES = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+QWEN3 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trained", "qwen3")
 
 
 def folder_files(folder, names):
@@ -27,6 +28,10 @@ def hub():
     tiny = hub.repos["TinyOrg/tiny-llama"] = Repo()
     tiny.main = tiny.add_commit(dict(files, **{"pytorch_model.bin": b"pickle", "README.md": b"# tiny"}), "main")
     tiny.v1 = tiny.add_commit(dict(files, **{"config.json": b'{"model_type": "llama", "v": 1}'}), "v1")
+    qwen3 = hub.repos["TinyOrg/tiny-qwen3"] = Repo()
+    qwen3_files = folder_files(QWEN3, ["config.json", "model.safetensors", "tokenizer.json"])
+    qwen3.add_commit(qwen3_files, "main")
+    qwen3.v2 = qwen3.add_commit(dict(qwen3_files, **{"README.md": b"# v2"}), "v2")
     hub.repos["Gated/llama"] = Repo(gated=True)
     hub.repos["Gated/llama"].add_commit(files, "main")
     yield hub
@@ -89,6 +94,21 @@ def test_hub_id_fetches_only_needed_files_into_the_library_cache(env, tmp_path, 
     status, err, again = convert(env, tmp_path, "TinyOrg/tiny-llama", "offline.msgpack", HF_HUB_OFFLINE="1")
     assert status == 0, err
     assert again.read_bytes() == direct and hub.requests == []
+
+
+def test_qwen3_by_hub_id_and_revision_then_checked_offline(env, tmp_path, hub):
+    out = tmp_path / "qwen3"
+    status, err = ttconv(env, "qwen3", "--hf_model", "TinyOrg/tiny-qwen3", "--revision", "v2", "-o", out,
+                         "-t", tmp_path / "tok.json", "-q")
+    assert status == 0, err
+    assert (out / "metadata.flatbuffer").is_file() and (tmp_path / "tok.json").is_file()
+    snapshots = tmp_path / "hf" / "hub" / "models--TinyOrg--tiny-qwen3" / "snapshots"
+    assert os.listdir(snapshots) == [hub.repos["TinyOrg/tiny-qwen3"].v2]
+    hub.requests.clear()
+    status, err = ttconv(env, "check", "qwen3", out, "--hf_model", "TinyOrg/tiny-qwen3", "--revision", "v2", "-q",
+                         HF_HUB_OFFLINE="1")
+    assert status == 0, err
+    assert hub.requests == []
 
 
 def test_hf_hub_cache_variable_is_the_library_s(env, tmp_path, direct):

@@ -1,10 +1,11 @@
-"""ttconv: convert Hugging Face Llama and GPT-2 checkpoints into tt-train msgpack weight files and
-checkpoint directories, and back.
+"""ttconv: convert Hugging Face Llama, Qwen3 and GPT-2 checkpoints into tt-train msgpack weight files
+and checkpoint directories (Qwen3: directories only), and back.
 
 Python API (the command line uses the same functions):
 
 >>> import ttconv
 >>> ttconv.convert("llama", "examples/llama-mini", "out/llama", format="flatbuffer")  # doctest: +SKIP
+>>> ttconv.convert("qwen3", "Qwen/Qwen3-0.6B", "out/qwen3")                         # doctest: +SKIP
 >>> ttconv.convert_llama("examples/llama-mini/init.msgpack", "examples/llama-mini",
 ...                      "out/llama.msgpack")                       # doctest: +SKIP
 >>> ttconv.convert_gpt2("init.msgpack", "gpt2", "out/gpt2.msgpack")  # doctest: +SKIP

@@ -6,9 +6,9 @@ q/k norms per head before RoPE, RoPE on adjacent pairs (2i, 2i+1), weights [out,
 padded vocabulary rows ignored, tied `fc`, positions cropped to the context). `HfModel`
 computes what transformers computes from a safetensors checkpoint: separate q/k/v, q/k
 norms where the checkpoint has them, RoPE on the pairs (i, i + D/2) ("rotate half"),
-GPT-2's Conv1D [in, out] weights and tanh GELU. The two are written apart on purpose: `ttconv check`
-compares them. Parameters are read one layer at a time, so memory stays about one
-layer plus the embeddings; each layer runs as one jit-compiled function.
+GPT-2's Conv1D [in, out] weights and tanh GELU. The two are written apart on purpose:
+`ttconv check` compares them. Parameters are read one layer at a time, so memory stays
+about one layer plus the embeddings; each layer runs as one jit-compiled function.
 """
 import functools
 import math
@@ -289,9 +289,8 @@ class HfModel:
         return values.astype(ml_dtypes.bfloat16).astype(np.float32) if self.bfloat16 else values
 
     def logits(self, ids, progress=None, adjacent_pairs=(False,)):
-        """Logits [T, vocab_size] for token ids, one array per entry of adjacent_pairs (Llama and
-        Qwen3: True reads the checkpoint's q/k rows as Meta-interleaved); all variants share each
-        layer read."""
+        """Logits [T, vocab_size] for token ids, one array per entry of adjacent_pairs (RoPE families:
+        True reads the checkpoint's q/k rows as Meta-interleaved); all variants share each layer read."""
         shape = self.shape
         rope = self.family in ROPE_FAMILIES
         if rope:
