@@ -352,6 +352,14 @@ def pad_rows(w, rows):
     return out
 
 
+# The tensors of a Llama or Qwen3 outside its blocks: (checkpoint tensors, tt rows) -> tt values.
+ROPE_MODEL_ENDS = {
+    "tok_emb/weight": lambda t, rows: pad_rows(t["model.embed_tokens.weight"], rows),
+    "fc/weight": lambda t, rows: pad_rows(t.get("lm_head.weight", t["model.embed_tokens.weight"]), rows),
+    "ln_fc/gamma": lambda t, rows: t["model.norm.weight"][None],
+}
+
+
 def expected_llama(cfg, t, shapes, meta_style=False):
     h = cfg["num_attention_heads"]
     kv = cfg.get("num_key_value_heads", h)
@@ -361,12 +369,8 @@ def expected_llama(cfg, t, shapes, meta_style=False):
 
     out = {}
     for name, (rows, cols) in shapes.items():
-        if name == "tok_emb/weight":
-            out[name] = pad_rows(t["model.embed_tokens.weight"], rows)
-        elif name == "fc/weight":
-            out[name] = pad_rows(t.get("lm_head.weight", t["model.embed_tokens.weight"]), rows)
-        elif name == "ln_fc/gamma":
-            out[name] = t["model.norm.weight"][None]
+        if name in ROPE_MODEL_ENDS:
+            out[name] = ROPE_MODEL_ENDS[name](t, rows)
         else:
             i = int(name.split("/")[0].split("_")[-1])
             p = f"model.layers.{i}."
@@ -403,12 +407,8 @@ def expected_qwen3(cfg, t, shapes, permute_rows=True, permute_norms=True):
                "mlp/w2/weight": "mlp.down_proj.weight", "mlp/w3/weight": "mlp.up_proj.weight"}
     out = {}
     for name, (rows, cols) in shapes.items():
-        if name == "tok_emb/weight":
-            out[name] = pad_rows(t["model.embed_tokens.weight"], rows)
-        elif name == "fc/weight":
-            out[name] = pad_rows(t.get("lm_head.weight", t["model.embed_tokens.weight"]), rows)
-        elif name == "ln_fc/gamma":
-            out[name] = t["model.norm.weight"][None]
+        if name in ROPE_MODEL_ENDS:
+            out[name] = ROPE_MODEL_ENDS[name](t, rows)
         else:
             block, leaf = name.split("/", 1)
             p = f"model.layers.{int(block.split('_')[-1])}."
