@@ -9,8 +9,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import support
-from ttconv.checkpoint import Checkpoint
-from ttconv.hfconfig import model_shape
+from ttconv.hf.checkpoint import Checkpoint
+from ttconv.hf.hfconfig import model_shape
 from ttconv.models import HfModel, norm_epsilon
 
 TRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trained")

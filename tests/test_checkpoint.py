@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import support
-from ttconv.checkpoint import Checkpoint, read_safetensors_header
+from ttconv.hf.checkpoint import Checkpoint, read_safetensors_header
 from ttconv.errors import CheckpointError
 
 

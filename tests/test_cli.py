@@ -318,7 +318,7 @@ def test_console_script_equals_module(tmp_path):
 def test_unexpected_io_error_is_one_line(cli, tmp_path, monkeypatch):
     import errno
 
-    from ttconv.checkpoint import Checkpoint
+    from ttconv.hf.checkpoint import Checkpoint
 
     def failing_read(self, info, *args, **kwargs):
         raise OSError(errno.EIO, "Input/output error", info.path)

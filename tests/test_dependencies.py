@@ -36,12 +36,14 @@ def imported_modules(source):
 
 def third_party_imports():
     found = {}
-    for name in sorted(os.listdir(PACKAGE)):
-        if name.endswith(".py"):
-            with open(os.path.join(PACKAGE, name), encoding="utf-8") as f:
-                for module in imported_modules(f.read()):
-                    if module not in sys.stdlib_module_names and module != "ttconv":
-                        found.setdefault(module, []).append(name)
+    for folder, _, files in sorted(os.walk(PACKAGE)):
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                with open(path, encoding="utf-8") as f:
+                    for module in imported_modules(f.read()):
+                        if module not in sys.stdlib_module_names and module != "ttconv":
+                            found.setdefault(module, []).append(os.path.relpath(path, PACKAGE))
     return found
 
 

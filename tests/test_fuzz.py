@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 
 import support
 import ttdir_support
-from ttconv.checkpoint import Checkpoint, read_safetensors_header
+from ttconv.hf.checkpoint import Checkpoint, read_safetensors_header
 from ttconv.errors import CheckpointError, TtFileError
-from ttconv import tensorbin
-from ttconv.ttdir import TtDir
-from ttconv.ttfile import TtFile
+from ttconv.tt import tensorbin
+from ttconv.tt.ttdir import TtDir
+from ttconv.tt.ttfile import TtFile
 
 EXAMPLES = int(os.environ.get("TTCONV_FUZZ_EXAMPLES", "400"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))

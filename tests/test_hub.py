@@ -10,7 +10,7 @@ import pytest
 import support
 from fake_hub import TOKEN, FakeHub, Repo
 from ttconv.errors import CheckpointError
-from ttconv.hub import resolve_model
+from ttconv.hf.hub import resolve_model
 
 LLAMA_MINI = os.path.join(support.FIXTURES, "llama-mini")
 MODEL_FILES = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
@@ -53,7 +53,7 @@ def ttconv(env, *args, **extra_env):
 
 
 def resolve_in(env, *args, **extra_env):
-    code = "import sys; from ttconv.hub import resolve_model; print(resolve_model(*sys.argv[1:]))"
+    code = "import sys; from ttconv.hf.hub import resolve_model; print(resolve_model(*sys.argv[1:]))"
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                           env=dict(env, **extra_env), timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -18,7 +18,7 @@ from test_ttdir import hf_checkpoint, one_error_line
 from test_ttdir_out import assert_metadata, assert_model_loads, expected_metadata
 from ttconv import kernels
 from ttconv.cli import main
-from ttconv.ttdir import read_metadata
+from ttconv.tt.ttdir import read_metadata
 
 TRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trained")
 PREFIX = "qwen3/qwen3"

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 import ttdir_support
-from ttconv import kernels, tensorbin
+from ttconv import kernels
+from ttconv.tt import tensorbin
 
 
 def written(path, values, data_type):

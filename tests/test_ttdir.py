@@ -11,8 +11,8 @@ from safetensors.numpy import load_file
 import support
 import ttdir_support as ts
 from test_export_hf import raw_safetensors
-from ttconv import tensorbin
-from ttconv.ttdir import read_metadata
+from ttconv.tt import tensorbin
+from ttconv.tt.ttdir import read_metadata
 
 SCHEMAS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schemas")
 SHAPES = [(1, 1, 40, 70), (1, 1, 1, 33), (1, 1, 64, 32), (2, 3, 5, 7), (1, 1, 96, 100)]

@@ -15,7 +15,7 @@ import support
 import ttdir_support as ts
 from test_check import run_check
 from test_ttdir import SCHEMAS, hf_checkpoint, one_error_line
-from ttconv.ttdir import read_metadata
+from ttconv.tt.ttdir import read_metadata
 
 TRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trained")
 CORPUS = os.path.join(TRAINED, "corpus.txt")

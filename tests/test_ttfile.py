@@ -7,7 +7,7 @@ import pytest
 
 import support
 from ttconv.errors import TtFileError
-from ttconv.ttfile import TtFile, TtWriter, array_header
+from ttconv.tt.ttfile import TtFile, TtWriter, array_header
 
 LLAMA_INIT = f"{support.FIXTURES}/llama-mini/init.msgpack"
 

@@ -3,9 +3,9 @@ import logging
 
 from .conversion import open_checkpoint, run_conversion
 from .errors import TtconvError
-from .formats import FORMATS
 from .families import DIRECTORY_ONLY, FAMILIES, FAMILY_NAMES
-from .training import DEFAULT_LEARNING_RATE, DEFAULT_MAX_STEPS
+from .tt.formats import FORMATS
+from .tt.training import DEFAULT_LEARNING_RATE, DEFAULT_MAX_STEPS
 
 log = logging.getLogger("ttconv")
 
@@ -121,9 +121,9 @@ def write_config(family, hf_model, output_path=None, model_path="data/tt_model.m
 
     >>> print(write_config("llama", "examples/llama-mini"))  # doctest: +SKIP
     """
-    from .hfconfig import model_shape
+    from .hf.hfconfig import model_shape
     from .output import atomic_output
-    from .ttconfig import to_yaml, training_config
+    from .tt.ttconfig import to_yaml, training_config
 
     ckpt = open_checkpoint(hf_model, revision)
     try:

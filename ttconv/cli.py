@@ -8,10 +8,10 @@ import sys
 from . import __version__, interrupts
 from .errors import TtconvError
 from .families import DIRECTORY_ONLY, FAMILIES
+from .tt.formats import FORMATS
+from .tt.training import DEFAULT_LEARNING_RATE, DEFAULT_MAX_STEPS, SCHEDULERS
+from .tt.ttbuild import LAYOUTS
 from .verify import TOLERANCE
-from .training import DEFAULT_LEARNING_RATE, DEFAULT_MAX_STEPS, SCHEDULERS
-from .formats import FORMATS
-from .ttbuild import LAYOUTS
 
 log = logging.getLogger("ttconv")
 
@@ -256,7 +256,7 @@ DEFAULT_QWEN3_OUTPUT = "data/qwen3_exported"
 
 def _output_format(args, init_path):
     """The format a conversion writes: --format, else the input's, else msgpack."""
-    from .ttdir import is_checkpoint_dir
+    from .tt.ttdir import is_checkpoint_dir
 
     if args.format:
         return args.format
@@ -302,7 +302,7 @@ def _paths(args, family):
 
 def _conversion(args, family):
     from . import api, kernels
-    from .tokenizer import export_tokenizer
+    from .hf.tokenizer import export_tokenizer
 
     init_path, output_path, tokenizer_only = _paths(args, family)
     if args.dump_tokenizer_path and not args.dry_run:

@@ -4,18 +4,18 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from .checkpoint import Checkpoint
 from .errors import InputFileError
 from .families import DIRECTORY_ONLY, FAMILY_NAMES, ROPE_FAMILIES
-from .formats import check_output, conversion_output, output_size, value_bytes
-from .hfconfig import model_shape
-from .hub import resolve_model
+from .hf.checkpoint import Checkpoint
+from .hf.hfconfig import model_shape
+from .hf.hub import resolve_model
 from .mapping import build_plan, canonical_names
 from .progress import Progress
-from .training import LOAD_PREFIX, SAVE_PREFIX
-from .ttbuild import BuiltDir, BuiltFile, build_dir, build_file
-from .ttdir import TtDir, is_checkpoint_dir
-from .ttfile import TtFile
+from .tt.formats import check_output, conversion_output, output_size, value_bytes
+from .tt.training import LOAD_PREFIX, SAVE_PREFIX
+from .tt.ttbuild import BuiltDir, BuiltFile, build_dir, build_file
+from .tt.ttdir import TtDir, is_checkpoint_dir
+from .tt.ttfile import TtFile
 
 log = logging.getLogger("ttconv")
 

@@ -14,14 +14,14 @@ import ml_dtypes
 import numpy as np
 
 from . import kernels
-from .checkpoint import Checkpoint
 from .conversion import Report, plan_conversion
 from .errors import OutputError
-from .formats import open_tt
-from .hub import resolve_model
+from .hf.checkpoint import Checkpoint
+from .hf.hub import resolve_model
+from .hf.tokenizer import copy_tokenizer_files
 from .output import atomic_output
 from .progress import Progress
-from .tokenizer import copy_tokenizer_files
+from .tt.formats import open_tt
 
 OUTPUT_DTYPES = {
     "f32": ("F32", np.dtype("<f4"), "float32"),

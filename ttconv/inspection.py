@@ -6,9 +6,9 @@ import numpy as np
 
 from .families import FAMILY_NAMES
 from .mapping import BLOCK_0
-from .training import LOAD_PREFIX, SAVE_PREFIX
-from .ttdir import PARAMETER_FLAGS, TENSOR_FIELDS, TtDir, is_checkpoint_dir
-from .ttfile import SCHEDULER_ROOT, TtFile, array_header, state_group
+from .tt.training import LOAD_PREFIX, SAVE_PREFIX
+from .tt.ttdir import PARAMETER_FLAGS, TENSOR_FIELDS, TtDir, is_checkpoint_dir
+from .tt.ttfile import SCHEDULER_ROOT, TtFile, array_header, state_group
 
 # ttnn DataType values as tt-train writes them
 DATA_TYPES = {0: "BFLOAT16", 1: "FLOAT32", 2: "UINT32", 3: "BFLOAT8_B", 4: "BFLOAT4_B", 5: "UINT8",

@@ -13,13 +13,13 @@ from typing import Optional
 
 import numpy as np
 
-from .checkpoint import Checkpoint
 from .errors import MappingError, TtconvError
-from .formats import open_tt, weights_in_bfloat16
-from .hfconfig import model_shape
-from .hub import resolve_model
+from .hf.checkpoint import Checkpoint
+from .hf.hfconfig import model_shape
+from .hf.hub import resolve_model
+from .hf.tokenizer import sample_ids
 from .progress import Progress
-from .tokenizer import sample_ids
+from .tt.formats import open_tt, weights_in_bfloat16
 
 log = logging.getLogger("ttconv")
 

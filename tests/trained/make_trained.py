@@ -26,7 +26,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
-from ttconv.tokenizer import SAMPLE_TEXT  # noqa: E402
+from ttconv.hf.tokenizer import SAMPLE_TEXT  # noqa: E402
 
 jax.config.update("jax_platforms", "cpu")
 CONTEXT, WIDTH, LAYERS, HEADS = 128, 64, 2, 4

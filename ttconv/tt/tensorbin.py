@@ -18,7 +18,7 @@ import numpy as np
 import flatbuffers
 from flatbuffers import number_types as N
 
-from .errors import TtFileError
+from ..errors import TtFileError
 from .flatbuf import FlatbufferError, offsets_vector, root
 
 SUFFIX = ".tensorbin"

@@ -16,8 +16,9 @@ import os
 
 import numpy as np
 
-from . import kernels, tensorbin
-from .output import atomic_directory
+from .. import kernels
+from ..output import atomic_directory
+from . import tensorbin
 from .ttdir import METADATA_NAME, Value, metadata_bytes, tensor_file_name
 
 TILE = tensorbin.TILE

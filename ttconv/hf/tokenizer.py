@@ -3,10 +3,10 @@ import json
 import os
 import shutil
 
-from .errors import TokenizerError
+from ..errors import TokenizerError
+from ..interrupts import import_held
+from ..output import atomic_output
 from .hub import resolve_model
-from .interrupts import import_held
-from .output import atomic_output
 
 STRIP_DECODER = {"type": "Strip", "content": " ", "start": 1, "stop": 0}
 SPECIAL_GPT2_TOKEN = "<|endoftext|>"

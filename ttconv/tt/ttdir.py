@@ -15,8 +15,8 @@ import flatbuffers
 import numpy as np
 from flatbuffers import number_types as N
 
+from ..errors import TtFileError
 from . import tensorbin
-from .errors import TtFileError
 from .flatbuf import FlatbufferError, offsets_vector, root
 
 METADATA_NAME = "metadata.flatbuffer"

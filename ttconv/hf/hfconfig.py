@@ -9,8 +9,8 @@ from the config alone.
 from dataclasses import dataclass
 from typing import Optional
 
-from .errors import CheckpointError
-from .families import FAMILY_NAMES
+from ..errors import CheckpointError
+from ..families import FAMILY_NAMES
 
 
 @dataclass

@@ -9,8 +9,8 @@ import functools
 
 import numpy as np
 
-from . import kernels
-from .output import atomic_output
+from .. import kernels
+from ..output import atomic_output
 from .training import reset_kind
 from .ttfile import TtWriter, pack_int
 

@@ -1,7 +1,7 @@
 """The one place that tells the two on-disk formats apart: msgpack files and checkpoint directories."""
 import os
 
-from .output import check_directory_target, check_file_target
+from ..output import check_directory_target, check_file_target
 from .tensorbin import BFLOAT16
 from .ttdir import TtDir, is_checkpoint_dir
 from .ttdir_out import DirWriter, directory_output

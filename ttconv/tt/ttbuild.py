@@ -16,7 +16,7 @@ Checkpoint directories are built the same way (BuiltDir, filled like a TtDir): t
 """
 import struct
 
-from .hfconfig import model_shape
+from ..hf.hfconfig import model_shape
 from .training import (DEFAULT_LEARNING_RATE, DEFAULT_MAX_STEPS, DIR_MOMENTS, DIR_OPTIMIZER, LOAD_PREFIX, MODEL_ROOT,
                        MOMENTS, dir_fresh_state, dir_model_prefix, fresh_state, moment_prefix)
 from .ttdir import DirEntry, TtDir, Value, shape_value, tensor_file_name

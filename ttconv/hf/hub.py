@@ -7,8 +7,8 @@ asks only for the files it reads and turns the library's errors into one line.
 import os
 import re
 
-from . import interrupts
-from .errors import CheckpointError
+from .. import interrupts
+from ..errors import CheckpointError
 
 NEEDED_FILES = [
     "config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",

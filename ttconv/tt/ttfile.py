@@ -12,8 +12,8 @@ from typing import Optional
 
 import numpy as np
 
-from . import interrupts, kernels
-from .errors import TtFileError
+from .. import interrupts, kernels
+from ..errors import TtFileError
 
 HEADER_WINDOW = 1 << 16
 SCAN_WINDOW = 1 << 20
