@@ -49,8 +49,6 @@ def plan_conversion(family, tt, ckpt, meta_style=False, params=None):
     layout = {"n_layers": shape.num_blocks}
     if family in ROPE_FAMILIES:
         layout.update(rope_q=shape.num_heads, rope_kv=shape.num_groups, head_dim=shape.head_dim)
-    if family == "qwen3":
-        layout.update(rope_norm=1)
     tensors = canonical_names(family, ckpt.tensors, ckpt.directory)
     return build_plan(family, tt, params or tt.parameters("model"), tensors, layout, meta_style)
 

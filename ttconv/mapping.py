@@ -260,7 +260,7 @@ def build_plan(family, tt, params, tensors, layout, meta_style=False):
     """Match tt parameters with checkpoint tensors.
 
     layout: dict with "n_layers" and, for Llama and Qwen3, the head counts "rope_q"/"rope_kv" and
-    "head_dim" (Qwen3: "rope_norm" 1, a norm vector being one head).
+    "head_dim" (a q/k norm vector is permuted within head_dim, whatever the head counts).
     tensors: {checkpoint name (as used in the table): TensorInfo}.
     """
     table, ignored = TABLES[family]
@@ -272,7 +272,7 @@ def build_plan(family, tt, params, tensors, layout, meta_style=False):
             "dump the init file with this model's config"
         )
     rows = expand(table, layout["n_layers"])
-    heads = {} if meta_style else {k: layout[k] for k in ("rope_q", "rope_kv", "rope_norm") if k in layout}
+    heads = {} if meta_style else {k: layout[k] for k in ("rope_q", "rope_kv") if k in layout}
     targets, untouched, used, notices = {}, [], set(), []
     for name, param in params.items():
         tt_name = name[len(prefix) + 1:] if name.startswith(prefix + "/") else None

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import CheckpointError
-from ..families import FAMILY_NAMES
+from ..families import FAMILIES, FAMILY_NAMES
 
 
 @dataclass
@@ -65,10 +65,6 @@ def _refuse(where, feature):
     raise CheckpointError(f"{where}: {feature}, which tt-train cannot represent")
 
 
-# model_type -> the ttconv command for it, where it is not the Llama family's
-OTHER_FAMILIES = {"gpt2": "gpt2", "qwen3": "qwen3"}
-
-
 def _check_model_type(ckpt, family):
     model_type = ckpt.config.get("model_type")
     if model_type is None and any(str(name).startswith("Qwen3") for name in ckpt.config.get("architectures") or []):
@@ -78,11 +74,10 @@ def _check_model_type(ckpt, family):
             raise CheckpointError(f"{ckpt.directory}/config.json names no model_type; 'ttconv qwen3' converts "
                                   "Qwen3 checkpoints (model_type 'qwen3')")
         return
-    expected = OTHER_FAMILIES.get(model_type, "llama")
+    expected = model_type if model_type in FAMILIES else "llama"  # other model_types: Llama-shaped or refused
     if expected != family:
-        known = model_type in OTHER_FAMILIES or model_type == "llama"
         raise CheckpointError(f"{ckpt.directory} is a {model_type!r} checkpoint, not {FAMILY_NAMES[family]}"
-                              + (f"; use 'ttconv {expected}'" if known else ""))
+                              + (f"; use 'ttconv {expected}'" if model_type in FAMILIES else ""))
 
 
 def _attention(ckpt, where):
