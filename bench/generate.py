@@ -1,7 +1,8 @@
 """Deterministic synthetic benchmark inputs: a Hugging Face checkpoint (safetensors,
 sharded or not, F32/BF16) and, for the families msgpack has, a matching tt-train init file
 (msgpack-c style: weights as float32, gammas and biases as ints, keys shuffled), both
-written streaming. Qwen3 cases get the checkpoint only (Qwen3 is written as directories).
+written streaming. Qwen3 cases get the checkpoint only (Qwen3 is written as directories), and so
+does llama3.2-3b-bf16 (an export case: its tt side is a directory built from config.json).
 
     python bench/generate.py llama-155m --out bench/out
 """
@@ -22,6 +23,9 @@ CASES = {
                              vocab=128256, dtype="BF16", tied=True, shards=2),
     "qwen3-0.6b-bf16": dict(family="qwen3", hidden=1024, layers=28, heads=16, kv_heads=8, head_dim=128,
                             inter=3072, vocab=151936, dtype="BF16", tied=True, shards=1),
+    # export only: its init file (16 GB of msgpack) is not written; the tt side is a directory built from config.json
+    "llama3.2-3b-bf16": dict(family="llama", hidden=3072, layers=28, heads=24, kv_heads=8, inter=8192,
+                             vocab=128256, dtype="BF16", tied=True, shards=2, init=False),
     "gpt2-medium": dict(family="gpt2", hidden=1024, layers=24, heads=16, vocab=50257, positions=1024,
                         dtype="F32", tied=True, shards=1),
 }
@@ -196,7 +200,7 @@ def generate(case, out_dir):
             weight_map.update({t: name for t, _ in part})
         with open(os.path.join(folder, "checkpoint", "model.safetensors.index.json"), "w") as f:
             json.dump({"metadata": {}, "weight_map": weight_map}, f)
-    if tt is not None:
+    if tt is not None and c.get("init", True):
         write_init(os.path.join(folder, "init.msgpack"), tt, prefix, base, seed=len(case))
     open(done, "w").close()
     return folder

@@ -93,21 +93,25 @@ def io_floor(inputs, out_bytes, scratch, source):
     return read, write
 
 
-def run_ttconv(case, folder, output, backend, fmt, layout):
-    family = CASES[case]["family"]
-    source = (["-i", os.path.join(folder, "init.msgpack")] if fmt == "msgpack"
-              else ["--no-init", "--format", fmt, "--layout", layout])
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "ttconv", family, *source,
-           "-o", output, "--hf_model", os.path.join(folder, "checkpoint"), "--quiet"]
+def run_command(args, backend):
+    """Run `python -m ttconv ARGS --quiet` under /usr/bin/time -v: (seconds, peak RSS bytes)."""
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "ttconv", *args, "--quiet"]
     env = dict(os.environ, TTCONV_BACKEND=backend)
     os.sync()  # earlier outputs' writeback must not slow this run (the floor does the same)
     started = time.perf_counter()
     result = subprocess.run(cmd, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - started
     if result.returncode:
-        raise SystemExit(f"ttconv failed on {case}:\n{result.stderr}")
+        raise SystemExit(f"ttconv failed: {' '.join(args)}\n{result.stderr}")
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
     return elapsed, rss_kb * 1024
+
+
+def run_ttconv(case, folder, output, backend, fmt, layout):
+    family = CASES[case]["family"]
+    source = (["-i", os.path.join(folder, "init.msgpack")] if fmt == "msgpack"
+              else ["--no-init", "--format", fmt, "--layout", layout])
+    return run_command([family, *source, "-o", output, "--hf_model", os.path.join(folder, "checkpoint")], backend)
 
 
 def bench_case(case, out_dir, repeat, backend, fmt, layout):
@@ -130,6 +134,58 @@ def bench_case(case, out_dir, repeat, backend, fmt, layout):
     return {
         "case": case, "format": fmt if fmt == "msgpack" else f"{fmt} ({layout})", "backend": backend,
         "seconds": best_tt, "read_seconds": best_read,
+        "write_seconds": best_write, "sequential_floor": sequential, "ratio": best_tt / sequential,
+        "overlapped_floor": overlapped, "overlapped_ratio": best_tt / overlapped,
+        "peak_rss_mb": rss / 1e6, "output_mb": out_bytes / 1e6, "mb_per_s": out_bytes / 1e6 / best_tt,
+        "input_mb": sum(os.path.getsize(p) for p in inputs) / 1e6,
+    }
+
+
+def files_of(path):
+    """The files of a tt-train input: a msgpack file, or every file of a directory."""
+    if os.path.isdir(path):
+        return [os.path.join(path, n) for n in sorted(os.listdir(path))]
+    return [path]
+
+
+def export_input(case, folder, out_dir, fmt):
+    """The tt-train side an export starts from, written once by ttconv itself (untimed) and kept: the
+    case's init file filled (msgpack) or a model directory built from config.json (flatbuffer)."""
+    path = os.path.join(out_dir, f"{case}.tt" + (".msgpack" if fmt == "msgpack" else ""))
+    if os.path.exists(path):
+        return path
+    family = CASES[case]["family"]
+    source = (["-i", os.path.join(folder, "init.msgpack")] if fmt == "msgpack"
+              else ["--no-init", "--format", "flatbuffer", "--layout", "model"])
+    subprocess.run([sys.executable, "-m", "ttconv", family, *source, "-o", path, "--hf_model",
+                    os.path.join(folder, "checkpoint"), "--quiet"], check=True)
+    return path
+
+
+def bench_export(case, out_dir, repeat, backend, fmt):
+    """ttconv to-hf (default options) from the case's tt-train side against the floor: reading that input,
+    writing and fsyncing the output's bytes."""
+    folder = generate(case, out_dir)
+    tt_path = export_input(case, folder, out_dir, fmt)
+    inputs = files_of(tt_path)
+    output = os.path.join(out_dir, f"{case}.hf")
+    subprocess.run(["cat", *inputs], stdout=subprocess.DEVNULL, check=True)
+    cmd = ["to-hf", CASES[case]["family"], tt_path, "--hf_model", os.path.join(folder, "checkpoint"), "-o", output]
+    best_tt, best_read, best_write, rss, times = float("inf"), float("inf"), float("inf"), 0, []
+    for _ in range(repeat):
+        remove(output)
+        elapsed, peak = run_command(cmd, backend)
+        times.append(elapsed)
+        out_bytes = size_of(output)
+        read, write = io_floor(inputs, out_bytes, output + ".floor", inputs[0])
+        best_tt, best_read, best_write = min(best_tt, elapsed), min(best_read, read), min(best_write, write)
+        rss = max(rss, peak)
+    shards = len([n for n in os.listdir(output) if n.endswith(".safetensors")])
+    remove(output)
+    sequential, overlapped = best_read + best_write, max(best_read, best_write)
+    return {
+        "case": case, "format": f"to-hf from {fmt} ({shards} shard{'s' if shards > 1 else ''})", "backend": backend,
+        "seconds": best_tt, "median_seconds": sorted(times)[len(times) // 2], "read_seconds": best_read,
         "write_seconds": best_write, "sequential_floor": sequential, "ratio": best_tt / sequential,
         "overlapped_floor": overlapped, "overlapped_ratio": best_tt / overlapped,
         "peak_rss_mb": rss / 1e6, "output_mb": out_bytes / 1e6, "mb_per_s": out_bytes / 1e6 / best_tt,
@@ -203,6 +259,11 @@ def main():
     parser.add_argument("--layout", choices=["training", "model"], default="training",
                         help="what a flatbuffer case builds: a training state (its zero moments cost no writes: "
                              "they are holes) or the model only (default: training)")
+    parser.add_argument("--export", action="store_true",
+                        help="measure ttconv to-hf instead: from a msgpack file (the case's init file filled) and "
+                             "from a model directory, both written by ttconv first and kept in --out")
+    parser.add_argument("--kernel", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run the kernel micro-benchmark (default: yes)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     args.backend = args.backend or ["c"]
@@ -211,9 +272,14 @@ def main():
     if unknown:
         parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
 
-    rows = [bench_case(case, args.out, args.repeat, backend, fmt, args.layout)
+    def has_msgpack(case):  # no msgpack has Qwen3; the 3B case has no init file
+        return CASES[case]["family"] != "qwen3" and CASES[case].get("init", True)
+
+    measure = bench_export if args.export else bench_case
+    options = () if args.export else (args.layout,)
+    rows = [measure(case, args.out, args.repeat, backend, fmt, *options)
             for case in args.cases or CASES for fmt in args.formats for backend in args.backend
-            if fmt == "flatbuffer" or CASES[case]["family"] != "qwen3"]  # no msgpack has Qwen3
+            if fmt == "flatbuffer" or has_msgpack(case)]
     print("| case | format | backend | input MB | output MB | ttconv s | read s | write+fsync s | "
           "ratio to read+write | ratio to max(read, write) | peak RSS MB |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -222,9 +288,17 @@ def main():
               f"{r['seconds']:.2f} | "
               f"{r['read_seconds']:.2f} | {r['write_seconds']:.2f} | {r['ratio']:.2f}x | "
               f"{r['overlapped_ratio']:.2f}x | {r['peak_rss_mb']:.0f} |")
+    if args.export:
+        print("\nmedian of the runs, ttconv s: " + ", ".join(f"{r['case']} {r['format']} {r['backend']} "
+                                                          f"{r['median_seconds']:.2f}" for r in rows))
     for case in args.cases or CASES:
-        if case in UPSTREAM:
+        if case in UPSTREAM and not args.export:
             print(f"\nupstream {case}: {UPSTREAM[case]}")
+    if not args.kernel:
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"cases": rows}, f, indent=2)
+        return
     kernel = kernel_bench()
     for name, what in (("encode", "RoPE permute + msgpack encode"), ("tile", "RoPE permute + bf16 round + tile")):
         print()

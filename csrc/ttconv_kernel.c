@@ -518,3 +518,164 @@ long long tt_tile(const void *src, int dtype, const uint32_t *row_index, size_t 
     }
     return clamp_count(nonfinite);
 }
+
+/* float32 bits to float16 bits, rounded to nearest even; overflow becomes infinity, a NaN stays a
+ * quiet NaN with its sign and the top of its payload. */
+static inline uint16_t f16_nearest_even(uint32_t bits)
+{
+    uint16_t sign = (uint16_t)((bits >> 16) & 0x8000u);
+    uint32_t magnitude = bits & 0x7fffffffu;
+    if (magnitude > 0x7f800000u)
+        return (uint16_t)(sign | 0x7e00u | ((magnitude >> 13) & 0x3ffu));
+    if (magnitude >= 0x477ff000u) /* 65520 and above round to infinity */
+        return (uint16_t)(sign | 0x7c00u);
+    if (magnitude >= 0x38800000u) { /* a normal half: rebias the exponent, round off 13 bits */
+        uint32_t rounded = magnitude + 0xfffu + ((magnitude >> 13) & 1u);
+        return (uint16_t)(sign | ((rounded - 0x38000000u) >> 13));
+    }
+    /* a subnormal half (or zero): adding 0.5 lines the half's last bit up with the float's, and the
+     * addition itself rounds to nearest even */
+    float value, half = 0.5f;
+    uint32_t sum;
+    memcpy(&value, &magnitude, sizeof value);
+    value += half;
+    memcpy(&sum, &value, sizeof sum);
+    return (uint16_t)(sign | (sum - 0x3f000000u));
+}
+
+static inline size_t source_offset(int tiled, size_t src_cols, size_t r, size_t c)
+{
+    if (!tiled)
+        return r * src_cols + c;
+    return (r >> 5) * 32 * src_cols + (c >> 5) * 1024 + ((r & 16) << 5) + ((c & 16) << 4) + ((r & 15) << 4)
+           + (c & 15);
+}
+
+/* float32 bits of source element i; 0 when a msgpack value is not a float32. */
+static inline int fetch_bits(const void *src, int dtype, size_t i, uint32_t *bits)
+{
+    if (dtype == TT_DTYPE_MSGPACK_F32) {
+        const uint8_t *p = (const uint8_t *)src + 5 * i;
+        *bits = ((uint32_t)p[1] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 8) | p[4];
+        return p[0] == 0xca;
+    }
+    *bits = source_bits(src, dtype, i);
+    return 1;
+}
+
+static inline void store_bits(void *out, int out_dtype, size_t j, uint32_t bits)
+{
+    if (out_dtype == TT_OUT_F32)
+        memcpy((uint8_t *)out + 4 * j, &bits, 4);
+    else if (out_dtype == TT_OUT_BF16)
+        ((uint16_t *)out)[j] = bf16_nearest_even(bits);
+    else
+        ((uint16_t *)out)[j] = f16_nearest_even(bits);
+}
+
+/* Output value j from source element i; 0 when a msgpack value is not a float32. raw16: the source's
+ * 16-bit dtype is the output's, so the bits are copied. */
+static inline int move_value(const void *src, int dtype, size_t i, int raw16, void *out, int out_dtype,
+                             size_t j)
+{
+    uint32_t bits;
+    if (raw16) {
+        ((uint16_t *)out)[j] = ((const uint16_t *)src)[i];
+        return 1;
+    }
+    if (!fetch_bits(src, dtype, i, &bits))
+        return 0;
+    store_bits(out, out_dtype, j, bits);
+    return 1;
+}
+
+/* n source elements from first on, one after another, to output values out_first..; one loop per
+ * source dtype so that the per-value work has no branch on it. Returns 0 on a non-float32 msgpack
+ * value. */
+static int move_run(const void *src, int dtype, size_t first, size_t n, int raw16, void *out, int out_dtype,
+                    size_t out_first)
+{
+    if (raw16) {
+        memcpy((uint16_t *)out + out_first, (const uint16_t *)src + first, n * 2);
+        return 1;
+    }
+    if (dtype == TT_DTYPE_F32 && out_dtype == TT_OUT_F32) {
+        memcpy((float *)out + out_first, (const float *)src + first, n * 4);
+        return 1;
+    }
+    switch (dtype) {
+    case TT_DTYPE_MSGPACK_F32: {
+        const uint8_t *p = (const uint8_t *)src + 5 * first;
+        int ok = 1;
+        for (size_t j = 0; j < n; j++, p += 5) {
+            ok &= p[0] == 0xca;
+            store_bits(out, out_dtype, out_first + j,
+                       ((uint32_t)p[1] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 8) | p[4]);
+        }
+        return ok;
+    }
+    case TT_DTYPE_BF16:
+        for (size_t j = 0; j < n; j++)
+            store_bits(out, out_dtype, out_first + j, (uint32_t)((const uint16_t *)src)[first + j] << 16);
+        return 1;
+    case TT_DTYPE_F32:
+        for (size_t j = 0; j < n; j++) {
+            uint32_t bits;
+            memcpy(&bits, (const float *)src + first + j, 4);
+            store_bits(out, out_dtype, out_first + j, bits);
+        }
+        return 1;
+    default:
+        for (size_t j = 0; j < n; j++)
+            store_bits(out, out_dtype, out_first + j, source_bits(src, dtype, first + j));
+        return 1;
+    }
+}
+
+#define GATHER_BLOCK 16
+
+int tt_gather(const void *src, int dtype, int tiled, size_t src_cols, const uint32_t *row_index,
+              size_t n_rows, const uint32_t *col_index, size_t cols, int transposed, int out_dtype,
+              void *out)
+{
+    if ((!valid_dtype(dtype) && dtype != TT_DTYPE_MSGPACK_F32)
+        || (out_dtype != TT_OUT_F32 && out_dtype != TT_OUT_BF16 && out_dtype != TT_OUT_F16)
+        || (tiled && src_cols % 32))
+        return TT_E_BAD_ARGUMENT;
+    int raw16 = (dtype == TT_DTYPE_BF16 && out_dtype == TT_OUT_BF16)
+                || (dtype == TT_DTYPE_F16 && out_dtype == TT_OUT_F16);
+    int ok = 1;
+    if (!transposed) {
+        for (size_t k = 0; k < n_rows; k++) {
+            size_t r = row_index[k], at = k * cols;
+            if (col_index) {
+                for (size_t c = 0; c < cols; c++)
+                    ok &= move_value(src, dtype, source_offset(tiled, src_cols, r, col_index[c]), raw16, out,
+                                     out_dtype, at + c);
+            } else if (!tiled) {
+                ok &= move_run(src, dtype, r * src_cols, cols, raw16, out, out_dtype, at);
+            } else {
+                /* a tiled row is 16-value face rows: each one contiguous */
+                for (size_t c = 0; c < cols; c += 16)
+                    ok &= move_run(src, dtype, source_offset(1, src_cols, r, c), cols - c < 16 ? cols - c : 16,
+                                   raw16, out, out_dtype, at + c);
+            }
+        }
+        return ok ? TT_OK : TT_E_NOT_A_NUMBER;
+    }
+    /* a transpose, in 16x16 blocks so that both sides are read and written a cache line at a time */
+    for (size_t k0 = 0; k0 < n_rows; k0 += GATHER_BLOCK) {
+        size_t k1 = n_rows - k0 < GATHER_BLOCK ? n_rows : k0 + GATHER_BLOCK;
+        for (size_t c0 = 0; c0 < cols; c0 += GATHER_BLOCK) {
+            size_t c1 = cols - c0 < GATHER_BLOCK ? cols : c0 + GATHER_BLOCK;
+            for (size_t k = k0; k < k1; k++) {
+                for (size_t c = c0; c < c1; c++) {
+                    size_t source_row = col_index ? col_index[c] : c;
+                    ok &= move_value(src, dtype, source_offset(tiled, src_cols, source_row, row_index[k]), raw16,
+                                     out, out_dtype, k * cols + c);
+                }
+            }
+        }
+    }
+    return ok ? TT_OK : TT_E_NOT_A_NUMBER;
+}

@@ -54,3 +54,20 @@ int tt_transpose_f32(const float *src, size_t rows, size_t cols, float *out);
 long long tt_tile(const void *src, int dtype, const uint32_t *row_index, size_t n_rows,
                   size_t row_stride, size_t col_stride, const uint32_t *col_index, size_t cols,
                   size_t first_row, size_t padded_cols, int out_dtype, void *out);
+
+#define TT_OUT_F16 2
+/* Source only: msgpack float32 values, each 0xca and 4 big-endian bytes. */
+#define TT_DTYPE_MSGPACK_F32 3
+
+/* The inverse of tt_tile and of the row/column moves of a conversion: an [n_rows, cols]
+ * row-major output of out_dtype (TT_OUT_F32, TT_OUT_BF16 or TT_OUT_F16, rounded to nearest
+ * even) from a source matrix whose rows hold src_cols values, stored row-major (tiled == 0) or
+ * in ttnn's TILE layout (tiled != 0; src_cols a multiple of 32, the source starting at a tile
+ * row). Output row k is source row row_index[k] and its column c source column col_index[c]
+ * (c when col_index is NULL); with transposed != 0, output row k is source column row_index[k]
+ * and its column c source row col_index[c] (or c). A value whose dtype is the output's is
+ * copied bit for bit. Returns TT_OK, or TT_E_NOT_A_NUMBER when a TT_DTYPE_MSGPACK_F32 source
+ * value is not a msgpack float32. */
+int tt_gather(const void *src, int dtype, int tiled, size_t src_cols, const uint32_t *row_index,
+              size_t n_rows, const uint32_t *col_index, size_t cols, int transposed, int out_dtype,
+              void *out);

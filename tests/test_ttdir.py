@@ -164,15 +164,16 @@ def test_to_hf_llama_dump_written_by_ttnn(cli, tmp_path, ttnn_tool, tie, tied_tt
     tensors = support.llama_tensors(cfg, tie=tie)
     ckpt = hf_checkpoint(tmp_path, cfg, tensors)
     path, _ = llama_dir(tmp_path, cfg, tensors, 96, tied_tt, ttnn_tool)
-    status, _, err = cli("to-hf", "llama", "-i", path, "--hf_model", ckpt, "-o", tmp_path / "hf")
+    status, _, err = cli("to-hf", "llama", "-i", path, "--hf_model", ckpt, "-o", tmp_path / "hf", "--dtype", "f32")
     assert status == 0, err
     exported = load_file(str(tmp_path / "hf" / "model.safetensors"))
     assert sorted(exported) == sorted(tensors)
     for name, original in tensors.items():
         assert exported[name].tobytes() == ts.bf16(original).tobytes(), name
-    status, _, err = cli("to-hf", "llama", "-i", path / "metadata.flatbuffer", "--hf_model", ckpt,
-                         "-o", tmp_path / "hf16", "--dtype", "bf16")
+    # by default a directory's own precision: bfloat16, bit for bit
+    status, _, err = cli("to-hf", "llama", path / "metadata.flatbuffer", "--hf_model", ckpt, "-o", tmp_path / "hf16")
     assert status == 0, err
+    assert json.loads((tmp_path / "hf16" / "config.json").read_text())["torch_dtype"] == "bfloat16"
     exported = raw_safetensors(tmp_path / "hf16" / "model.safetensors")
     for name, original in tensors.items():
         assert exported[name][:2] == ("BF16", list(original.shape)), name
@@ -190,10 +191,11 @@ def test_to_hf_training_states(cli, tmp_path, optimizer):
     path, _ = llama_dir(tmp_path, cfg, tensors, 96, False, kind="training", optimizer=optimizer, masters=masters)
     status, _, err = cli("to-hf", "llama", "-i", path, "--hf_model", ckpt, "-o", tmp_path / "hf")
     assert status == 0, err
-    exported = load_file(str(tmp_path / "hf" / "model.safetensors"))
-    for name, original in tensors.items():
-        expected = original if masters else ts.bf16(original)
-        assert exported[name].tobytes() == expected.tobytes(), name
+    exported = raw_safetensors(tmp_path / "hf" / "model.safetensors")
+    for name, original in tensors.items():  # master weights are float32, the model copy bfloat16
+        expected = original if masters else original.astype(ml_dtypes.bfloat16)
+        assert exported[name][0] == ("F32" if masters else "BF16"), name
+        assert exported[name][2] == expected.tobytes(), name
     assert ("master weights" in err) == bool(masters)
 
 
@@ -207,9 +209,9 @@ def test_to_hf_gpt2_dump(cli, tmp_path, ttnn_tool):
     ttnn_tool.rewrite_dir(path)
     status, _, err = cli("to-hf", "gpt2", "-i", path, "--hf_model", ckpt, "-o", tmp_path / "hf")
     assert status == 0, err
-    exported = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    exported = raw_safetensors(tmp_path / "hf" / "model.safetensors")
     for name, original in tensors.items():
-        assert exported[name].tobytes() == ts.bf16(original).tobytes(), name
+        assert exported[name][2] == original.astype(ml_dtypes.bfloat16).tobytes(), name
 
 
 def test_inspect_model_dump_and_training_state(cli, tmp_path):

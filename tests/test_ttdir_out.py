@@ -322,7 +322,7 @@ def test_an_existing_path_that_is_not_a_checkpoint_is_refused_untouched(cli, tmp
         out.mkdir()
         (out / "notes.txt").write_text("keep me")
     status, _, err = cli("llama", "--no-init", "--format", "flatbuffer", "--hf_model", ckpt, "-o", out)
-    assert status == 1 and one_error_line(err) and "ttconv replaces only a checkpoint directory" in err, err
+    assert status == 1 and one_error_line(err) and "ttconv replaces only a tt-train checkpoint directory" in err, err
     assert (out.read_bytes() if existing == "file" else (out / "notes.txt").read_bytes()) == b"keep me"
     assert sorted(os.listdir(tmp_path)) == ["ckpt", "out"]
 
@@ -373,7 +373,7 @@ def test_api_convert_is_keyword_only(tmp_path, ttnn_tool):
     ttnn_tensors(ttnn_tool, tmp_path / "out", tmp_path)
 
 
-@pytest.mark.parametrize("where,message", [("itself", "same checkpoint directory"),
+@pytest.mark.parametrize("where,message", [("itself", "same directory as input"),
                                            ("inside", "inside the input directory")])
 def test_an_output_onto_or_inside_the_input_directory_is_refused(cli, tmp_path, where, message):
     cfg = support.llama_config()

@@ -98,19 +98,23 @@ def convert_gpt2(init_path, hf_model, output_path, revision=None, dry_run=False,
                    learning_rate=learning_rate, vocab_multiple=vocab_multiple)
 
 
-def to_hf(family, tt_path, hf_model, output_dir, dtype="f32", meta_style=False, revision=None, quiet=True):
-    """Write a Hugging Face checkpoint folder (model.safetensors, config.json, tokenizer files)
+def to_hf(family, tt_path, hf_model, output_dir, dtype="auto", meta_style=False, revision=None, quiet=True,
+          max_shard_size="5GB"):
+    """Write a Hugging Face checkpoint folder (safetensors weights, config.json, tokenizer files)
     from a tt-train file or checkpoint directory (a model file or dump, or a training save),
-    undoing the tilization, permutation, transposes, kv concatenation, padding and tying.
+    undoing the tilization, permutation, transposes, kv concatenation, padding and tying,
+    streaming, atomically.
 
-    hf_model is the original checkpoint (folder or hub id); dtype is "f32", "bf16" or "f16"
-    (round to nearest even). Returns a Report (see convert_llama).
+    hf_model is the original checkpoint (folder or hub id); dtype is "auto" (the tt file's own
+    precision: bfloat16 for a directory tt-train saved, float32 for msgpack and master weights),
+    "f32", "bf16" or "f16" (round to nearest even). Weights over max_shard_size ("5GB", "500MB")
+    are sharded with an index, as save_pretrained does. Returns a Report (see convert).
 
     >>> to_hf("llama", "out/llama.msgpack", "examples/llama-mini", "out/hf", dtype="bf16")  # doctest: +SKIP
     """
     from .export_hf import export_hf
 
-    return export_hf(family, tt_path, hf_model, output_dir, dtype, meta_style, revision, quiet)
+    return export_hf(family, tt_path, hf_model, output_dir, dtype, meta_style, revision, quiet, max_shard_size)
 
 
 def write_config(family, hf_model, output_path=None, model_path="data/tt_model.msgpack",

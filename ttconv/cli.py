@@ -12,6 +12,8 @@ from .tt.formats import FORMATS
 from .tt.training import DEFAULT_LEARNING_RATE, DEFAULT_MAX_STEPS, SCHEDULERS
 from .tt.ttbuild import LAYOUTS
 from .verify import TOLERANCE
+from .export_hf import DTYPE_CHOICES
+from .hf.safetensors_out import DEFAULT_MAX_SHARD_SIZE
 
 log = logging.getLogger("ttconv")
 
@@ -104,6 +106,21 @@ def _state_choices(parser):
                              f"(default: {DEFAULT_MAX_STEPS})")
 
 
+def _tt_input(parser, what="tt-train msgpack file, checkpoint directory or its metadata.flatbuffer"):
+    parser.add_argument("tt_path", nargs="?", metavar="TT_PATH", help=what)
+    parser.add_argument("-i", "--input_path", metavar="TT_PATH", help="same as TT_PATH")
+
+
+def _tt_path(args):
+    """The tt-train input of to-hf and check, given positionally or with -i (not two different ones)."""
+    if args.tt_path and args.input_path and args.tt_path != args.input_path:
+        raise TtconvError(f"TT_PATH ({args.tt_path}) and -i ({args.input_path}) name different inputs; give one")
+    path = args.tt_path or args.input_path
+    if not path:
+        raise TtconvError(f"{args.command} needs the tt-train file or directory: TT_PATH or -i TT_PATH")
+    return path
+
+
 def _auto_only(text):
     if text != "auto":
         raise argparse.ArgumentTypeError(f"takes no value or 'auto', not {text!r}")
@@ -188,19 +205,28 @@ def build_parser():
     to_hf = sub.add_parser("to-hf", help="write a Hugging Face checkpoint from a tt-train file or directory",
                            description="Turn a tt-train msgpack file or checkpoint directory (model dump or "
                                        "training state) back into a Hugging Face checkpoint folder "
-                                       "(model.safetensors, config.json, tokenizer files), undoing the "
+                                       "(model.safetensors, or shards with model.safetensors.index.json; "
+                                       "config.json, generation config and tokenizer files), undoing the "
                                        "tilization, RoPE permutation, transposes, kv concatenation, padding and "
-                                       "tying. Values are exact (bfloat16 widens to the identical float32); a "
-                                       "training state's full-precision master weights are exported where it "
-                                       "holds them.")
+                                       "tying. Streaming: one chunk of rows at a time, whatever the model size. "
+                                       "Values are exact in the file's own precision; a training state's "
+                                       "full-precision master weights are exported where it holds them. The "
+                                       "folder appears whole or not at all.")
     to_hf.add_argument("family", choices=FAMILIES)
-    to_hf.add_argument("-i", "--input_path", required=True, metavar="TT_PATH",
-                       help="tt-train msgpack file, checkpoint directory or its metadata.flatbuffer")
+    _tt_input(to_hf)
     to_hf.add_argument("--hf_model", required=True,
-                       help="the original checkpoint (folder or hub id): config and tokenizer come from it")
-    to_hf.add_argument("-o", "--output_dir", required=True, metavar="OUT_DIR", help="folder to write")
-    to_hf.add_argument("--dtype", choices=["f32", "bf16", "f16"], default="f32",
-                       help="dtype of the written tensors (bf16/f16 round to nearest even; default f32)")
+                       help="the original checkpoint (folder or hub id): config, tensor names and tokenizer come "
+                            "from it")
+    to_hf.add_argument("-o", "--output_dir", required=True, metavar="OUT_DIR",
+                       help="folder to write (a new path, or an earlier export, which is replaced whole)")
+    to_hf.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                       help="dtype of the written tensors: auto keeps the tt file's own precision (bf16 for a "
+                            "directory as tt-train saves it, f32 for msgpack and full-precision master weights); "
+                            "f32, bf16 and f16 round to nearest even (default: auto)")
+    to_hf.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, metavar="SIZE",
+                       help="split weights larger than SIZE into model-0000K-of-0000N.safetensors files with "
+                            "model.safetensors.index.json, as save_pretrained does (5GB, 500MB, 2GiB or bytes; "
+                            f"default: {DEFAULT_MAX_SHARD_SIZE})")
     to_hf.add_argument("--meta_style", action="store_true", help="do not undo the RoPE permutation")
     to_hf.add_argument("--revision", help="hub revision when --hf_model is a hub id")
     _common(to_hf)
@@ -212,8 +238,7 @@ def build_parser():
                                        "in jax on the CPU; compare their losses, logits and top-1 predictions. "
                                        "Exit 0 when they agree, 1 when not.")
     check.add_argument("family", choices=FAMILIES)
-    check.add_argument("tt_file", metavar="TT_PATH",
-                       help="a ttconv output, an upstream output, or a file or checkpoint directory tt-train saved")
+    _tt_input(check, "a ttconv output, an upstream output, or a file or checkpoint directory tt-train saved")
     check.add_argument("--hf_model", required=True, help="the checkpoint it came from: folder or hub id")
     check.add_argument("--revision", help="hub revision when --hf_model is a hub id")
     check.add_argument("--text", metavar="FILE", help="UTF-8 text to run on (default: a built-in English sample)")
@@ -341,13 +366,14 @@ def _check(args):
 
     from .api import check
 
-    result = check(args.family, args.tt_file, args.hf_model, args.text, args.tokens, args.revision, args.quiet)
+    tt_path = _tt_path(args)
+    result = check(args.family, tt_path, args.hf_model, args.text, args.tokens, args.revision, args.quiet)
     if args.json:
         print(json.dumps(result.as_dict()))
     else:
         source = args.text or "the built-in English sample"
         print(f"{result.tokens} tokens of {source}")
-        print(f"  tt-train file  {args.tt_file}: loss {result.tt_loss:.6f} nats, perplexity {math.exp(result.tt_loss):.4f}")
+        print(f"  tt-train file  {tt_path}: loss {result.tt_loss:.6f} nats, perplexity {math.exp(result.tt_loss):.4f}")
         rounded = " (weights rounded to bfloat16, as the file holds them)" if result.hf_bfloat16 else ""
         print(f"  Hugging Face   {args.hf_model}{rounded}: loss {result.hf_loss:.6f} nats, "
               f"perplexity {math.exp(result.hf_loss):.4f}")
@@ -387,8 +413,8 @@ def _run(args):
         return 0
     from .api import to_hf
 
-    report = to_hf(args.family, args.input_path, args.hf_model, args.output_dir, args.dtype, args.meta_style,
-                   args.revision, args.quiet)
+    report = to_hf(args.family, _tt_path(args), args.hf_model, args.output_dir, args.dtype, args.meta_style,
+                   args.revision, args.quiet, args.max_shard_size)
     print(f"ttconv: wrote {args.output_dir}: {report.summary()}", file=sys.stderr)
     return 0
 
@@ -418,7 +444,7 @@ def _interrupted(exc, output, args):
     point, always before the output was renamed into place)."""
     status, what = interrupts.outcome(exc)
     if args is not None and args.command == "to-hf":
-        return status, f"ttconv: {what}; {args.output_dir} may be missing files (each file in it is whole)"
+        return status, f"ttconv: {what}; {args.output_dir} was not written"
     target = f"{output} was not written" if output else "no output was written"
     return status, f"ttconv: {what}; {target}"
 

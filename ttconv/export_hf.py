@@ -1,163 +1,266 @@
-"""`ttconv to-hf`: a Hugging Face checkpoint folder from a tt-train file.
+"""`ttconv to-hf`: a Hugging Face checkpoint folder from a tt-train file or directory, streamed.
 
-The conversion plan that maps the original checkpoint onto the tt file is built as for
-a forward conversion, then every step is undone: padding rows dropped, [k; v] split,
-RoPE interleave (of q/k rows and Qwen3's q/k norm vectors) and Conv1D transposes
-reversed, tied tensors written once. Tensors the tt file does not hold (mask buffers,
-positions beyond the tt context) are copied from the original checkpoint.
+The conversion plan that maps the original checkpoint onto the tt file is built as for a
+forward conversion, then every step is undone, a chunk of rows at a time, straight from the tt
+file's stored words into the output's write buffers (kernels.gather: untilize, RoPE
+de-interleave of q/k rows and Qwen3's q/k norm vectors, Conv1D transposes, the k/v split,
+vocabulary crop and rounding in one pass). Tied tensors are written once. Tensors the tt file
+does not hold (buffers, positions beyond the tt context) come from the original checkpoint.
+Every output shape follows from the plan, so each safetensors header is written before its data
+and the folder is split into shards as save_pretrained splits it.
 """
 import json
 import os
 import time
+from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 
 from . import kernels
 from .conversion import Report, plan_conversion
-from .errors import OutputError
-from .hf.checkpoint import Checkpoint
+from .errors import OutputError, TtconvError
+from .hf.checkpoint import INDEX_NAME, ITEM_SIZES, SINGLE_NAME, Checkpoint
 from .hf.hub import resolve_model
-from .hf.tokenizer import copy_tokenizer_files
-from .output import atomic_output
+from .hf.safetensors_out import DEFAULT_MAX_SHARD_SIZE, OutTensor, parse_size, write_weights
+from .hf.tokenizer import tokenizer_files
+from .mapping import hf_order_key
+from .output import atomic_directory
 from .progress import Progress
-from .tt.formats import open_tt
+from .tt.formats import open_tt, weights_in_bfloat16
+from .tt.rows import ScratchBuffer
 
-OUTPUT_DTYPES = {
-    "f32": ("F32", np.dtype("<f4"), "float32"),
-    "bf16": ("BF16", np.dtype(ml_dtypes.bfloat16), "bfloat16"),
-    "f16": ("F16", np.dtype("<f2"), "float16"),
-}
-
-
-def _undo(piece, rows):
-    """Checkpoint tensor (float32, stored shape) from its rows in the tt tensor."""
-    if piece.transform == "rope":
-        rows = kernels.rope_rows(rows, piece.heads, inverse=True)
-    elif piece.transform == "rope_columns":  # a norm vector: its values are one head's rows
-        rows = kernels.rope_rows(rows.reshape(-1, 1), 1, inverse=True)
-    elif piece.transform == "transpose":
-        rows = kernels.transpose(rows)
-    return rows.reshape(piece.tensor.shape)
+OUTPUT_DTYPES = {"f32": "F32", "bf16": "BF16", "f16": "F16"}  # --dtype -> safetensors dtype
+CONFIG_DTYPES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
+DTYPE_CHOICES = ("auto",) + tuple(OUTPUT_DTYPES)
+# safetensors dtypes kernels.gather reads (others are copied as they are)
+GATHER_DTYPES = {"F32": ("f32", np.float32), "F16": ("f16", np.float16), "BF16": ("bf16", np.uint16)}
+CHUNK_BYTES = 1 << 22  # a chunk's output when it does not go straight into a write buffer
 
 
-class _LastDecoded:
-    """The most recently decoded tt tensor, so that the pieces of one tensor (k and v of
-    kv_linear) are recovered from a single decode when they are written one after another."""
+@dataclass
+class Part:
+    """Rows [row, row + rows) of an output tensor's matrix from rows first.. of a tt parameter
+    (transform: copy, rope, rope_columns or transpose), or, with original, the next `rows` values
+    of the output from values [first, first + rows) of the original checkpoint's tensor (flat)."""
 
-    def __init__(self, tt):
-        self._tt = tt
-        self._key = None
-        self._values = None
-
-    def rows(self, param):
-        if self._key != param.data.key:
-            self._values = None  # dropped before the next tensor is read: one decoded tensor at a time
-            self._values = self._tt.read_values(param.data).reshape(param.rows, param.cols)
-            self._key = param.data.key
-        return self._values
+    row: int
+    rows: int
+    first: int = 0
+    param: object = None
+    transform: str = "copy"
+    heads: int = 0
+    original: object = None
 
 
-def _recovered_tensors(plan, tt):
-    """{checkpoint name: loader of its float32 values}, the pieces of each tt tensor adjacent,
-    tok_emb before fc so a tied source takes the embedding."""
+@dataclass
+class Export:
+    """One output tensor: what is written (OutTensor), its original (TensorInfo) and its parts."""
+
+    out: OutTensor
+    info: object
+    parts: list
+
+    @property
+    def matrix(self):
+        """(rows, cols) the parts count in: the tt view for tt tensors, flat values for originals."""
+        if self.parts[0].original is not None and len(self.parts) == 1:
+            return 1, int(np.prod(self.info.shape, dtype=np.int64))
+        return self.info.matrix_shape()
+
+
+def _exports(family, plan, ckpt, out_dtype):
+    """Every output tensor, in Hugging Face's order: each checkpoint tensor the tt file holds
+    (once, tok_emb before fc so a tied source takes the embedding), the rest from the original."""
     order = sorted(plan.targets.values(), key=lambda t: t.param.name.endswith("/fc/weight"))
-    decoded = _LastDecoded(tt)
-    recovered = {}
+    exports = {}
     for target in order:
         row = 0
         for piece in target.pieces:
-            first = row
-            row += piece.rows
-            if piece.tensor.name in recovered or piece.rows < piece.shape[0]:
-                continue  # tied duplicate, or cropped (the full tensor comes from the original)
-            recovered[piece.tensor.name] = _loader(decoded, target, piece, first)
-    return recovered
+            first, row = row, row + piece.rows
+            info = piece.tensor
+            if info.name in exports:
+                continue  # tied: written once
+            rows, cols = info.matrix_shape()
+            if piece.transform == "transpose":
+                parts = [Part(0, rows, first, target.param, "transpose")]
+            else:
+                parts = [Part(0, piece.rows, first, target.param, piece.transform, piece.heads)]
+                if piece.rows < rows:  # the tt context is shorter: the positions after it are the original's
+                    parts.append(Part(piece.rows, (rows - piece.rows) * cols, piece.rows * cols, original=info))
+            exports[info.name] = Export(OutTensor(info.name, OUTPUT_DTYPES[out_dtype], info.shape), info, parts)
+    for info in ckpt.tensors.values():
+        if info.name not in exports:
+            dtype = OUTPUT_DTYPES[out_dtype] if info.dtype in GATHER_DTYPES else info.dtype
+            values = int(np.prod(info.shape, dtype=np.int64))
+            exports[info.name] = Export(OutTensor(info.name, dtype, info.shape), info,
+                                        [Part(0, values, 0, original=info)])
+    return [exports[name] for name in sorted(exports, key=lambda n: hf_order_key(family, n))]
 
 
-def _loader(decoded, target, piece, first):
-    def load():
-        values = decoded.rows(target.param)
-        return _undo(piece, np.ascontiguousarray(values[first:first + piece.rows]))
-
-    return load
-
-
-def _original_loader(ckpt, info):
-    def load():
-        raw = ckpt.read_rows(info)
-        if info.dtype == "BF16":
-            raw = raw.view(ml_dtypes.bfloat16)
-        return raw.astype(np.float32).reshape(info.shape)
-
-    return load
+def _rope_order(count, head_dim):
+    """Rows of count rows (whole heads) that undo the interleave: HF row i of a head is tt row 2i, HF
+    row head_dim/2 + i tt row 2i + 1."""
+    i = np.arange(count) % head_dim
+    half = head_dim // 2
+    return (np.arange(count) // head_dim * head_dim + np.where(i < half, 2 * i, 2 * (i - half) + 1)).astype(np.uint32)
 
 
-def _safetensors_header(tensors, st_dtype, itemsize):
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for name, info in tensors:
-        size = int(np.prod(info.shape, dtype=np.int64)) * itemsize
-        header[name] = {"dtype": st_dtype, "shape": list(info.shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)
-    return len(raw).to_bytes(8, "little") + raw
+class _Streamer:
+    """Writes the exports' bytes through a file's sink, a chunk of rows at a time, straight into the
+    output's write buffers where a chunk fits the one being filled."""
+
+    def __init__(self, tt, ckpt, out_dtype, progress):
+        self._tt = tt
+        self._ckpt = ckpt
+        self._out_dtype = out_dtype
+        self._width = kernels.GATHER_OUT[out_dtype][1]
+        self._progress = progress
+        self._input = ScratchBuffer()
+        self._output = ScratchBuffer()
+
+    def __call__(self, tensor, sink):
+        export = self._by_name[tensor.name]
+        cols = export.matrix[1]
+        for part in export.parts:
+            if part.original is not None:
+                self._original(part, export.out, sink)
+            else:
+                self._tt_part(part, cols, sink)
+
+    def run(self, exports, directory, max_shard_size):
+        self._by_name = {e.out.name: e for e in exports}
+        return write_weights(directory, [e.out for e in exports], max_shard_size, self)
+
+    def _chunks(self, sink, n_rows, row_bytes, unit, fill):
+        """fill(first, count, out) for consecutive rows covering n_rows (count a multiple of unit)."""
+        done = 0
+        while done < n_rows:
+            fit = sink.room() // row_bytes // unit * unit
+            if fit:
+                count = min(fit, n_rows - done)
+                fill(done, count, sink.reserve(count * row_bytes))
+                sink.commit(count * row_bytes)
+            else:
+                count = min(max(unit, CHUNK_BYTES // row_bytes // unit * unit), n_rows - done)
+                out = self._output.take(count * row_bytes)
+                fill(done, count, out)
+                sink.write(out)
+            done += count
+            self._progress.advance(count * row_bytes)
+
+    def _tt_part(self, part, cols, sink):
+        param, out_dtype = part.param, self._out_dtype
+        state = {"source": self._tt.row_source(param, self._input), "read": None, "block": None}
+
+        def gathered(first, count, rows, out, **how):
+            """Gather rows (relative to tt row first) of the stored rows first..first+count into out (read
+            once for consecutive calls with the same rows), decoding the tensor whole if its msgpack
+            values turn out not to be all float32."""
+            for _ in range(2):
+                if state["read"] != (first, count):
+                    state["block"], state["read"] = state["source"].read(first, count), (first, count)
+                block = state["block"]
+                if kernels.gather(block.data, block.dtype, block.stored_cols, rows + (first - block.start), out,
+                                  out_dtype, tiled=block.tiled, **how):
+                    return
+                state["source"].close()
+                state["source"], state["read"] = self._tt.decoded_rows(param), None
+            raise AssertionError(f"{param.name}: decoded values could not be gathered")
+
+        try:
+            if part.transform == "transpose":
+                # output row k is tt column k: the whole tt matrix is read once, then gathered a chunk at a time
+                self._chunks(sink, part.rows, cols * self._width, 1, lambda first, count, out: gathered(
+                    0, param.rows, np.arange(first, first + count, dtype=np.uint32), out, cols=cols, transposed=True))
+            elif part.transform == "rope_columns":  # a q/k norm vector: one row, its head_dim values interleaved
+                self._chunks(sink, 1, cols * self._width, 1, lambda first, count, out: gathered(
+                    part.first, 1, np.zeros(1, dtype=np.uint32), out, columns=_rope_order(cols, cols)))
+            else:
+                unit = part.rows // part.heads if part.transform == "rope" else 1
+
+                def fill(first, count, out):
+                    rows = _rope_order(count, unit) if unit > 1 else np.arange(count, dtype=np.uint32)
+                    gathered(part.first + first, count, rows, out, cols=cols)
+
+                self._chunks(sink, part.rows, cols * self._width, unit, fill)
+        finally:
+            state["source"].close()
+
+    def _original(self, part, out, sink):
+        info, ckpt = part.original, self._ckpt
+        in_width = ITEM_SIZES[info.dtype]
+        if info.dtype in GATHER_DTYPES and out.dtype != info.dtype:
+            name, raw_dtype = GATHER_DTYPES[info.dtype]
+
+            def fill(first, count, buffer):
+                raw = ckpt.read_bytes(info, (part.first + first) * in_width, self._input.take(count * in_width))
+                kernels.gather(raw.view(raw_dtype), name, count, np.zeros(1, dtype=np.uint32), buffer,
+                               self._out_dtype, cols=count)
+
+            self._chunks(sink, part.rows, self._width, 1, fill)
+        else:  # the same dtype (or one ttconv does not convert): the bytes as they are
+            self._chunks(sink, part.rows, in_width, 1, lambda first, count, buffer: ckpt.read_bytes(
+                info, (part.first + first) * in_width, buffer))
 
 
-def export_hf(family, tt_path, hf_model, output_dir, dtype="f32", meta_style=False, revision=None, quiet=True):
-    """Write model.safetensors, config.json and tokenizer files for a tt-train file or checkpoint directory.
+def is_hf_folder(path):
+    """A folder an export may replace: empty, or a Hugging Face checkpoint (config.json and weights)."""
+    names = set(os.listdir(path))
+    return not names or ("config.json" in names and bool(names & {SINGLE_NAME, INDEX_NAME}))
 
-    The original checkpoint (hf_model, folder or hub id) supplies the config, the
-    tensor names and layout, and any tensor the tt file does not hold. Round trip
-    HF -> tt -> HF is bit-exact for float32; dtype "bf16"/"f16" rounds to nearest even.
-    Returns a Report (tensors and values written to model.safetensors).
+
+def _config(ckpt, dtype):
+    config = dict(ckpt.config)
+    for key in ("torch_dtype", "dtype"):
+        if key in config:
+            config[key] = CONFIG_DTYPES[dtype]
+    if "dtype" not in config:
+        config["torch_dtype"] = CONFIG_DTYPES[dtype]
+    return (json.dumps(config, indent=2) + "\n").encode("utf-8")
+
+
+def export_hf(family, tt_path, hf_model, output_dir, dtype="auto", meta_style=False, revision=None, quiet=True,
+              max_shard_size=DEFAULT_MAX_SHARD_SIZE):
+    """Write a Hugging Face checkpoint folder (safetensors weights, config.json, tokenizer files and
+    generation config) for a tt-train file or checkpoint directory, atomically.
+
+    The original checkpoint (hf_model, folder or hub id) supplies the config, the tensor names and
+    layout, and any tensor the tt file does not hold. dtype "auto" writes the tt file's own precision
+    (bfloat16 for a directory as tt-train saves it, float32 for msgpack or full-precision master
+    weights); "f32", "bf16", "f16" round to nearest even. Weights larger than max_shard_size ("5GB",
+    "500MB", bytes) are split into model-0000K-of-0000N.safetensors with model.safetensors.index.json.
+    Returns a Report.
 
     >>> export_hf("llama", "out/llama.msgpack", "examples/llama-mini", "out/hf")  # doctest: +SKIP
     """
     started = time.perf_counter()
-    if dtype not in OUTPUT_DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(OUTPUT_DTYPES)}, not {dtype!r}")
-    st_dtype, np_dtype, config_dtype = OUTPUT_DTYPES[dtype]
+    if dtype not in DTYPE_CHOICES:
+        raise TtconvError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, not {dtype!r}")
+    shard_bytes = parse_size(max_shard_size)
     model_dir = resolve_model(hf_model, revision)
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise OutputError(f"{output_dir}: exists and is not a directory")
-    if os.path.isdir(output_dir) and os.path.abspath(output_dir) == os.path.abspath(model_dir):
+    if os.path.isdir(output_dir) and os.path.samefile(output_dir, model_dir):
         raise OutputError(f"{output_dir}: is the original checkpoint folder; choose another output folder")
     ckpt = Checkpoint(model_dir)
-    created = False
     try:
         tt = open_tt(tt_path)
-        plan = plan_conversion(family, tt, ckpt, meta_style, tt.weights())
-        recovered = _recovered_tensors(plan, tt)
-        by_name = {info.name: info for info in ckpt.tensors.values()}
-        loaders = dict(recovered)
-        loaders.update((name, _original_loader(ckpt, info)) for name, info in sorted(by_name.items())
-                       if name not in recovered)
-        header = _safetensors_header([(n, by_name[n]) for n in loaders], st_dtype, np_dtype.itemsize)
-        values = sum(int(np.prod(by_name[n].shape, dtype=np.int64)) for n in loaders)
-        total = values * np_dtype.itemsize
-        created = not os.path.exists(output_dir)
-        os.makedirs(output_dir, exist_ok=True)
-        target = os.path.join(output_dir, "model.safetensors")
-        with Progress(total, "writing safetensors", quiet) as progress, \
-                atomic_output(target, [tt_path] + [i.path for i in by_name.values()]) as out:
-            out.write(header)
-            for name, load in loaders.items():
-                data = np.ascontiguousarray(load().astype(np_dtype, copy=False)).view(np.uint8).reshape(-1)
-                out.write(data)
-                progress.advance(data.size)
-    except BaseException:
-        if created:
-            os.rmdir(output_dir)  # made here and still empty: the safetensors file is written atomically
-        raise
+        params = tt.weights()
+        plan = plan_conversion(family, tt, ckpt, meta_style, params)
+        if dtype == "auto":
+            dtype = "bf16" if weights_in_bfloat16(tt, params) else "f32"
+        exports = _exports(family, plan, ckpt, dtype)
+        inputs = [getattr(tt, "directory", tt_path), tt_path, model_dir] + sorted({i.path for i in ckpt.tensors.values()})
+        total = sum(e.out.nbytes for e in exports)
+        with atomic_directory(output_dir, inputs, is_hf_folder, "a Hugging Face checkpoint") as out, \
+                Progress(total, "writing safetensors", quiet) as progress:
+            files = _Streamer(tt, ckpt, dtype, progress).run(exports, out, shard_bytes)
+            with out.file("config.json") as config:
+                config.write(_config(ckpt, dtype))
+            for source, name in tokenizer_files(model_dir):
+                out.copy(source, name)
     finally:
         ckpt.close()
-    config = dict(ckpt.config)
-    for key in ("torch_dtype", "dtype"):
-        if key in config:
-            config[key] = config_dtype
-    with atomic_output(os.path.join(output_dir, "config.json")) as out:
-        out.write(json.dumps(config, indent=2).encode("utf-8") + b"\n")
-    copy_tokenizer_files(model_dir, output_dir)
-    return Report(plan, output_dir, tensors=len(loaders), values=values, bytes_written=os.path.getsize(target),
-                  seconds=time.perf_counter() - started, state=tt.weights_note or "")
+    where = f"{len(files)} safetensors shards" if len(files) > 1 else "one safetensors file"
+    state = "; ".join(filter(None, [f"{CONFIG_DTYPES[dtype]}, {where}", tt.weights_note]))
+    values = sum(int(np.prod(e.out.shape, dtype=np.int64)) for e in exports)
+    return Report(plan, output_dir, tensors=len(exports), values=values, bytes_written=total,
+                  seconds=time.perf_counter() - started, state=state)

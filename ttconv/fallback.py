@@ -234,3 +234,60 @@ def tile(array, code, rows, first_row, padded_cols, transposed, out_f32, out, co
     else:
         words[_tiled_offsets(first_row, len(rows), padded_cols)] = np.asarray(values)
     return int(bad)
+
+
+def _f16_nearest_even(bits):
+    """float16 bits (uint16) of float32 bits, rounded to nearest even, as the C kernel does it."""
+    sign = (bits >> 16) & 0x8000
+    magnitude = bits & 0x7FFFFFFF
+    nan = sign | 0x7E00 | ((magnitude >> 13) & 0x3FF)
+    normal = sign | ((magnitude + 0xFFF + ((magnitude >> 13) & 1) - 0x38000000) >> 13)
+    # a subnormal half: the float32 addition of 0.5 rounds to nearest even at the half's last bit
+    summed = lax.bitcast_convert_type(lax.bitcast_convert_type(magnitude, jnp.float32) + np.float32(0.5),
+                                      jnp.uint32)
+    subnormal = sign | (summed - 0x3F000000)
+    return jnp.where(magnitude > 0x7F800000, nan,
+                     jnp.where(magnitude >= 0x477FF000, sign | 0x7C00,
+                               jnp.where(magnitude >= 0x38800000, normal, subnormal))).astype(jnp.uint16)
+
+
+MSGPACK_F32 = 3
+OUT_BF16, OUT_F32, OUT_F16 = 0, 1, 2
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
+def _gather(matrix, rows, columns, code, tiled, transposed, out_code, raw16):
+    if tiled:
+        n, cols = matrix.shape
+        matrix = matrix.reshape(n // 32, cols // 32, 2, 2, 16, 16).transpose(0, 2, 4, 1, 3, 5).reshape(n, cols)
+    if transposed:
+        matrix = matrix.T
+    picked = matrix[rows]
+    if columns is not None:
+        picked = picked[:, columns]
+    if raw16:
+        return picked
+    bits = _f32_bits(picked, code)
+    if out_code == OUT_F32:
+        return bits
+    return _bf16_nearest_even(bits) if out_code == OUT_BF16 else _f16_nearest_even(bits)
+
+
+def gather(source, code, tiled, src_cols, rows, columns, cols, transposed, out_code, out):
+    """kernels.gather on jax.numpy: False when a msgpack value is not a float32."""
+    if code == MSGPACK_F32:
+        values = source.reshape(-1, 5)
+        if not (values[:, 0] == 0xCA).all():
+            return False
+        source, code = values[:, 1:].copy().view(">u4").astype(np.uint32).reshape(-1), F32
+    raw = _raw(source, code)
+    matrix = raw.reshape(-1, src_cols)
+    if columns is None and not transposed and cols != src_cols:
+        columns = np.arange(cols, dtype=np.uint32)  # the leading columns (the rest is tile padding)
+    elif columns is None and transposed:
+        columns = np.arange(cols, dtype=np.uint32)
+    raw16 = code in (F16, BF16) and (code, out_code) in ((F16, OUT_F16), (BF16, OUT_BF16))
+    values = np.asarray(_gather(matrix, rows, columns, code, bool(tiled), bool(transposed), out_code, raw16))
+    nbytes = values.size * values.dtype.itemsize
+    out[:nbytes] = values.reshape(-1).view(np.uint8)
+    return True

@@ -291,3 +291,56 @@ def decode_numbers(buf, max_count):
         _ptr(buf), buf.size, max_count, _ptr(out, "float *"), n_done, bytes_done
     )
     return out[:n_done[0]], bytes_done[0], status == _kernel.lib.TT_E_NOT_A_NUMBER
+
+
+GATHER_OUT = {"f32": (1, 4), "bf16": (0, 2), "f16": (2, 2)}  # TT_OUT_* code, bytes per value
+# Source dtypes of gather: the three of _DTYPE_CODES (as numpy arrays of that dtype) and msgpack
+# float32 values (uint8 bytes, five a value).
+GATHER_SOURCES = {"f32": (0, 4, np.float32), "f16": (1, 2, np.float16), "bf16": (2, 2, np.uint16),
+                  "msgpack": (3, 5, np.uint8)}
+
+
+def gather(source, source_dtype, src_cols, rows, out, out_dtype, *, tiled=False, columns=None, cols=None,
+           transposed=False):
+    """Write an [len(rows), cols] row-major matrix of out_dtype ("f32", "bf16" or "f16", rounded to
+    nearest even; a value already in that dtype copied bit for bit) into out, a uint8 buffer, from a
+    source matrix with src_cols values a row: its rows, row-major or (tiled) in ttnn's TILE layout
+    (whole tile rows), as "f32", "f16", "bf16" (uint16 bits) or "msgpack" (float32 values, five bytes
+    each). Output row k is source row rows[k] (with transposed, source column rows[k]); its column c
+    the source column (with transposed, row) columns[c], or c when columns is None.
+
+    Returns False when a msgpack source value is not a float32 (the caller decodes it otherwise),
+    True when done."""
+    code, width, raw_dtype = GATHER_SOURCES[source_dtype]
+    source = np.ascontiguousarray(source).reshape(-1)
+    if source.dtype != raw_dtype:
+        raise ValueError(f"a {source_dtype} source must be {np.dtype(raw_dtype)}, not {source.dtype}")
+    values = source.size // 5 if source_dtype == "msgpack" else source.size
+    if src_cols <= 0 or values % src_cols or (tiled and (src_cols % TILE or values // src_cols % TILE)):
+        raise ValueError(f"{values} source values are not whole {'tile ' if tiled else ''}rows of {src_cols}")
+    source_rows = values // src_cols
+    rows = np.ascontiguousarray(rows, dtype=np.uint32)
+    if columns is not None:
+        columns = np.ascontiguousarray(columns, dtype=np.uint32)
+        cols = columns.size
+    if cols is None:
+        raise ValueError("give cols or columns")
+    row_limit, col_limit = (src_cols, source_rows) if transposed else (source_rows, src_cols)
+    if rows.size and int(rows.max()) >= row_limit:
+        raise ValueError(f"row {int(rows.max())} is outside the source's {row_limit}")
+    last_col = int(columns.max()) if columns is not None and columns.size else cols - 1
+    if cols and last_col >= col_limit:
+        raise ValueError(f"column {last_col} is outside the source's {col_limit}")
+    out_code, out_width = GATHER_OUT[out_dtype]
+    if out.dtype != np.uint8 or out.ndim != 1 or out.size < rows.size * cols * out_width:
+        raise ValueError(f"output buffer must be uint8 with room for {rows.size * cols * out_width} bytes")
+    if not rows.size or not cols:
+        return True
+    if _kernel is None:
+        return _fallback().gather(source, code, tiled, src_cols, rows, columns, cols, transposed, out_code, out)
+    column_index = _kernel.ffi.NULL if columns is None else _ptr(columns, "uint32_t *")
+    status = _kernel.lib.tt_gather(_ptr(source), code, int(tiled), src_cols, _ptr(rows, "uint32_t *"), rows.size,
+                                   column_index, cols, int(transposed), out_code, _ptr(out))
+    if status == _kernel.lib.TT_E_BAD_ARGUMENT:
+        raise ValueError("tt_gather refused its arguments")
+    return status != _kernel.lib.TT_E_NOT_A_NUMBER

@@ -320,3 +320,40 @@ def _check_heads(piece, tt_key, head_dim):
             f"config.json says {piece.heads} heads x head_dim {head_dim} = {piece.heads * head_dim}; "
             "check num_attention_heads, num_key_value_heads and head_dim"
         )
+
+
+# Hugging Face's module order (the order of a model's state dict, in which save_pretrained fills its
+# shards), by name without its "model." / "transformer." prefix: before the blocks, in each block,
+# after them. Names not listed follow their group's listed names, by name.
+LLAMA_HF_ORDER = (
+    ("embed_tokens.weight",),
+    ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+     "self_attn.q_norm.weight", "self_attn.k_norm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
+     "mlp.down_proj.weight", "input_layernorm.weight", "post_attention_layernorm.weight"),
+    ("norm.weight", "lm_head.weight"),
+)
+HF_ORDER = {
+    "llama": LLAMA_HF_ORDER,
+    "qwen3": LLAMA_HF_ORDER,
+    "gpt2": (
+        ("wte.weight", "wpe.weight"),
+        ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
+         "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight",
+         "mlp.c_proj.bias"),
+        ("ln_f.weight", "ln_f.bias", "lm_head.weight"),
+    ),
+}
+_HF_BLOCK = re.compile(r"(?:layers|h)\.(\d+)\.(.+)")
+
+
+def hf_order_key(family, name):
+    """Sort key that puts a checkpoint's tensor names in Hugging Face's module order."""
+    before, block, after = HF_ORDER[family]
+    short = re.sub(r"^(model|transformer)\.", "", name)
+    match = _HF_BLOCK.fullmatch(short)
+    if match:
+        rest = match.group(2)
+        return (1, int(match.group(1)), block.index(rest) if rest in block else len(block), name)
+    if short in before:
+        return (0, 0, before.index(short), name)
+    return (2, 0, after.index(short) if short in after else len(after), name)

@@ -342,9 +342,14 @@ def _exchange(first, second):
     raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), second)
 
 
-def check_directory_target(path, inputs=()):
-    """Whether path holds a checkpoint directory that an output may replace (False: nothing is there);
-    OutputError when it is an input or anything else."""
+def is_tt_checkpoint_dir(path):
+    """A directory holding tt-train's metadata.flatbuffer: what a directory conversion replaces."""
+    return os.path.isfile(os.path.join(path, METADATA_NAME))
+
+
+def check_directory_target(path, inputs=(), replaceable=is_tt_checkpoint_dir, kind="a tt-train checkpoint"):
+    """Whether path holds a directory that an output may replace (replaceable(path) true; False:
+    nothing is there); OutputError when it is an input, inside one, or anything else."""
     path = os.path.abspath(os.fspath(path))
     inputs = [os.path.abspath(os.fspath(p)) for p in inputs]
     for source in inputs:
@@ -355,25 +360,26 @@ def check_directory_target(path, inputs=()):
         return False
     for source in inputs:
         if os.path.exists(source) and os.path.samefile(path, source):
-            raise OutputError(f"{path}: output is the same checkpoint directory as input {source}; refusing to "
+            raise OutputError(f"{path}: output is the same directory as input {source}; refusing to "
                               "overwrite it (give a new output path)")
-    if os.path.isdir(path) and not os.path.islink(path) and os.path.isfile(os.path.join(path, METADATA_NAME)):
+    if os.path.isdir(path) and not os.path.islink(path) and replaceable(path):
         return True
-    what = "a file" if os.path.isfile(path) else "a directory that is not a tt-train checkpoint"
-    raise OutputError(f"{path}: exists and is {what}; ttconv replaces only a checkpoint directory "
+    what = "a file" if os.path.isfile(path) else f"a directory that is not {kind}"
+    raise OutputError(f"{path}: exists and is {what}; ttconv replaces only {kind} directory "
                       "(give a new path or remove it)")
 
 
 @contextlib.contextmanager
-def atomic_directory(path, inputs=()):
+def atomic_directory(path, inputs=(), replaceable=is_tt_checkpoint_dir, kind="a tt-train checkpoint"):
     """Yield a DirectoryOutput; on success the directory it built replaces path, on any exception it vanishes.
 
     The directory is built as a temporary sibling, every file and the directory fsynced, then renamed
-    into place; an existing checkpoint directory at path is swapped out only then and removed. Any
-    other existing path is refused untouched. SIGINT and SIGTERM wait while the temporary directory is
+    into place; an existing directory at path that replaceable() accepts (a tt-train checkpoint by
+    default; kind names it in errors) is swapped out only then and removed. Any other existing path
+    is refused untouched. SIGINT and SIGTERM wait while the temporary directory is
     created, swapped in or removed, so that a signal leaves either nothing or the complete directory."""
     path = os.path.abspath(os.fspath(path))
-    replacing = check_directory_target(path, inputs)
+    replacing = check_directory_target(path, inputs, replaceable, kind)
     parent = os.path.dirname(path)
     staging = None
     try:

@@ -207,6 +207,16 @@ class Checkpoint:
             raise CheckpointError(f"{info.path}: file ended while reading {info.name}")
         return out
 
+    def read_bytes(self, info, offset, buffer):
+        """Fill buffer (uint8) with a tensor's stored bytes from offset on (bytes into its data)."""
+        if offset + buffer.size > info.end - info.begin:
+            raise ValueError(f"bytes {offset}..{offset + buffer.size} are outside {info.name}")
+        handle = self._handle(info.path)
+        handle.seek(info.begin + offset)
+        if handle.readinto(memoryview(buffer)) != buffer.size:
+            raise CheckpointError(f"{info.path}: file ended while reading {info.name}")
+        return buffer
+
     def _handle(self, path):
         """This thread's handle of a file (threads may read rows at once, each seeking its own)."""
         key = (threading.get_ident(), path)

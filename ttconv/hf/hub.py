@@ -27,6 +27,7 @@ def resolve_model(hf_model, revision=None):
         raise CheckpointError(f"{hf_model}: no such directory, and not a Hugging Face hub id")
     hub = interrupts.import_held("huggingface_hub")
     errors = interrupts.import_held("huggingface_hub.utils")  # the exceptions live here in every supported version
+    constants = interrupts.import_held("huggingface_hub.constants")  # not an attribute of the package in 1.x and later
     name = hf_model + (f" (revision {revision})" if revision else "")
     try:
         with interrupts.immediate():  # a download has no safe points, and nothing of ours to clean up
@@ -44,9 +45,9 @@ def resolve_model(hf_model, revision=None):
     except errors.RevisionNotFoundError:
         raise CheckpointError(f"{name}: the model has no revision {revision!r} on the Hugging Face hub") from None
     except errors.LocalEntryNotFoundError as exc:
-        if hub.constants.HF_HUB_OFFLINE:
+        if constants.HF_HUB_OFFLINE or _offline_in_environment():
             raise CheckpointError(
-                f"{name}: not in the Hugging Face cache ({hub.constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set; "
+                f"{name}: not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set; "
                 "download it where there is network (`hf download`) or pass a local folder"
             ) from None
         raise CheckpointError(
@@ -60,6 +61,11 @@ def resolve_model(hf_model, revision=None):
     except Exception as exc:  # the HTTP client's own errors (proxy, TLS, ...) have no common base class
         raise CheckpointError(f"{name}: could not fetch from the Hugging Face hub ({type(exc).__name__}: "
                               f"{_first_line(exc)})") from None
+
+
+def _offline_in_environment():
+    """HF_HUB_OFFLINE as set now (huggingface_hub reads it once, when it is first imported)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
 def _first_line(exc):

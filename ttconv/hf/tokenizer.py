@@ -1,7 +1,6 @@
 """Tokenizer export (-t): the tokenizer.json form that tt-train's C++ tokenizer reads."""
 import json
 import os
-import shutil
 
 from ..errors import TokenizerError
 from ..interrupts import import_held
@@ -98,17 +97,15 @@ def export_tokenizer(family, hf_model, output_path, revision=None):
     return output_path
 
 
-def copy_tokenizer_files(model_dir, out_dir):
-    """Copy the tokenizer files of a checkpoint folder (for to-hf), each atomically; returns their names."""
-    copied = []
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-                 "tokenizer.model", "generation_config.json"):
-        source = os.path.join(model_dir, name)
-        if os.path.isfile(source):
-            with open(source, "rb") as src, atomic_output(os.path.join(out_dir, name), [source]) as out:
-                shutil.copyfileobj(src, out)
-            copied.append(name)
-    return copied
+HF_SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                 "tokenizer.model", "generation_config.json")
+
+
+def tokenizer_files(model_dir):
+    """The tokenizer files (and generation config) of a checkpoint folder that an export carries
+    over as they are: [(path, name)]."""
+    return [(os.path.join(model_dir, name), name) for name in HF_SIDE_FILES
+            if os.path.isfile(os.path.join(model_dir, name))]
 
 
 SAMPLE_TEXT = """\

@@ -18,6 +18,7 @@ from flatbuffers import number_types as N
 from ..errors import TtFileError
 from . import tensorbin
 from .flatbuf import FlatbufferError, offsets_vector, root
+from .rows import DecodedRows
 
 METADATA_NAME = "metadata.flatbuffer"
 MAX_METADATA = 1 << 28
@@ -321,6 +322,18 @@ class TtDir:
     def read_values(self, entry):
         """The tensor's values as a flat float32 array (bfloat16 widened exactly)."""
         return tensorbin.read_tensor(entry.header).reshape(-1)
+
+    def row_source(self, param, scratch):
+        """Row access (tt.rows) to a parameter's tensor: its stored words where the file allows, else
+        its values decoded whole (a tensor sharded across devices)."""
+        header = param.data.header
+        if tensorbin.StoredRows.readable(header):
+            return tensorbin.StoredRows(header, scratch)
+        return self.decoded_rows(param)
+
+    def decoded_rows(self, param):
+        """The parameter's values decoded whole to float32, as a row source."""
+        return DecodedRows(self.read_values(param.data), param.cols)
 
 
 def _optimizer_roots(values):

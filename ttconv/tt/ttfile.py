@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import interrupts, kernels
 from ..errors import TtFileError
+from .rows import DecodedRows, RowBlock, read_exactly
 
 HEADER_WINDOW = 1 << 16
 SCAN_WINDOW = 1 << 20
@@ -351,6 +352,39 @@ class TtFile:
             if kind != "array" or cur.walk_numbers(count, entry.key, out) != count:
                 cur.fail(f"{entry.key} is not an array of numbers")
         return out
+
+    def row_source(self, param, scratch):
+        """Row access (tt.rows) to a parameter's array: its msgpack bytes where every value can be a
+        float32 (five bytes each; kernels.gather checks each one), else its values decoded whole."""
+        entry = param.data
+        payload = entry.end - 5 * entry.n_elements
+        if entry.kind == "array" and payload - entry.value_start in (1, 3, 5):  # an array header's sizes
+            return MsgpackRows(self.path, payload, param.cols, scratch)
+        return self.decoded_rows(param)
+
+    def decoded_rows(self, param):
+        """The parameter's values decoded whole to float32, as a row source."""
+        return DecodedRows(self.read_values(param.data), param.cols)
+
+
+class MsgpackRows:
+    """Rows of a msgpack array of float32 values: five bytes a value, read raw."""
+
+    def __init__(self, path, payload, cols, scratch):
+        self._path = path
+        self._payload = payload
+        self._cols = cols
+        self._scratch = scratch
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def read(self, first, count):
+        row_bytes = 5 * self._cols
+        buffer = self._scratch.take(count * row_bytes)
+        read_exactly(self._fd, buffer, self._payload + first * row_bytes, self._path)
+        return RowBlock(buffer, "msgpack", False, self._cols, first)
+
+    def close(self):
+        os.close(self._fd)
 
 
 def _container_header(count, fixed, tag16, tag32):
