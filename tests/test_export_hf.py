@@ -1,12 +1,15 @@
 """to-hf: tt-train file back to a Hugging Face checkpoint; round trips are bit-exact."""
 import json
+import os
 
 import ml_dtypes
 import numpy as np
 import pytest
+from safetensors import safe_open
 from safetensors.numpy import load_file
 
 import support
+from ttconv.hf import safetensors_out
 
 
 def roundtrip(cli, tmp_path, family, cfg, tensors, shapes, prefix, dtype="F32", extra=()):
@@ -103,3 +106,150 @@ def test_to_hf_into_the_original_folder_is_refused(cli, tmp_path, fixture_copy):
     status, _, err = cli("to-hf", "llama", "-i", model / "init.msgpack", "--hf_model", model, "-o", model)
     assert status == 1 and "original checkpoint folder" in err
     assert (model / "model.safetensors").read_bytes() == before
+
+
+# ---------------------------------------------------------------- shards, index, options
+
+# transformers' LlamaForCausalLM module order (its state dict's), written out independently of ttconv
+LLAMA_LAYER_ORDER = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                     "self_attn.o_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
+                     "input_layernorm.weight", "post_attention_layernorm.weight")
+
+
+def llama_state_dict_order(cfg, tied):
+    names = ["model.embed_tokens.weight"]
+    for i in range(cfg["num_hidden_layers"]):
+        names += [f"model.layers.{i}.{n}" for n in LLAMA_LAYER_ORDER]
+    return names + ["model.norm.weight"] + ([] if tied else ["lm_head.weight"])
+
+
+def greedy_shards(sizes, limit):
+    """save_pretrained's split, from its documentation: tensors in state-dict order; a new shard starts
+    when the next tensor would take the current one past the limit; a larger tensor gets its own."""
+    shards, current, used = [], [], 0
+    for name, size in sizes:
+        if size > limit:
+            shards.append([name])
+            continue
+        if current and used + size > limit:
+            shards.append(current)
+            current, used = [], 0
+        current.append(name)
+        used += size
+    return shards + ([current] if current else [])
+
+
+def llama_tt_file(cli, tmp_path, cfg, tie=False, tied_tt=False):
+    tensors = support.llama_tensors(cfg, tie=tie)
+    support.write_checkpoint(tmp_path / "ckpt", cfg, tensors)
+    (tmp_path / "ckpt" / "tokenizer.json").write_text("{}")
+    (tmp_path / "ckpt" / "generation_config.json").write_text('{"do_sample": false}')
+    init = tmp_path / "init.msgpack"
+    init.write_bytes(support.init_file_bytes(support.llama_tt_shapes(cfg, 96, tied=tied_tt)))
+    assert cli("llama", "-i", init, "-o", tmp_path / "tt.msgpack", "--hf_model", tmp_path / "ckpt")[0] == 0
+    return tmp_path / "tt.msgpack", tensors
+
+
+@pytest.mark.parametrize("limit,tie", [("20KB", False), ("6000", True), ("1MB", False)])
+def test_shards_follow_save_pretrained(cli, tmp_path, backend, limit, tie):
+    cfg = support.llama_config(tie=tie)
+    tt, tensors = llama_tt_file(cli, tmp_path, cfg, tie=tie, tied_tt=tie)
+    status, _, err = cli("to-hf", "llama", tt, "--hf_model", tmp_path / "ckpt", "-o", tmp_path / "hf",
+                         "--max-shard-size", limit)
+    assert status == 0, err
+    limit_bytes = {"20KB": 20_000, "6000": 6000, "1MB": 1_000_000}[limit]
+    order = llama_state_dict_order(cfg, tie)
+    expected = greedy_shards([(n, tensors[n].nbytes) for n in order], limit_bytes)
+    out = tmp_path / "hf"
+    if len(expected) == 1:
+        assert sorted(os.listdir(out)) == ["config.json", "generation_config.json", "model.safetensors",
+                                           "tokenizer.json"]
+        files = {"model.safetensors": order}
+    else:
+        index = json.loads((out / "model.safetensors.index.json").read_text())
+        names = [f"model-{k:05d}-of-{len(expected):05d}.safetensors" for k in range(1, len(expected) + 1)]
+        files = dict(zip(names, expected))
+        assert index["weight_map"] == {t: f for f, ts in files.items() for t in ts}
+        assert index["metadata"]["total_size"] == sum(v.nbytes for v in tensors.values())
+        assert sorted(os.listdir(out)) == sorted(names + ["config.json", "generation_config.json",
+                                                          "model.safetensors.index.json", "tokenizer.json"])
+    for name, in_file in files.items():
+        with safe_open(str(out / name), "numpy") as shard:  # safetensors' own reader
+            assert list(shard.keys()) == sorted(in_file)
+            for key in in_file:
+                assert shard.get_tensor(key).tobytes() == tensors[key].tobytes(), key
+        raw = raw_safetensors(out / name)
+        assert list(raw) == in_file  # written in the state dict's order
+    assert (out / "generation_config.json").read_text() == '{"do_sample": false}'
+
+
+@pytest.mark.parametrize("text,size", [("5GB", 5 * 10**9), ("500MB", 500 * 10**6), ("2GiB", 2 * 2**30),
+                                       ("1.5KB", 1500), ("123456", 123456), (" 10 mb ", 10**7)])
+def test_max_shard_size_takes_save_pretrained_sizes(text, size):
+    assert safetensors_out.parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["five", "5XB", "0", "-1GB", ""])
+def test_a_bad_max_shard_size_is_one_line(cli, tmp_path, text):
+    cfg = support.llama_config()
+    tt, _ = llama_tt_file(cli, tmp_path, cfg)
+    status, _, err = cli("to-hf", "llama", tt, "--hf_model", tmp_path / "ckpt", "-o", tmp_path / "hf",
+                         f"--max-shard-size={text}")
+    assert status == 1 and err.startswith("ttconv: error: max shard size") and err.count("\n") == 1, err
+    assert not (tmp_path / "hf").exists()
+
+
+def test_input_positionally_or_with_i(cli, tmp_path):
+    cfg = support.llama_config()
+    tt, tensors = llama_tt_file(cli, tmp_path, cfg)
+    for args in ([tt], ["-i", tt], [tt, "-i", tt]):
+        status, _, err = cli("to-hf", "llama", *args, "--hf_model", tmp_path / "ckpt", "-o", tmp_path / "hf")
+        assert status == 0, err
+        assert load_file(str(tmp_path / "hf" / "model.safetensors")).keys() == tensors.keys()
+    status, _, err = cli("to-hf", "llama", tt, "-i", tmp_path / "init.msgpack", "--hf_model", tmp_path / "ckpt",
+                         "-o", tmp_path / "other")
+    assert status == 1 and "name different inputs" in err and not (tmp_path / "other").exists()
+    status, _, err = cli("to-hf", "llama", "--hf_model", tmp_path / "ckpt", "-o", tmp_path / "other")
+    assert status == 1 and "needs the tt-train file" in err and err.count("\n") == 1
+
+
+def test_msgpack_exports_float32_by_default(cli, tmp_path):
+    cfg = support.llama_config(torch_dtype="bfloat16")
+    tt, tensors = llama_tt_file(cli, tmp_path, cfg)
+    assert cli("to-hf", "llama", tt, "--hf_model", tmp_path / "ckpt", "-o", tmp_path / "hf")[0] == 0
+    exported = raw_safetensors(tmp_path / "hf" / "model.safetensors")
+    assert {dtype for dtype, _, _ in exported.values()} == {"F32"}
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["torch_dtype"] == "float32"
+
+
+def test_an_earlier_export_is_replaced_and_other_folders_refused(cli, tmp_path):
+    cfg = support.llama_config()
+    tt, tensors = llama_tt_file(cli, tmp_path, cfg)
+    out = tmp_path / "hf"
+    assert cli("to-hf", "llama", tt, "--hf_model", tmp_path / "ckpt", "-o", out, "--max-shard-size", "10KB")[0] == 0
+    assert (out / "model.safetensors.index.json").exists()
+    assert cli("to-hf", "llama", tt, "--hf_model", tmp_path / "ckpt", "-o", out)[0] == 0
+    assert sorted(os.listdir(out)) == ["config.json", "generation_config.json", "model.safetensors",
+                                       "tokenizer.json"]  # the old shards went with the old folder
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    status, _, err = cli("to-hf", "llama", tt, "--hf_model", tmp_path / "ckpt", "-o", notes)
+    assert status == 1 and "not a Hugging Face checkpoint" in err and err.count("\n") == 1
+    assert os.listdir(notes) == ["todo.txt"] and sorted(os.listdir(tmp_path)) == sorted(
+        ["ckpt", "hf", "init.msgpack", "notes", "tt.msgpack"])
+
+
+def test_positions_beyond_the_tt_context_come_from_the_original(cli, tmp_path):
+    cfg = support.gpt2_config(positions=48)
+    original = support.gpt2_tensors(cfg)
+    support.write_checkpoint(tmp_path / "ckpt", cfg, original)
+    init = tmp_path / "init.msgpack"
+    init.write_bytes(support.init_file_bytes(support.gpt2_tt_shapes(cfg, 128, 32), prefix="transformer/transformer",
+                                             seed=5))
+    status, _, err = cli("to-hf", "gpt2", init, "--hf_model", tmp_path / "ckpt", "-o", tmp_path / "hf")
+    assert status == 0, err
+    pos = load_file(str(tmp_path / "hf" / "model.safetensors"))["transformer.wpe.weight"]
+    trained = support.tt_tensor(support.read_tt(init), "transformer/transformer", "pos_emb/weight")
+    np.testing.assert_array_equal(pos[:32], trained)  # what the tt file holds (fine-tuned)
+    np.testing.assert_array_equal(pos[32:], original["transformer.wpe.weight"][32:])

@@ -336,3 +336,84 @@ def test_tile_checks_picked_columns(backend):
     src = np.zeros((1, 40), dtype=np.float32)
     with pytest.raises(ValueError, match="column 40 is outside the source's 40 columns"):
         kernels.tile(src, np.zeros(64 * 32 * 2, dtype=np.uint8), 64, columns=[0, 40])
+
+
+# ---------------------------------------------------------------- gather (export)
+
+def f16_reference(bits):
+    """float16 bits by numpy's round to nearest even; a NaN becomes quiet, keeping its sign and the top
+    ten bits of its payload."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = bits.view(np.float32).astype(np.float16).view(np.uint16).copy()
+    nan = (bits & 0x7FFFFFFF) > 0x7F800000
+    out[nan] = ((bits >> 16) & 0x8000 | 0x7E00 | (bits >> 13) & 0x3FF)[nan].astype(np.uint16)
+    return out
+
+
+def converted_reference(src, kind, out_dtype):
+    """Output bytes of source values (kind) as out_dtype: bits kept where the dtypes agree."""
+    if kind == out_dtype:
+        return src.view(np.uint32 if kind == "f32" else np.uint16)
+    bits = f32_bits_reference(src)
+    return {"f32": bits, "bf16": bf16_reference(bits), "f16": f16_reference(bits)}[out_dtype]
+
+
+def msgpack_bytes(f32):
+    """msgpack float32 values (0xca + big-endian bits), as a uint8 array."""
+    return np.frombuffer(msgpack_reference(f32.view(np.uint32)), dtype=np.uint8)
+
+
+# (source kind, tiled): msgpack values are never tiled
+GATHER_SOURCES = [(kind, tiled) for kind in ("f32", "f16", "bf16") for tiled in (False, True)] + [("msgpack", False)]
+
+
+@pytest.mark.parametrize("kind,tiled", GATHER_SOURCES)
+@pytest.mark.parametrize("out_dtype", ["f32", "bf16", "f16"])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_gather_matches_numpy(backend, kind, out_dtype, tiled, transposed):
+    rows, cols = 64, 96
+    values = sources(rows, cols, seed=7)["f32" if kind == "msgpack" else kind]
+    stored = tiled_reference(values, rows, cols, values.dtype) if tiled else values
+    if kind == "msgpack":
+        stored = msgpack_bytes(values)
+    rng = np.random.default_rng(11)
+    picked = rng.permutation(cols if transposed else rows)[:37].astype(np.uint32)
+    columns = rng.permutation(rows if transposed else cols)[:29].astype(np.uint32)
+    matrix = values.T if transposed else values
+    for cols_of in (columns, None):
+        width = len(columns) if cols_of is not None else 50
+        out = np.zeros(len(picked) * width * 4, dtype=np.uint8)
+        assert kernels.gather(stored, kind, cols, picked, out, out_dtype, tiled=tiled, columns=cols_of, cols=width,
+                              transposed=transposed)
+        chosen = matrix[picked][:, cols_of if cols_of is not None else slice(0, width)]
+        expected = converted_reference(np.ascontiguousarray(chosen), "f32" if kind == "msgpack" else kind, out_dtype)
+        assert out[:expected.nbytes].tobytes() == expected.tobytes()
+
+
+def test_gather_rounds_half_precision_edges(backend):
+    bits = np.array([0x477FF000, 0x477FEFFF, 0x33000000, 0x33000001, 0x387FF000, 0x38800000, 0x00000001,
+                     0x7F800000, 0xFFC00001, 0x3F808000], dtype=np.uint32)  # 65520, below it, 2^-25, ...
+    values = bits.view(np.float32).reshape(1, -1)
+    for out_dtype, reference in (("f16", f16_reference), ("bf16", bf16_reference)):
+        out = np.zeros(values.size * 2, dtype=np.uint8)
+        assert kernels.gather(values, "f32", values.size, [0], out, out_dtype, cols=values.size)
+        assert out.view(np.uint16).tolist() == reference(bits).tolist(), out_dtype
+    assert f16_reference(bits[:2]).tolist() == [0x7C00, 0x7BFF]  # the reference itself: 65520 rounds to infinity
+
+
+def test_gather_refuses_msgpack_values_that_are_not_float32(backend):
+    encoded = msgpack_bytes(np.arange(8, dtype=np.float32)).copy()
+    out = np.zeros(8 * 4, dtype=np.uint8)
+    assert kernels.gather(encoded, "msgpack", 4, [0, 1], out, "f32", cols=4)
+    encoded[5 * 6] = 0xCB  # not a float32 tag
+    assert not kernels.gather(encoded, "msgpack", 4, [0, 1], out, "f32", cols=4)
+
+
+@pytest.mark.parametrize("bad", [dict(rows=[4]), dict(columns=[9]), dict(cols=9), dict(out_size=10),
+                                 dict(source_cols=5), dict(tiled=True)])
+def test_gather_checks_its_arguments_before_calling_c(backend, bad):
+    source = np.zeros((4, 8), dtype=np.float32)
+    out = np.zeros(bad.get("out_size", 64), dtype=np.uint8)
+    with pytest.raises(ValueError):
+        kernels.gather(source, "f32", bad.get("source_cols", 8), bad.get("rows", [0, 1]), out, "f32",
+                       columns=bad.get("columns"), cols=bad.get("cols", 2), tiled=bad.get("tiled", False))
