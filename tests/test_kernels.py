@@ -377,10 +377,12 @@ def test_gather_matches_numpy(backend, kind, out_dtype, tiled, transposed):
     if kind == "msgpack":
         stored = msgpack_bytes(values)
     rng = np.random.default_rng(11)
-    picked = rng.permutation(cols if transposed else rows)[:37].astype(np.uint32)
     columns = rng.permutation(rows if transposed else cols)[:29].astype(np.uint32)
     matrix = values.T if transposed else values
-    for cols_of in (columns, None):
+    # picked rows at random, and runs of consecutive ones (a transpose takes those 16 at a time), on a
+    # face boundary and off it
+    pickings = (rng.permutation(cols if transposed else rows)[:37], np.arange(16, 51), np.arange(3, 38))
+    for picked, cols_of in [(p.astype(np.uint32), c) for p in pickings for c in (columns, None)]:
         width = len(columns) if cols_of is not None else 50
         out = np.zeros(len(picked) * width * 4, dtype=np.uint8)
         assert kernels.gather(stored, kind, cols, picked, out, out_dtype, tiled=tiled, columns=cols_of, cols=width,

@@ -35,6 +35,7 @@ DTYPE_CHOICES = ("auto",) + tuple(OUTPUT_DTYPES)
 # safetensors dtypes kernels.gather reads (others are copied as they are)
 GATHER_DTYPES = {"F32": ("f32", np.float32), "F16": ("f16", np.float16), "BF16": ("bf16", np.uint16)}
 CHUNK_BYTES = 1 << 22  # a chunk's output when it does not go straight into a write buffer
+TRANSPOSE_ROWS = 16  # a transpose's chunks are whole runs of 16 rows: the kernel's fast path
 
 
 @dataclass
@@ -170,7 +171,7 @@ class _Streamer:
         try:
             if part.transform == "transpose":
                 # output row k is tt column k: the whole tt matrix is read once, then gathered a chunk at a time
-                self._chunks(sink, part.rows, cols * self._width, 1, lambda first, count, out: gathered(
+                self._chunks(sink, part.rows, cols * self._width, TRANSPOSE_ROWS, lambda first, count, out: gathered(
                     0, param.rows, np.arange(first, first + count, dtype=np.uint32), out, cols=cols, transposed=True))
             elif part.transform == "rope_columns":  # a q/k norm vector: one row, its head_dim values interleaved
                 self._chunks(sink, 1, cols * self._width, 1, lambda first, count, out: gathered(
