@@ -634,45 +634,51 @@ static int move_run(const void *src, int dtype, size_t first, size_t n, int raw1
 
 #define GATHER_BLOCK 16
 
-/* True when output rows k..k+15 are source columns j..j+15 that lie side by side in every source row
- * (in a tiled source: in one face row, so j a multiple of 16). */
-static int sixteen_columns(const uint32_t *row_index, size_t k, size_t n_rows, int tiled)
+#define TRANSPOSE_RUN 64 /* output rows a transpose writes at once: 4 face rows of a tile, 5 cache lines of msgpack */
+
+/* True when output rows k..k+TRANSPOSE_RUN-1 are consecutive source columns j.. (in a tiled source j a
+ * multiple of 16, so that each 16 of them lie side by side in a face row). */
+static int consecutive_columns(const uint32_t *row_index, size_t k, size_t n_rows, int tiled)
 {
-    if (k + GATHER_BLOCK > n_rows || (tiled && row_index[k] % 16))
+    if (k + TRANSPOSE_RUN > n_rows || (tiled && row_index[k] % 16))
         return 0;
-    for (size_t i = 1; i < GATHER_BLOCK; i++) {
+    for (size_t i = 1; i < TRANSPOSE_RUN; i++) {
         if (row_index[k + i] != row_index[k] + i)
             return 0;
     }
     return 1;
 }
 
-/* Sixteen output rows of a transpose at once: source columns j..j+15 of each source row are read as
- * one run of 16 values into a 16x16 block, which is written out column by column. */
-static int transpose_sixteen(const void *src, int dtype, int tiled, size_t src_cols, size_t j,
-                             const uint32_t *col_index, size_t cols, int raw16, int out_dtype, uint8_t *out)
+/* TRANSPOSE_RUN output rows of a transpose at once: source columns j.. of each of 16 source rows are read
+ * as runs of 16 values into a block, which is written out column by column. */
+static int transpose_run(const void *src, int dtype, int tiled, size_t src_cols, size_t j,
+                         const uint32_t *col_index, size_t cols, int raw16, int out_dtype, uint8_t *out)
 {
-    uint32_t bits[GATHER_BLOCK][GATHER_BLOCK];
-    uint16_t halves[GATHER_BLOCK][GATHER_BLOCK];
+    uint32_t bits[GATHER_BLOCK][TRANSPOSE_RUN];
+    uint16_t halves[GATHER_BLOCK][TRANSPOSE_RUN];
+    size_t width = out_dtype == TT_OUT_F32 ? 4 : 2;
     int ok = 1;
     for (size_t c0 = 0; c0 < cols; c0 += GATHER_BLOCK) {
         size_t n = cols - c0 < GATHER_BLOCK ? cols - c0 : GATHER_BLOCK;
         for (size_t i = 0; i < n; i++) {
-            size_t at = source_offset(tiled, src_cols, col_index ? col_index[c0 + i] : c0 + i, j);
-            if (raw16) {
-                memcpy(halves[i], (const uint16_t *)src + at, sizeof halves[i]);
-            } else if (dtype == TT_DTYPE_F32) {
-                memcpy(bits[i], (const float *)src + at, sizeof bits[i]);
-            } else if (dtype == TT_DTYPE_BF16) {
-                for (size_t q = 0; q < GATHER_BLOCK; q++)
-                    bits[i][q] = (uint32_t)((const uint16_t *)src)[at + q] << 16;
-            } else {
-                for (size_t q = 0; q < GATHER_BLOCK; q++)
-                    ok &= fetch_bits(src, dtype, at + q, &bits[i][q]);
+            size_t r = col_index ? col_index[c0 + i] : c0 + i;
+            for (size_t g = 0; g < TRANSPOSE_RUN; g += 16) {
+                size_t at = source_offset(tiled, src_cols, r, j + g);
+                if (raw16) {
+                    memcpy(&halves[i][g], (const uint16_t *)src + at, 16 * 2);
+                } else if (dtype == TT_DTYPE_F32) {
+                    memcpy(&bits[i][g], (const float *)src + at, 16 * 4);
+                } else if (dtype == TT_DTYPE_BF16) {
+                    for (size_t q = 0; q < 16; q++)
+                        bits[i][g + q] = (uint32_t)((const uint16_t *)src)[at + q] << 16;
+                } else {
+                    for (size_t q = 0; q < 16; q++)
+                        ok &= fetch_bits(src, dtype, at + q, &bits[i][g + q]);
+                }
             }
         }
-        for (size_t q = 0; q < GATHER_BLOCK; q++) {
-            uint8_t *row = out + (q * cols + c0) * (out_dtype == TT_OUT_F32 ? 4 : 2);
+        for (size_t q = 0; q < TRANSPOSE_RUN; q++) {
+            uint8_t *row = out + (q * cols + c0) * width;
             if (raw16) {
                 for (size_t i = 0; i < n; i++)
                     ((uint16_t *)row)[i] = halves[i][q];
@@ -721,10 +727,11 @@ int tt_gather(const void *src, int dtype, int tiled, size_t src_cols, const uint
         return ok ? TT_OK : TT_E_NOT_A_NUMBER;
     }
     /* a transpose, in 16x16 blocks so that both sides are read and written a cache line at a time */
-    for (size_t k0 = 0; k0 < n_rows; k0 += GATHER_BLOCK) {
-        if (sixteen_columns(row_index, k0, n_rows, tiled)) {
-            ok &= transpose_sixteen(src, dtype, tiled, src_cols, row_index[k0], col_index, cols, raw16, out_dtype,
-                                    (uint8_t *)out + k0 * cols * (out_dtype == TT_OUT_F32 ? 4 : 2));
+    for (size_t k0 = 0; k0 < n_rows;) {
+        if (consecutive_columns(row_index, k0, n_rows, tiled)) {
+            ok &= transpose_run(src, dtype, tiled, src_cols, row_index[k0], col_index, cols, raw16, out_dtype,
+                                (uint8_t *)out + k0 * cols * (out_dtype == TT_OUT_F32 ? 4 : 2));
+            k0 += TRANSPOSE_RUN;
             continue;
         }
         size_t k1 = n_rows - k0 < GATHER_BLOCK ? n_rows : k0 + GATHER_BLOCK;
@@ -738,6 +745,7 @@ int tt_gather(const void *src, int dtype, int tiled, size_t src_cols, const uint
                 }
             }
         }
+        k0 = k1;
     }
     return ok ? TT_OK : TT_E_NOT_A_NUMBER;
 }

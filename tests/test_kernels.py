@@ -371,7 +371,7 @@ GATHER_SOURCES = [(kind, tiled) for kind in ("f32", "f16", "bf16") for tiled in 
 @pytest.mark.parametrize("out_dtype", ["f32", "bf16", "f16"])
 @pytest.mark.parametrize("transposed", [False, True])
 def test_gather_matches_numpy(backend, kind, out_dtype, tiled, transposed):
-    rows, cols = 64, 96
+    rows, cols = 96, 128
     values = sources(rows, cols, seed=7)["f32" if kind == "msgpack" else kind]
     stored = tiled_reference(values, rows, cols, values.dtype) if tiled else values
     if kind == "msgpack":
@@ -379,9 +379,9 @@ def test_gather_matches_numpy(backend, kind, out_dtype, tiled, transposed):
     rng = np.random.default_rng(11)
     columns = rng.permutation(rows if transposed else cols)[:29].astype(np.uint32)
     matrix = values.T if transposed else values
-    # picked rows at random, and runs of consecutive ones (a transpose takes those 16 at a time), on a
+    # picked rows at random, and runs of consecutive ones (a transpose takes those 64 at a time), on a
     # face boundary and off it
-    pickings = (rng.permutation(cols if transposed else rows)[:37], np.arange(16, 51), np.arange(3, 38))
+    pickings = (rng.permutation(cols if transposed else rows)[:37], np.arange(16, 94), np.arange(3, 70))
     for picked, cols_of in [(p.astype(np.uint32), c) for p in pickings for c in (columns, None)]:
         width = len(columns) if cols_of is not None else 50
         out = np.zeros(len(picked) * width * 4, dtype=np.uint8)

@@ -35,7 +35,7 @@ DTYPE_CHOICES = ("auto",) + tuple(OUTPUT_DTYPES)
 # safetensors dtypes kernels.gather reads (others are copied as they are)
 GATHER_DTYPES = {"F32": ("f32", np.float32), "F16": ("f16", np.float16), "BF16": ("bf16", np.uint16)}
 CHUNK_BYTES = 1 << 22  # a chunk's output when it does not go straight into a write buffer
-TRANSPOSE_ROWS = 16  # a transpose's chunks are whole runs of 16 rows: the kernel's fast path
+TRANSPOSE_ROWS = 64  # a transpose's chunks are whole runs of 64 rows: the kernel's fast path
 
 
 @dataclass
