@@ -11,7 +11,7 @@ from safetensors.numpy import load_file, save_file
 import support
 from ttconv.hf.checkpoint import Checkpoint
 from ttconv.hf.hfconfig import model_shape
-from ttconv.models import HfModel, norm_epsilon
+from ttconv.models import HfModel, LogitStats, head_chunks, norm_epsilon
 
 TRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trained")
 # The tiny models learned this text; on text unlike it (the built-in sample) they are barely better
@@ -46,7 +46,8 @@ def test_hf_side_reproduces_transformers_logits(family):
     expected = np.load(os.path.join(folder, "expected", "hf_logits.npy"))
     ckpt = Checkpoint(folder)
     shape = model_shape(family, ckpt)
-    logits = HfModel(ckpt, family, shape, norm_epsilon(family, ckpt.config)).logits(ids)[0]
+    model = HfModel(ckpt, family, shape, norm_epsilon(family, ckpt.config))
+    logits = model.final_states(ids)[0] @ model.head_rows(0, shape.vocab_size).T
     assert support.rel_error(logits, expected.reshape(logits.shape)) < 1e-4
 
 
@@ -177,3 +178,34 @@ def test_python_api_returns_the_numbers(cli, tmp_path):
     result = ttconv.check("gpt2", str(tt_file), model)
     assert result.ok and result.hf_loss == pytest.approx(expected["sample_loss"], rel=1e-4)
     assert result.as_dict()["tokens"] == expected["sample_tokens"]
+
+
+def test_logit_stats_over_chunks_equal_the_whole_vocabulary():
+    rng = np.random.default_rng(4)
+    logits = rng.standard_normal((9, 70)) * 5
+    logits[3, [10, 50]] = 40.0  # a tie: the first index wins, as in a whole-row argmax
+    ids = rng.integers(0, 70, 9)
+    stats = LogitStats(ids)
+    for first, last in [(0, 7), (7, 32), (32, 33), (33, 70)]:
+        stats.add(first, logits[:, first:last])
+    shifted = logits[:-1] - logits[:-1].max(axis=1, keepdims=True)
+    expected = np.mean(np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(8), ids[1:]])
+    assert abs(stats.loss() - expected) < 1e-12
+    assert stats.argmax.tolist() == logits.argmax(axis=1).tolist() and stats.argmax[3] == 10
+
+
+def test_head_chunks_cover_the_vocabulary_once():
+    chunks = head_chunks(128256, 3072)
+    assert chunks[0][0] == 0 and chunks[-1][1] == 128256
+    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+    assert max(last - first for first, last in chunks) * 3072 * 4 <= 1 << 25
+
+
+def test_check_takes_the_tt_file_with_i(cli, tmp_path):
+    model, _ = trained("gpt2")
+    tt_file = convert(cli, "gpt2", model, tmp_path / "tt.msgpack")
+    status, out, err = cli("check", "gpt2", "-i", tt_file, "--hf_model", model, "--json")
+    assert status == 0, err
+    assert json.loads(out) == run_check(cli, "gpt2", tt_file, model)[1]
+    status, _, err = cli("check", "gpt2", tt_file, "-i", tmp_path / "other.msgpack", "--hf_model", model)
+    assert status == 1 and "name different inputs" in err and err.count("\n") == 1

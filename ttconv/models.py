@@ -7,8 +7,9 @@ padded vocabulary rows ignored, tied `fc`, positions cropped to the context). `H
 computes what transformers computes from a safetensors checkpoint: separate q/k/v, q/k
 norms where the checkpoint has them, RoPE on the pairs (i, i + D/2) ("rotate half"),
 GPT-2's Conv1D [in, out] weights and tanh GELU. The two are written apart on purpose:
-`ttconv check` compares them. Parameters are read one layer at a time, so memory stays
-about one layer plus the embeddings; each layer runs as one jit-compiled function.
+`ttconv check` compares them. Parameters are read one layer at a time, and of the embeddings
+and the output head only the tokens' rows and a vocabulary chunk at a time (LogitStats), so
+memory stays about one layer whatever the vocabulary; each layer runs as one jit-compiled function.
 """
 import functools
 import math
@@ -16,10 +17,12 @@ import math
 import ml_dtypes
 import numpy as np
 
+from . import kernels
 from .errors import MappingError
 from .families import ROPE_FAMILIES
 from .interrupts import import_held
 from .mapping import BLOCK_0, count_tt_layers, find_prefix
+from .tt.rows import ScratchBuffer
 
 jax = import_held("jax")
 jax.config.update("jax_platforms", "cpu")
@@ -83,14 +86,6 @@ def _merge_heads(x):
     return x.transpose(1, 0, 2).reshape(x.shape[1], -1)
 
 
-def cross_entropy(logits, ids):
-    """Mean next-token cross-entropy (nats) of logits [T, V] for ids [T], in float64."""
-    logits = np.asarray(logits, dtype=np.float64)[:-1]
-    top = logits.max(axis=-1, keepdims=True)
-    log_norm = np.log(np.exp(logits - top).sum(axis=-1)) + top[:, 0]
-    return float(np.mean(log_norm - logits[np.arange(len(ids) - 1), ids[1:]]))
-
-
 # ------------------------------------------------------------------ tt-train's side
 
 def _rope_adjacent(x, cos, sin):
@@ -150,6 +145,7 @@ class TtModel:
         self.tt, self.family, self.shape, self.eps = tt, family, shape, eps
         self.params = tt.weights()
         self.prefix = find_prefix(self.params, family, tt.path)
+        self._scratch = ScratchBuffer()
         self._check()
 
     def _tensor(self, name):
@@ -161,6 +157,25 @@ class TtModel:
     def _rows(self, name):
         param = self.params.get(f"{self.prefix}/{name}")
         return param.rows if param is not None else None
+
+    def _row_range(self, name, first, last):
+        """Rows [first, last) of a tensor as float32, read through the reader's row source (only the
+        stored rows they lie in)."""
+        param = self.params[f"{self.prefix}/{name}"]
+        source = self.tt.row_source(param, self._scratch)
+        try:
+            return _gathered_rows(source, self.tt, param, first, last)
+        finally:
+            source.close()
+
+    def _picked_rows(self, name, ids):
+        """The rows of a tensor that ids name, as float32 [len(ids), cols] (each stored row read once)."""
+        unique, where = np.unique(ids, return_inverse=True)
+        return np.stack([self._row_range(name, int(i), int(i) + 1)[0] for i in unique])[where]
+
+    def head_rows(self, first, last):
+        """Rows [first, last) of the output head (fc), float32."""
+        return self._row_range("fc/weight", first, last)
 
     @property
     def context(self):
@@ -195,13 +210,14 @@ class TtModel:
         if problems:
             raise MappingError(f"{self.tt.path} and the checkpoint describe different models: {'; '.join(problems)}")
 
-    def logits(self, ids, progress=None):
-        """Logits [T, vocab_size] for token ids (numpy int array)."""
+    def final_states(self, ids, progress=None):
+        """The normed last hidden states [T, embedding] for token ids (numpy int array): logits are
+        these times the head's rows (head_rows), taken a vocabulary chunk at a time."""
         shape, prefix = self.shape, self.prefix
         embedding = "tok_emb/weight" if f"{prefix}/tok_emb/weight" in self.params else "fc/weight"
-        x = jnp.asarray(self._tensor(embedding)[ids])
+        x = jnp.asarray(self._picked_rows(embedding, ids))
         if self.family == "gpt2":
-            x = x + self._tensor("pos_emb/weight")[: len(ids)]
+            x = x + self._row_range("pos_emb/weight", 0, len(ids))
         else:
             cos, sin = _angles(shape, len(ids))
         block = BLOCK_0[self.family].replace("_0/", "_{}/")
@@ -221,7 +237,20 @@ class TtModel:
             x = _rms_norm(x, self._tensor("ln_fc/gamma")[0], self.eps)
         else:
             x = _layer_norm(x, self._tensor("ln_fc/gamma")[0], self._tensor("ln_fc/beta")[0], self.eps)
-        return np.asarray(x) @ self._tensor("fc/weight")[: shape.vocab_size].T
+        return np.asarray(x)
+
+
+def _gathered_rows(source, tt, param, first, last):
+    """Rows [first, last) of a tt parameter from its row source, as float32 [last - first, cols]."""
+    out = np.empty((last - first) * param.cols * 4, dtype=np.uint8)
+    rows = np.arange(last - first, dtype=np.uint32)
+    for _ in range(2):
+        block = source.read(first, last - first)
+        if kernels.gather(block.data, block.dtype, block.stored_cols, rows + (first - block.start), out, "f32",
+                          tiled=block.tiled, cols=param.cols):
+            return out.view(np.float32).reshape(last - first, param.cols)
+        source = tt.decoded_rows(param)  # msgpack values that are not all float32
+    raise AssertionError(f"{param.name}: decoded values could not be gathered")
 
 
 # ------------------------------------------------------------------ transformers' side
@@ -264,11 +293,13 @@ def _hf_gpt2_layer(x, t, heads, eps):
         + t["mlp.c_proj.bias"]
 
 
-def _float32(ckpt, info):
-    raw = ckpt.read_rows(info)
+def _float32(ckpt, info, first=0, last=None):
+    """Rows [first, last) of a checkpoint tensor (all of it by default) as float32."""
+    raw = ckpt.read_rows(info, first, last)
     if info.dtype == "BF16":
         raw = (raw.astype(np.uint32) << 16).view(np.float32)  # exact: bf16 is float32's high half
-    return raw.astype(np.float32, copy=False).reshape(info.shape)
+    raw = raw.astype(np.float32, copy=False)
+    return raw.reshape(info.shape) if first == 0 and last is None else raw
 
 
 class HfModel:
@@ -282,22 +313,34 @@ class HfModel:
         self.tensors = {name[len(strip):] if strip and name.startswith(strip) else name: info
                         for name, info in ckpt.tensors.items()}
 
-    def _tensor(self, name):
+    def _tensor(self, name, first=0, last=None):
         if name not in self.tensors:
             raise MappingError(f"{self.ckpt.directory}: the checkpoint has no tensor {name}")
-        values = _float32(self.ckpt, self.tensors[name])
+        values = _float32(self.ckpt, self.tensors[name], first, last)
         return values.astype(ml_dtypes.bfloat16).astype(np.float32) if self.bfloat16 else values
 
-    def logits(self, ids, progress=None, adjacent_pairs=(False,)):
-        """Logits [T, vocab_size] for token ids, one array per entry of adjacent_pairs (RoPE families:
-        True reads the checkpoint's q/k rows as Meta-interleaved); all variants share each layer read."""
+    def _picked_rows(self, name, ids):
+        unique, where = np.unique(ids, return_inverse=True)
+        return np.concatenate([self._tensor(name, int(i), int(i) + 1) for i in unique])[where]
+
+    def head_rows(self, first, last):
+        """Rows [first, last) of the output head (lm_head, or the tied embedding), float32."""
+        rope = self.family in ROPE_FAMILIES
+        name = "lm_head.weight" if "lm_head.weight" in self.tensors else (
+            "model.embed_tokens.weight" if rope else "wte.weight")
+        return self._tensor(name, first, last)
+
+    def final_states(self, ids, progress=None, adjacent_pairs=(False,)):
+        """The normed last hidden states [T, embedding] for token ids, one per entry of adjacent_pairs
+        (RoPE families: True reads the checkpoint's q/k rows as Meta-interleaved); all variants share
+        each layer read. Logits are these times head_rows, a vocabulary chunk at a time."""
         shape = self.shape
         rope = self.family in ROPE_FAMILIES
         if rope:
-            states = [jnp.asarray(self._tensor("model.embed_tokens.weight")[ids])] * len(adjacent_pairs)
+            states = [jnp.asarray(self._picked_rows("model.embed_tokens.weight", ids))] * len(adjacent_pairs)
             cos, sin = _angles(shape, len(ids))
         else:
-            states = [jnp.asarray(self._tensor("wte.weight")[ids] + self._tensor("wpe.weight")[: len(ids)])]
+            states = [jnp.asarray(self._picked_rows("wte.weight", ids) + self._tensor("wpe.weight", 0, len(ids)))]
         for i in range(shape.num_blocks):
             head = f"model.layers.{i}." if rope else f"h.{i}."
             t = {name[len(head):]: jnp.asarray(self._tensor(name)) for name in self.tensors
@@ -312,12 +355,50 @@ class HfModel:
             if progress is not None:
                 progress.advance(1)
         if rope:
-            head = self._tensor("lm_head.weight" if "lm_head.weight" in self.tensors else "model.embed_tokens.weight")
             norm = self._tensor("model.norm.weight")
-            return [np.asarray(_rms_norm(x, norm, self.eps)) @ head.T for x in states]
-        head = self._tensor("lm_head.weight" if "lm_head.weight" in self.tensors else "wte.weight")
-        normed = _layer_norm(states[0], self._tensor("ln_f.weight"), self._tensor("ln_f.bias"), self.eps)
-        return [np.asarray(normed) @ head.T]
+            return [np.asarray(_rms_norm(x, norm, self.eps)) for x in states]
+        return [np.asarray(_layer_norm(states[0], self._tensor("ln_f.weight"), self._tensor("ln_f.bias"), self.eps))]
+
+
+HEAD_CHUNK_BYTES = 1 << 25  # float32 head rows read at a time: logits never exist for the whole vocabulary
+
+
+class LogitStats:
+    """What a comparison needs of logits [T, vocabulary], taken a vocabulary chunk at a time: each
+    position's log-sum-exp, the logit of its next token, and its top-1 prediction."""
+
+    def __init__(self, ids):
+        self.ids = np.asarray(ids)
+        length = len(self.ids)
+        self.top = np.full(length, -np.inf)
+        self.sum = np.zeros(length)
+        self.target = np.full(length, np.nan)
+        self.best = np.full(length, -np.inf)
+        self.argmax = np.zeros(length, dtype=np.int64)
+
+    def add(self, first, logits):
+        """Logits [T, n] of vocabulary rows first..first + n."""
+        logits = np.asarray(logits, dtype=np.float64)
+        top = np.maximum(self.top, logits.max(axis=1))
+        self.sum = self.sum * np.exp(self.top - top) + np.exp(logits - top[:, None]).sum(axis=1)
+        self.top = top
+        nxt = self.ids[1:] - first
+        inside = np.flatnonzero((nxt >= 0) & (nxt < logits.shape[1]))
+        self.target[inside] = logits[inside, nxt[inside]]
+        local = logits.argmax(axis=1)
+        value = logits[np.arange(len(local)), local]
+        better = value > self.best  # ties keep the earlier index, as a whole-vocabulary argmax does
+        self.best[better], self.argmax[better] = value[better], local[better] + first
+
+    def loss(self):
+        """Mean next-token cross-entropy (nats), float64."""
+        return float(np.mean(np.log(self.sum[:-1]) + self.top[:-1] - self.target[:-1]))
+
+
+def head_chunks(vocab_size, width):
+    """(first, last) vocabulary row ranges of about HEAD_CHUNK_BYTES of float32 rows of width values."""
+    step = max(32, HEAD_CHUNK_BYTES // (4 * width))
+    return [(first, min(first + step, vocab_size)) for first in range(0, vocab_size, step)]
 
 
 def norm_epsilon(family, config):

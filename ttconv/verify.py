@@ -93,23 +93,43 @@ def _shape_and_epsilon(ckpt, family):
     return shape, norm_epsilon(family, ckpt.config)
 
 
+def _streamed(tt_model, hf_model, tt_states, hf_states, ids, vocab_size):
+    """LogitStats of the tt states (None without a tt model) and of each Hugging Face state, and the
+    largest |tt logit - hf logit| per Hugging Face state, the head read a vocabulary chunk at a time."""
+    from .models import LogitStats, head_chunks
+
+    tt_stats = LogitStats(ids) if tt_model is not None else None
+    hf_stats = [LogitStats(ids) for _ in hf_states]
+    diffs = [0.0] * len(hf_states)
+    for first, last in head_chunks(vocab_size, hf_states[0].shape[1]):
+        hf_head = hf_model.head_rows(first, last)
+        hf_logits = [state @ hf_head.T for state in hf_states]
+        del hf_head
+        for stats, logits in zip(hf_stats, hf_logits):
+            stats.add(first, logits)
+        if tt_model is not None:
+            tt_logits = (tt_states @ tt_model.head_rows(first, last).T).astype(np.float64)
+            tt_stats.add(first, tt_logits)
+            diffs = [max(d, float(np.max(np.abs(tt_logits - logits)))) for d, logits in zip(diffs, hf_logits)]
+    return tt_stats, hf_stats, diffs
+
+
 def decide_meta_style(ckpt, text=None, tokens=128, quiet=True):
     """LayoutDecision for a Llama checkpoint from its loss on the text (the built-in sample when None)."""
-    from .models import HfModel, cross_entropy
+    from .models import HfModel
 
     shape, eps = _shape_and_epsilon(ckpt, "llama")
     ids = np.array(sample_ids(ckpt.directory, text, tokens, shape.max_sequence_length, log.info))
+    model = HfModel(ckpt, "llama", shape, eps)
     with Progress(shape.num_blocks, "deciding q/k layout", quiet, unit="layer") as progress:
-        as_is, meta = HfModel(ckpt, "llama", shape, eps).logits(ids, progress, adjacent_pairs=(False, True))
-    return LayoutDecision(cross_entropy(as_is, ids), cross_entropy(meta, ids))
+        states = model.final_states(ids, progress, adjacent_pairs=(False, True))
+    _, (as_is, meta), _ = _streamed(None, model, None, states, ids, shape.vocab_size)
+    return LayoutDecision(as_is.loss(), meta.loss())
 
 
-def _compare(tt_logits, hf_logits, ids, layout):
-    from .models import cross_entropy
-
-    tt_loss, hf_loss = cross_entropy(tt_logits, ids), cross_entropy(hf_logits, ids)
-    diff = float(np.max(np.abs(tt_logits.astype(np.float64) - hf_logits)))
-    top1 = float(np.mean(np.argmax(tt_logits, axis=-1) == np.argmax(hf_logits, axis=-1)))
+def _compare(tt_stats, hf_stats, diff, ids, layout):
+    tt_loss, hf_loss = tt_stats.loss(), hf_stats.loss()
+    top1 = float(np.mean(tt_stats.argmax == hf_stats.argmax))
     relative = abs(tt_loss - hf_loss) / max(abs(hf_loss), 1e-12)
     problems = []
     if relative > TOLERANCE:
@@ -129,7 +149,7 @@ def check(family, tt_path, hf_model, text_path=None, tokens=128, revision=None, 
 
     >>> check("llama", "out/llama.msgpack", "examples/llama-mini").ok  # doctest: +SKIP
     """
-    from .models import HfModel, TtModel, cross_entropy
+    from .models import HfModel, TtModel
 
     if tokens < 2:
         raise TtconvError(f"--tokens {tokens}: at least 2 tokens are needed to predict a next token")
@@ -148,18 +168,20 @@ def check(family, tt_path, hf_model, text_path=None, tokens=128, revision=None, 
         if int(ids.max()) >= shape.vocab_size:
             raise MappingError(f"the tokenizer gives id {int(ids.max())}, beyond the vocabulary of {shape.vocab_size}")
         variants = (False, True) if family == "llama" else (False,)  # Llama: also read as Meta-interleaved
+        hf_model = HfModel(ckpt, family, shape, eps, bfloat16)
         with Progress(shape.num_blocks * 2, "checking layers", quiet, unit="layer") as progress:
-            tt_logits = tt_model.logits(ids, progress)
-            hf_logits = HfModel(ckpt, family, shape, eps, bfloat16).logits(ids, progress, adjacent_pairs=variants)
+            tt_states = tt_model.final_states(ids, progress)
+            hf_states = hf_model.final_states(ids, progress, adjacent_pairs=variants)
+        tt_stats, hf_stats, diffs = _streamed(tt_model, hf_model, tt_states, hf_states, ids, shape.vocab_size)
     finally:
         ckpt.close()
     if family != "llama":
-        result = _compare(tt_logits, hf_logits[0], ids, None)
+        result = _compare(tt_stats, hf_stats[0], diffs[0], ids, None)
     else:
-        layout = LayoutDecision(cross_entropy(hf_logits[0], ids), cross_entropy(hf_logits[1], ids))
+        layout = LayoutDecision(hf_stats[0].loss(), hf_stats[1].loss())
         # A checkpoint whose own numbers say its q/k rows are Meta-interleaved is compared as such:
         # that is the model a correct (--meta_style) conversion holds.
-        reference = hf_logits[1] if layout.decided and layout.meta_style else hf_logits[0]
-        result = _compare(tt_logits, reference, ids, layout)
+        reference = 1 if layout.decided and layout.meta_style else 0
+        result = _compare(tt_stats, hf_stats[reference], diffs[reference], ids, layout)
     result.hf_bfloat16 = bfloat16
     return result
