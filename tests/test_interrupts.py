@@ -335,3 +335,39 @@ def test_signals_while_a_directory_is_written_leave_the_old_or_the_new_one(sizea
                 assert directory_bytes(folder / "out") == previous, context
                 interrupted += 1
     assert interrupted >= DIRECTORY_RUNS // 2, interrupted
+
+
+EXPORT_RUNS = 16
+
+
+def test_signals_while_exporting_leave_nothing_or_the_whole_folder(sizeable_conversion, tmp_path):
+    """to-hf builds its folder (three shards and an index here) beside the target and renames it whole."""
+    tt = tmp_path / "tt.msgpack"
+    assert run_ttconv(sizeable_conversion, tt)[0] == 0
+    args = ["to-hf", "llama", str(tt), "--hf_model", sizeable_conversion[-1], "--max-shard-size", "15MB"]
+    reference = tmp_path / "reference"
+    status, _, whole_run = run_ttconv(args, reference)
+    assert status == 0 and "model.safetensors.index.json" in os.listdir(reference)
+    expected = directory_bytes(reference)
+
+    def one(k):
+        folder = tmp_path / f"run{k}"
+        folder.mkdir()
+        signum = signal.SIGINT if k % 2 == 0 else signal.SIGTERM
+        delay = whole_run * 1.1 * k / (EXPORT_RUNS - 1)
+        status, err, _ = run_ttconv(args, folder / "hf", signum, delay)
+        return k, delay, signum, status, err, folder
+
+    interrupted = 0
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        for k, delay, signum, status, err, folder in pool.map(one, range(EXPORT_RUNS)):
+            context = f"run {k}: {signum.name} {delay * 1000:.0f} ms after the handlers, exit {status}: {err!r}"
+            assert "Traceback" not in err and err.count("\n") == 1, context
+            if status == 0:
+                assert os.listdir(folder) == ["hf"] and directory_bytes(folder / "hf") == expected, context
+            else:
+                assert status == SIGNAL_STATUS[signum], context
+                assert err.endswith(("was not written\n", "no output was written\n")), context
+                assert os.listdir(folder) == [], context
+                interrupted += 1
+    assert interrupted >= EXPORT_RUNS // 2, interrupted
