@@ -159,7 +159,7 @@ def hf_checkpoint(tmp_path, cfg, tensors, name="ckpt"):
 
 
 @pytest.mark.parametrize("tie,tied_tt,vocab", [(False, False, 96), (True, True, 70)])
-def test_to_hf_llama_dump_written_by_ttnn(cli, tmp_path, ttnn_tool, tie, tied_tt, vocab):
+def test_to_hf_llama_dump_written_by_ttnn(cli, tmp_path, ttnn_tool, backend, tie, tied_tt, vocab):
     cfg = support.llama_config(vocab=vocab, tie=tie)
     tensors = support.llama_tensors(cfg, tie=tie)
     ckpt = hf_checkpoint(tmp_path, cfg, tensors)
@@ -199,7 +199,7 @@ def test_to_hf_training_states(cli, tmp_path, optimizer):
     assert ("master weights" in err) == bool(masters)
 
 
-def test_to_hf_gpt2_dump(cli, tmp_path, ttnn_tool):
+def test_to_hf_gpt2_dump(cli, tmp_path, ttnn_tool, backend):
     cfg = support.gpt2_config(vocab=90)
     tensors = support.gpt2_tensors(cfg)
     ckpt = hf_checkpoint(tmp_path, cfg, tensors)
