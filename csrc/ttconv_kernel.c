@@ -634,6 +634,44 @@ static int move_run(const void *src, int dtype, size_t first, size_t n, int raw1
 
 #define GATHER_BLOCK 16
 
+/* Sixteen values (one face row of a tile) from source element at to output values j.. in the hot
+ * dtype pairs with constant-size copies; the others through move_run. */
+static inline int move_sixteen(const void *src, int dtype, size_t at, int raw16, void *out, int out_dtype, size_t j)
+{
+    if (raw16) {
+        memcpy((uint16_t *)out + j, (const uint16_t *)src + at, 16 * 2);
+        return 1;
+    }
+    if (dtype == TT_DTYPE_BF16 && out_dtype == TT_OUT_F32) {
+        uint32_t bits[16];
+        for (size_t q = 0; q < 16; q++)
+            bits[q] = (uint32_t)((const uint16_t *)src)[at + q] << 16;
+        memcpy((uint32_t *)out + j, bits, sizeof bits);
+        return 1;
+    }
+    if (dtype == TT_DTYPE_F32 && out_dtype == TT_OUT_F32) {
+        memcpy((float *)out + j, (const float *)src + at, 16 * 4);
+        return 1;
+    }
+    return move_run(src, dtype, at, 16, raw16, out, out_dtype, j);
+}
+
+/* Source row r of a tiled source, its first cols values, to output values at..: each 32 columns are
+ * two face rows (left and right face of a tile) at fixed distances from the row's start. */
+static int untile_row(const void *src, int dtype, size_t src_cols, size_t r, size_t cols, int raw16, void *out,
+                      int out_dtype, size_t at)
+{
+    size_t row_start = (r >> 5) * 32 * src_cols + ((r & 16) << 5) + ((r & 15) << 4);
+    size_t whole = cols / 16 * 16;
+    int ok = 1;
+    for (size_t c = 0; c < whole; c += 16)
+        ok &= move_sixteen(src, dtype, row_start + (c >> 5) * 1024 + ((c & 16) << 4), raw16, out, out_dtype, at + c);
+    if (whole < cols)
+        ok &= move_run(src, dtype, row_start + (whole >> 5) * 1024 + ((whole & 16) << 4), cols - whole, raw16, out,
+                       out_dtype, at + whole);
+    return ok;
+}
+
 #define TRANSPOSE_RUN 64 /* output rows a transpose writes at once: 4 face rows of a tile, 5 cache lines of msgpack */
 
 /* True when output rows k..k+TRANSPOSE_RUN-1 are consecutive source columns j.. (in a tiled source j a
@@ -718,10 +756,7 @@ int tt_gather(const void *src, int dtype, int tiled, size_t src_cols, const uint
             } else if (!tiled) {
                 ok &= move_run(src, dtype, r * src_cols, cols, raw16, out, out_dtype, at);
             } else {
-                /* a tiled row is 16-value face rows: each one contiguous */
-                for (size_t c = 0; c < cols; c += 16)
-                    ok &= move_run(src, dtype, source_offset(1, src_cols, r, c), cols - c < 16 ? cols - c : 16,
-                                   raw16, out, out_dtype, at + c);
+                ok &= untile_row(src, dtype, src_cols, r, cols, raw16, out, out_dtype, at);
             }
         }
         return ok ? TT_OK : TT_E_NOT_A_NUMBER;

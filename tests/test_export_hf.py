@@ -9,6 +9,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file
 
 import support
+from ttconv import output
 from ttconv.hf import safetensors_out
 
 
@@ -253,3 +254,18 @@ def test_positions_beyond_the_tt_context_come_from_the_original(cli, tmp_path):
     trained = support.tt_tensor(support.read_tt(init), "transformer/transformer", "pos_emb/weight")
     np.testing.assert_array_equal(pos[:32], trained)  # what the tt file holds (fine-tuned)
     np.testing.assert_array_equal(pos[32:], original["transformer.wpe.weight"][32:])
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_chunks_that_split_heads_and_rows_anywhere(cli, tmp_path, backend, monkeypatch, family):
+    """Write buffers of 1.5 KB: chunks start and end inside RoPE heads and inside transposed runs."""
+    monkeypatch.setattr(output, "BUFFER_BYTES", 1536)
+    if family == "llama":
+        cfg = support.llama_config(vocab=70, tie=True)
+        tensors, shapes, prefix = support.llama_tensors(cfg, tie=True), support.llama_tt_shapes(cfg, 96), "llama/llama"
+    else:
+        cfg = support.gpt2_config(positions=48)
+        tensors, shapes = support.gpt2_tensors(cfg), support.gpt2_tt_shapes(cfg, 128, 32)
+        prefix = "transformer/transformer"
+    original, exported = roundtrip(cli, tmp_path, family, cfg, tensors, shapes, prefix)
+    assert_same(original, exported)

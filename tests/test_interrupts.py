@@ -219,34 +219,45 @@ def run_ttconv(args, out, signum=None, delay=0.0):
     return proc.returncode, err, time.perf_counter() - installed
 
 
+def signalled_runs(args, tmp_path, name, whole_run, runs, prepare=None):
+    """Run ttconv ARGS -o run<k>/NAME `runs` times (two at a time), SIGINT and SIGTERM in turn sent at
+    instants spread over 1.1 whole runs (prepare(folder) first, when given). Yields (context, signum,
+    status, stderr, folder) in order, each run's stderr checked to be one line without a traceback."""
+
+    def one(k):
+        folder = tmp_path / f"run{k}"
+        folder.mkdir()
+        if prepare is not None:
+            prepare(folder)
+        signum = signal.SIGINT if k % 2 == 0 else signal.SIGTERM
+        delay = whole_run * 1.1 * k / (runs - 1)
+        status, err, _ = run_ttconv(args, folder / name, signum, delay)
+        return k, delay, signum, status, err, folder
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        for k, delay, signum, status, err, folder in pool.map(one, range(runs)):
+            context = f"run {k}: {signum.name} {delay * 1000:.0f} ms after the handlers, exit {status}: {err!r}"
+            assert "Traceback" not in err and err.count("\n") == 1, context
+            yield context, signum, status, err, folder
+
+
 def test_signals_at_fifty_instants_leave_no_trace(sizeable_conversion, tmp_path):
     reference = tmp_path / "reference.msgpack"
     status, _, whole_run = run_ttconv(sizeable_conversion, reference)
     assert status == 0
     expected = reference.read_bytes()
-
-    def one(k):
-        folder = tmp_path / f"run{k}"
-        folder.mkdir()
-        signum = signal.SIGINT if k % 2 == 0 else signal.SIGTERM
-        delay = whole_run * 1.1 * k / (RUNS - 1)
-        status, err, _ = run_ttconv(sizeable_conversion, folder / "out.msgpack", signum, delay)
-        return k, delay, signum, status, err, folder
-
     outcomes = {"interrupted": 0, "completed": 0}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        for k, delay, signum, status, err, folder in pool.map(one, range(RUNS)):
-            context = f"run {k}: {signum.name} {delay * 1000:.0f} ms after the handlers, exit {status}: {err!r}"
-            assert "Traceback" not in err and err.count("\n") == 1, context
-            assert leftovers(folder) == [], context
-            if status == 0:
-                assert (folder / "out.msgpack").read_bytes() == expected, context
-                outcomes["completed"] += 1
-            else:
-                assert status == SIGNAL_STATUS[signum], context
-                assert err.startswith(f"ttconv: {'interrupted' if status == 130 else 'terminated'}; "), context
-                assert os.listdir(folder) == [], context
-                outcomes["interrupted"] += 1
+    for context, signum, status, err, folder in signalled_runs(sizeable_conversion, tmp_path, "out.msgpack",
+                                                               whole_run, RUNS):
+        assert leftovers(folder) == [], context
+        if status == 0:
+            assert (folder / "out.msgpack").read_bytes() == expected, context
+            outcomes["completed"] += 1
+        else:
+            assert status == SIGNAL_STATUS[signum], context
+            assert err.startswith(f"ttconv: {'interrupted' if status == 130 else 'terminated'}; "), context
+            assert os.listdir(folder) == [], context
+            outcomes["interrupted"] += 1
     # the instants must really be spread over the run: most interrupt it, the last ones may not
     assert outcomes["interrupted"] >= RUNS // 2, outcomes
 
@@ -313,27 +324,16 @@ def test_signals_while_a_directory_is_written_leave_the_old_or_the_new_one(sizea
     ttnn_tensors(ttnn_tool, reference, tmp_path)  # what every completed run must equal, byte for byte
     assert run_ttconv(args + ["--layout", "model"], old)[0] == 0
     expected, previous = directory_bytes(reference), directory_bytes(old)
-
-    def one(k):
-        folder = tmp_path / f"run{k}"
-        shutil.copytree(old, folder / "out")
-        signum = signal.SIGINT if k % 2 == 0 else signal.SIGTERM
-        delay = whole_run * 1.1 * k / (DIRECTORY_RUNS - 1)
-        status, err, _ = run_ttconv(args, folder / "out", signum, delay)
-        return k, delay, signum, status, err, folder
-
     interrupted = 0
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        for k, delay, signum, status, err, folder in pool.map(one, range(DIRECTORY_RUNS)):
-            context = f"run {k}: {signum.name} {delay * 1000:.0f} ms after the handlers, exit {status}: {err!r}"
-            assert "Traceback" not in err and err.count("\n") == 1, context
-            assert os.listdir(folder) == ["out"], context
-            if status == 0:
-                assert directory_bytes(folder / "out") == expected, context
-            else:
-                assert status == SIGNAL_STATUS[signum], context
-                assert directory_bytes(folder / "out") == previous, context
-                interrupted += 1
+    for context, signum, status, err, folder in signalled_runs(args, tmp_path, "out", whole_run, DIRECTORY_RUNS,
+                                                               lambda folder: shutil.copytree(old, folder / "out")):
+        assert os.listdir(folder) == ["out"], context
+        if status == 0:
+            assert directory_bytes(folder / "out") == expected, context
+        else:
+            assert status == SIGNAL_STATUS[signum], context
+            assert directory_bytes(folder / "out") == previous, context
+            interrupted += 1
     assert interrupted >= DIRECTORY_RUNS // 2, interrupted
 
 
@@ -349,25 +349,13 @@ def test_signals_while_exporting_leave_nothing_or_the_whole_folder(sizeable_conv
     status, _, whole_run = run_ttconv(args, reference)
     assert status == 0 and "model.safetensors.index.json" in os.listdir(reference)
     expected = directory_bytes(reference)
-
-    def one(k):
-        folder = tmp_path / f"run{k}"
-        folder.mkdir()
-        signum = signal.SIGINT if k % 2 == 0 else signal.SIGTERM
-        delay = whole_run * 1.1 * k / (EXPORT_RUNS - 1)
-        status, err, _ = run_ttconv(args, folder / "hf", signum, delay)
-        return k, delay, signum, status, err, folder
-
     interrupted = 0
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        for k, delay, signum, status, err, folder in pool.map(one, range(EXPORT_RUNS)):
-            context = f"run {k}: {signum.name} {delay * 1000:.0f} ms after the handlers, exit {status}: {err!r}"
-            assert "Traceback" not in err and err.count("\n") == 1, context
-            if status == 0:
-                assert os.listdir(folder) == ["hf"] and directory_bytes(folder / "hf") == expected, context
-            else:
-                assert status == SIGNAL_STATUS[signum], context
-                assert err.endswith(("was not written\n", "no output was written\n")), context
-                assert os.listdir(folder) == [], context
-                interrupted += 1
+    for context, signum, status, err, folder in signalled_runs(args, tmp_path, "hf", whole_run, EXPORT_RUNS):
+        if status == 0:
+            assert os.listdir(folder) == ["hf"] and directory_bytes(folder / "hf") == expected, context
+        else:
+            assert status == SIGNAL_STATUS[signum], context
+            assert err.endswith(("was not written\n", "no output was written\n")), context
+            assert os.listdir(folder) == [], context
+            interrupted += 1
     assert interrupted >= EXPORT_RUNS // 2, interrupted

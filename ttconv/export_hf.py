@@ -27,14 +27,13 @@ from .mapping import hf_order_key
 from .output import atomic_directory
 from .progress import Progress
 from .tt.formats import open_tt, weights_in_bfloat16
-from .tt.rows import ScratchBuffer
+from .tt.rows import RowGatherer, ScratchBuffer
 
 OUTPUT_DTYPES = {"f32": "F32", "bf16": "BF16", "f16": "F16"}  # --dtype -> safetensors dtype
 CONFIG_DTYPES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
 DTYPE_CHOICES = ("auto",) + tuple(OUTPUT_DTYPES)
 # safetensors dtypes kernels.gather reads (others are copied as they are)
 GATHER_DTYPES = {"F32": ("f32", np.float32), "F16": ("f16", np.float16), "BF16": ("bf16", np.uint16)}
-CHUNK_BYTES = 1 << 22  # a chunk's output when it does not go straight into a write buffer
 TRANSPOSE_ROWS = 64  # a transpose's chunks are whole runs of 64 rows: the kernel's fast path
 
 
@@ -98,17 +97,18 @@ def _exports(family, plan, ckpt, out_dtype):
     return [exports[name] for name in sorted(exports, key=lambda n: hf_order_key(family, n))]
 
 
-def _rope_order(count, head_dim):
-    """Rows of count rows (whole heads) that undo the interleave: HF row i of a head is tt row 2i, HF
-    row head_dim/2 + i tt row 2i + 1."""
-    i = np.arange(count) % head_dim
+def _rope_order(first, last, head_dim):
+    """The tt rows of HF rows first..last that undo the interleave: HF row i of a head is the head's tt
+    row 2i, HF row head_dim/2 + i its tt row 2i + 1."""
+    rows = np.arange(first, last)
+    i = rows % head_dim
     half = head_dim // 2
-    return (np.arange(count) // head_dim * head_dim + np.where(i < half, 2 * i, 2 * (i - half) + 1)).astype(np.uint32)
+    return (rows // head_dim * head_dim + np.where(i < half, 2 * i, 2 * (i - half) + 1)).astype(np.uint32)
 
 
 class _Streamer:
     """Writes the exports' bytes through a file's sink, a chunk of rows at a time, straight into the
-    output's write buffers where a chunk fits the one being filled."""
+    output's write buffers (only the unit of rows that straddles two buffers goes through a copy)."""
 
     def __init__(self, tt, ckpt, out_dtype, progress):
         self._tt = tt
@@ -141,8 +141,8 @@ class _Streamer:
                 count = min(fit, n_rows - done)
                 fill(done, count, sink.reserve(count * row_bytes))
                 sink.commit(count * row_bytes)
-            else:
-                count = min(max(unit, CHUNK_BYTES // row_bytes // unit * unit), n_rows - done)
+            else:  # the buffer being filled has less room than a unit of rows: they straddle two buffers
+                count = min(unit, n_rows - done)
                 out = self._output.take(count * row_bytes)
                 fill(done, count, out)
                 sink.write(out)
@@ -151,41 +151,33 @@ class _Streamer:
 
     def _tt_part(self, part, cols, sink):
         param, out_dtype = part.param, self._out_dtype
-        state = {"source": self._tt.row_source(param, self._input), "read": None, "block": None}
-
-        def gathered(first, count, rows, out, **how):
-            """Gather rows (relative to tt row first) of the stored rows first..first+count into out (read
-            once for consecutive calls with the same rows), decoding the tensor whole if its msgpack
-            values turn out not to be all float32."""
-            for _ in range(2):
-                if state["read"] != (first, count):
-                    state["block"], state["read"] = state["source"].read(first, count), (first, count)
-                block = state["block"]
-                if kernels.gather(block.data, block.dtype, block.stored_cols, rows + (first - block.start), out,
-                                  out_dtype, tiled=block.tiled, **how):
-                    return
-                state["source"].close()
-                state["source"], state["read"] = self._tt.decoded_rows(param), None
-            raise AssertionError(f"{param.name}: decoded values could not be gathered")
-
+        rows = RowGatherer(self._tt, param, self._input)
         try:
             if part.transform == "transpose":
                 # output row k is tt column k: the whole tt matrix is read once, then gathered a chunk at a time
-                self._chunks(sink, part.rows, cols * self._width, TRANSPOSE_ROWS, lambda first, count, out: gathered(
-                    0, param.rows, np.arange(first, first + count, dtype=np.uint32), out, cols=cols, transposed=True))
+                self._chunks(sink, part.rows, cols * self._width, TRANSPOSE_ROWS, lambda first, count, out: rows.gather(
+                    0, param.rows, np.arange(first, first + count, dtype=np.uint32), out, out_dtype, cols=cols,
+                    transposed=True))
             elif part.transform == "rope_columns":  # a q/k norm vector: one row, its head_dim values interleaved
-                self._chunks(sink, 1, cols * self._width, 1, lambda first, count, out: gathered(
-                    part.first, 1, np.zeros(1, dtype=np.uint32), out, columns=_rope_order(cols, cols)))
+                self._chunks(sink, 1, cols * self._width, 1, lambda first, count, out: rows.gather(
+                    part.first, 1, np.zeros(1, dtype=np.uint32), out, out_dtype, columns=_rope_order(0, cols, cols)))
             else:
-                unit = part.rows // part.heads if part.transform == "rope" else 1
+                head_dim = part.rows // part.heads if part.transform == "rope" else 1
 
                 def fill(first, count, out):
-                    rows = _rope_order(count, unit) if unit > 1 else np.arange(count, dtype=np.uint32)
-                    gathered(part.first + first, count, rows, out, cols=cols)
+                    if head_dim == 1:
+                        rows.gather(part.first + first, count, np.arange(count, dtype=np.uint32), out, out_dtype,
+                                    cols=cols)
+                        return
+                    # the rows of the whole heads these rows lie in, de-interleaved
+                    start = first // head_dim * head_dim
+                    stop = -(-(first + count) // head_dim) * head_dim
+                    picked = _rope_order(first, first + count, head_dim) - start
+                    rows.gather(part.first + start, stop - start, picked, out, out_dtype, cols=cols)
 
-                self._chunks(sink, part.rows, cols * self._width, unit, fill)
+                self._chunks(sink, part.rows, cols * self._width, 1, fill)
         finally:
-            state["source"].close()
+            rows.close()
 
     def _original(self, part, out, sink):
         info, ckpt = part.original, self._ckpt

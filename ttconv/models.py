@@ -17,12 +17,11 @@ import math
 import ml_dtypes
 import numpy as np
 
-from . import kernels
 from .errors import MappingError
 from .families import ROPE_FAMILIES
 from .interrupts import import_held
 from .mapping import BLOCK_0, count_tt_layers, find_prefix
-from .tt.rows import ScratchBuffer
+from .tt.rows import RowGatherer, ScratchBuffer
 
 jax = import_held("jax")
 jax.config.update("jax_platforms", "cpu")
@@ -161,12 +160,11 @@ class TtModel:
     def _row_range(self, name, first, last):
         """Rows [first, last) of a tensor as float32, read through the reader's row source (only the
         stored rows they lie in)."""
-        param = self.params[f"{self.prefix}/{name}"]
-        source = self.tt.row_source(param, self._scratch)
+        rows = RowGatherer(self.tt, self.params[f"{self.prefix}/{name}"], self._scratch)
         try:
-            return _gathered_rows(source, self.tt, param, first, last)
+            return rows.float32_rows(first, last)
         finally:
-            source.close()
+            rows.close()
 
     def _picked_rows(self, name, ids):
         """The rows of a tensor that ids name, as float32 [len(ids), cols] (each stored row read once)."""
@@ -238,19 +236,6 @@ class TtModel:
         else:
             x = _layer_norm(x, self._tensor("ln_fc/gamma")[0], self._tensor("ln_fc/beta")[0], self.eps)
         return np.asarray(x)
-
-
-def _gathered_rows(source, tt, param, first, last):
-    """Rows [first, last) of a tt parameter from its row source, as float32 [last - first, cols]."""
-    out = np.empty((last - first) * param.cols * 4, dtype=np.uint8)
-    rows = np.arange(last - first, dtype=np.uint32)
-    for _ in range(2):
-        block = source.read(first, last - first)
-        if kernels.gather(block.data, block.dtype, block.stored_cols, rows + (first - block.start), out, "f32",
-                          tiled=block.tiled, cols=param.cols):
-            return out.view(np.float32).reshape(last - first, param.cols)
-        source = tt.decoded_rows(param)  # msgpack values that are not all float32
-    raise AssertionError(f"{param.name}: decoded values could not be gathered")
 
 
 # ------------------------------------------------------------------ transformers' side

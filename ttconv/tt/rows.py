@@ -3,14 +3,15 @@
 A reader's row_source(param) gives an object whose read(first, count) returns a RowBlock:
 stored rows that cover rows [first, first + count) of the tensor, raw as the file holds them
 (msgpack float32 bytes, TILE or row-major words), so that kernels.gather untilizes, picks and
-rounds them in one pass. Blocks are views of a buffer the source reuses: each is valid until the
-next read.
+rounds them in one pass (RowGatherer). Blocks are views of a buffer the source reuses: each is
+valid until the next read.
 """
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from .. import kernels
 from ..errors import TtFileError
 
 
@@ -63,3 +64,40 @@ def read_exactly(fd, buffer, offset, path):
             raise TtFileError(f"{path}: file ended while reading (truncated?)")
         done += n
     return buffer
+
+
+class RowGatherer:
+    """kernels.gather over a parameter's stored rows (reader.row_source): each range of rows read once
+    for consecutive calls, and the parameter decoded whole instead when its msgpack values turn out
+    not to be all float32."""
+
+    def __init__(self, reader, param, scratch):
+        self._reader = reader
+        self._param = param
+        self._source = reader.row_source(param, scratch)
+        self._read = None
+        self._block = None
+
+    def gather(self, first, count, rows, out, out_dtype, **how):
+        """Rows (relative to tensor row first) of stored rows first..first + count into out as out_dtype;
+        how: kernels.gather's cols, columns, transposed."""
+        for _ in range(2):
+            if self._read != (first, count):
+                self._block, self._read = self._source.read(first, count), (first, count)
+            block = self._block
+            if kernels.gather(block.data, block.dtype, block.stored_cols, rows + (first - block.start), out,
+                              out_dtype, tiled=block.tiled, **how):
+                return
+            self._source.close()
+            self._source, self._read = self._reader.decoded_rows(self._param), None
+        raise AssertionError(f"{self._param.name}: decoded values could not be gathered")
+
+    def float32_rows(self, first, last):
+        """Rows [first, last) as float32 [last - first, cols]."""
+        cols = self._param.cols
+        out = np.empty((last - first) * cols * 4, dtype=np.uint8)
+        self.gather(first, last - first, np.arange(last - first, dtype=np.uint32), out, "f32", cols=cols)
+        return out.view(np.float32).reshape(last - first, cols)
+
+    def close(self):
+        self._source.close()
