@@ -2,7 +2,7 @@
 sharded or not, F32/BF16) and, for the families msgpack has, a matching tt-train init file
 (msgpack-c style: weights as float32, gammas and biases as ints, keys shuffled), both
 written streaming. Qwen3 cases get the checkpoint only (Qwen3 is written as directories), and so
-does llama3.2-3b-bf16 (an export case: its tt side is a directory built from config.json).
+do llama3.2-3b-bf16 and gpt2-xl (export cases: their tt side is a directory built from config.json).
 
     python bench/generate.py llama-155m --out bench/out
 """
@@ -26,6 +26,9 @@ CASES = {
     # export only: its init file (16 GB of msgpack) is not written; the tt side is a directory built from config.json
     "llama3.2-3b-bf16": dict(family="llama", hidden=3072, layers=28, heads=24, kv_heads=8, inter=8192,
                              vocab=128256, dtype="BF16", tied=True, shards=2, init=False),
+    # export only, as llama3.2-3b-bf16: GPT-2 at a size where start-up does not hide the cost per byte
+    "gpt2-xl": dict(family="gpt2", hidden=1600, layers=48, heads=25, vocab=50257, positions=1024,
+                    dtype="F32", tied=True, shards=2, init=False),
     "gpt2-medium": dict(family="gpt2", hidden=1024, layers=24, heads=16, vocab=50257, positions=1024,
                         dtype="F32", tied=True, shards=1),
 }
