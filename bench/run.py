@@ -11,11 +11,13 @@ training state (model, zero AdamW moments, scheduler; --layout training) or the 
 floor (read + write, what a program that reads and then writes pays) and to max(read,
 write) (what perfect overlap of reading and writing would pay). Then a
 kernel micro-benchmark: RoPE permutation + msgpack encode, C vs jax fallback vs plain
-numpy, beside numpy's memcpy bandwidth.
+numpy, beside numpy's memcpy bandwidth. With --export: ttconv to-hf from each format instead,
+against reading the tt-train input and writing the output.
 
     python bench/run.py                     # every case, both formats (needs ~45 GB of disk)
     python bench/run.py llama-155m --repeat 3
     python bench/run.py tinyllama-1.1b --format flatbuffer --backend c --backend jax
+    python bench/run.py llama3.2-3b-bf16 --export --format flatbuffer --repeat 5
 """
 import argparse
 import json

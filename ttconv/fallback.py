@@ -287,7 +287,20 @@ def gather(source, code, tiled, src_cols, rows, columns, cols, transposed, out_c
     elif columns is None and transposed:
         columns = np.arange(cols, dtype=np.uint32)
     raw16 = code in (F16, BF16) and (code, out_code) in ((F16, OUT_F16), (BF16, OUT_BF16))
-    values = np.asarray(_gather(matrix, rows, columns, code, bool(tiled), bool(transposed), out_code, raw16))
+    # source rows and picked rows padded to powers of two: chunks come in many sizes, and each new
+    # shape would be a new compilation
+    matrix = _padded(matrix, _power_of_two(matrix.shape[0]), 0)
+    picked = _padded(rows, _power_of_two(rows.size), 0)
+    values = np.asarray(_gather(matrix, picked, columns, code, bool(tiled), bool(transposed), out_code, raw16))
+    values = values[:rows.size]
     nbytes = values.size * values.dtype.itemsize
     out[:nbytes] = values.reshape(-1).view(np.uint8)
     return True
+
+
+def _power_of_two(n):
+    """The smallest power of two, at least 32 (a tile row), that is n or more."""
+    size = 32
+    while size < n:
+        size <<= 1
+    return size
