@@ -11,6 +11,7 @@ from safetensors.numpy import load_file
 import support
 from ttconv import output
 from ttconv.hf import safetensors_out
+from ttconv.tt import rows
 
 
 def roundtrip(cli, tmp_path, family, cfg, tensors, shapes, prefix, dtype="F32", extra=()):
@@ -257,9 +258,13 @@ def test_positions_beyond_the_tt_context_come_from_the_original(cli, tmp_path):
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_chunks_that_split_heads_and_rows_anywhere(cli, tmp_path, backend, monkeypatch, family):
-    """Write buffers of 1.5 KB: chunks start and end inside RoPE heads and inside transposed runs."""
-    monkeypatch.setattr(output, "BUFFER_BYTES", 1536)
+@pytest.mark.parametrize("buffer_bytes", [1536, 1 << 22])
+def test_chunks_that_split_heads_and_rows_anywhere(cli, tmp_path, backend, monkeypatch, family, buffer_bytes):
+    """Write buffers of 1.5 KB: chunks start and end inside RoPE heads and inside transposed runs (and
+    of 4 MB: whole tensors at once); every gather of 16 rows or more is shared with the helper thread."""
+    monkeypatch.setattr(output, "BUFFER_BYTES", buffer_bytes)
+    monkeypatch.setattr(rows, "SPLIT_BYTES", 0)
+    monkeypatch.setattr(rows, "SPLIT_ROWS", 8)
     if family == "llama":
         cfg = support.llama_config(vocab=70, tie=True)
         tensors, shapes, prefix = support.llama_tensors(cfg, tie=True), support.llama_tt_shapes(cfg, 96), "llama/llama"

@@ -8,6 +8,7 @@ longer than most conversions.
 
 Source arrays are float32 (F32), float16 (F16) or uint16 holding bfloat16 bits (BF16).
 """
+import concurrent.futures
 import importlib.metadata
 import os
 
@@ -60,6 +61,19 @@ def _choose_backend():
 
 
 BACKEND, _kernel, FALLBACK_REASON = _choose_backend()
+
+
+_HELPER = []
+
+
+def helper():
+    """The one helper thread that takes part of a large kernel call while the caller does the rest (the
+    kernel releases the GIL); None on a single core."""
+    if not _HELPER:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        _HELPER.append(concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ttconv-kernel")
+                       if cores > 1 else None)
+    return _HELPER[0]
 
 
 def _dtype_code(array):

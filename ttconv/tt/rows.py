@@ -66,6 +66,30 @@ def read_exactly(fd, buffer, offset, path):
     return buffer
 
 
+SPLIT_BYTES = 1 << 20  # a gather with this much output is shared with the helper thread
+SPLIT_ROWS = 64  # at a multiple of this many rows: a transpose's runs stay whole
+
+
+def _gather_in_halves(block, rows, out, out_dtype, cols=None, columns=None, transposed=False):
+    """kernels.gather of a block's rows into out, the second half of a large call on kernels.helper()
+    (both cores: for a transpose the kernel, not the disk, is the slower side); False as
+    kernels.gather."""
+    row_bytes = (len(columns) if columns is not None else cols) * kernels.GATHER_OUT[out_dtype][1]
+    middle = len(rows) // 2 // SPLIT_ROWS * SPLIT_ROWS
+    helper = kernels.helper() if middle and len(rows) * row_bytes >= SPLIT_BYTES else None
+
+    def part(first, last):
+        return kernels.gather(block.data, block.dtype, block.stored_cols, rows[first:last],
+                              out[first * row_bytes:last * row_bytes], out_dtype, tiled=block.tiled, cols=cols,
+                              columns=columns, transposed=transposed)
+
+    if helper is None:
+        return part(0, len(rows))
+    second = helper.submit(part, middle, len(rows))
+    first_ok = part(0, middle)
+    return second.result() and first_ok
+
+
 class RowGatherer:
     """kernels.gather over a parameter's stored rows (reader.row_source): each range of rows read once
     for consecutive calls, and the parameter decoded whole instead when its msgpack values turn out
@@ -84,9 +108,7 @@ class RowGatherer:
         for _ in range(2):
             if self._read != (first, count):
                 self._block, self._read = self._source.read(first, count), (first, count)
-            block = self._block
-            if kernels.gather(block.data, block.dtype, block.stored_cols, rows + (first - block.start), out,
-                              out_dtype, tiled=block.tiled, **how):
+            if _gather_in_halves(self._block, rows + (first - self._block.start), out, out_dtype, **how):
                 return
             self._source.close()
             self._source, self._read = self._reader.decoded_rows(self._param), None

@@ -10,9 +10,7 @@ copied byte for byte, or keep their header with zero data (a hole the file syste
 zeros: nothing to write); the metadata, every value in its input order and type, is written
 last.
 """
-import concurrent.futures
 import contextlib
-import os
 
 import numpy as np
 
@@ -137,18 +135,6 @@ class _Scratch:
         return self._buffer
 
 
-_HELPER = []
-
-
-def _helper():
-    """The one helper thread that fills the second half of each block (None on a single core)."""
-    if not _HELPER:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        _HELPER.append(concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ttconv-tile")
-                       if cores > 1 else None)
-    return _HELPER[0]
-
-
 class _TileWriter:
     """Streams one target into a tensor file: blocks of whole tile rows, each filled by kernels.tile
     from the rows of the checkpoint tensors it covers (permuted or transposed as the plan says).
@@ -185,7 +171,7 @@ class _TileWriter:
             if row + n_rows > self.data_rows:
                 block[:] = 0
             middle = row + n_rows // TILE // 2 * TILE
-            helper = _helper() if middle > row else None
+            helper = kernels.helper() if middle > row else None
             if helper is None:
                 nonfinite += self._fill_rows(row, row + n_rows, row, block, self.scratch[0])
             else:
