@@ -1,6 +1,7 @@
 """to-hf: tt-train file back to a Hugging Face checkpoint; round trips are bit-exact."""
 import json
 import os
+import struct
 
 import ml_dtypes
 import numpy as np
@@ -11,7 +12,7 @@ from safetensors.numpy import load_file
 import support
 from ttconv import output
 from ttconv.hf import safetensors_out
-from ttconv.tt import rows
+from ttconv.tt import rows, ttfile
 
 
 def roundtrip(cli, tmp_path, family, cfg, tensors, shapes, prefix, dtype="F32", extra=()):
@@ -274,3 +275,46 @@ def test_chunks_that_split_heads_and_rows_anywhere(cli, tmp_path, backend, monke
         prefix = "transformer/transformer"
     original, exported = roundtrip(cli, tmp_path, family, cfg, tensors, shapes, prefix)
     assert_same(original, exported)
+
+
+@pytest.mark.parametrize("change", ["same size", "shorter", "misleading end"])
+def test_msgpack_arrays_of_other_number_encodings_are_read_right(cli, tmp_path, monkeypatch, change):
+    """to-hf indexes msgpack optimistically (long arrays whose first and last values are float32 and
+    after which a key follows are taken for float32 values, unscanned); arrays holding other encodings
+    must still come out right. "same size": an int and a float64 for two float32 values (5 bytes a
+    value still; only the kernel's tag check notices). "shorter": an int for a float32 (the array's
+    last value is not where a float32 array's would be). "misleading end": a float64 for a float32,
+    with the bytes where a float32 array's last value and the next key would be made to look like
+    them: the optimistic index fails further on and the file is indexed again, every value scanned."""
+    monkeypatch.setattr(ttfile, "ASSUMED_MIN_VALUES", 16)
+    cfg = support.llama_config()
+    tt, tensors = llama_tt_file(cli, tmp_path, cfg)
+    entry = ttfile.TtFile(tt).by_key["llama/llama/tok_emb/weight/value/data"]
+    data = bytearray(tt.read_bytes())
+    n = entry.n_elements
+    payload = entry.end - 5 * n
+    expected = tensors["model.embed_tokens.weight"].reshape(-1).astype(np.float64)
+    at = payload + 5 * 10  # values 10 and 11 of the embedding
+    if change == "same size":
+        data[at:at + 10] = b"\x07" + b"\xcb" + struct.pack(">d", 0.375)
+        expected[10:12] = [7.0, 0.375]
+    elif change == "shorter":
+        data[at:at + 5] = b"\x07"
+        expected[10] = 7.0
+    else:
+        data[at:at + 5] = b"\xcb" + struct.pack(">d", 0.375)
+        expected[10] = 0.375
+        end = entry.end + 4  # the array's end now; a float32 array of n values would end 4 bytes earlier
+        data[end - 4] = 0xA5  # first payload byte of the last value: a 5-byte key would start here
+        data[end - 9] = 0xCA  # first payload byte of the value before: a float32 tag would be here
+        for k, index in ((end - 5, n - 1), (end - 10, n - 2)):
+            expected[index] = struct.unpack(">f", bytes(data[k + 1:k + 5]))[0]
+    tt.write_bytes(bytes(data))
+    indexings = []
+    index = ttfile.TtFile._index
+    monkeypatch.setattr(ttfile.TtFile, "_index", lambda self, cur: indexings.append(1) or index(self, cur))
+    status, _, err = cli("to-hf", "llama", tt, "--hf_model", tmp_path / "ckpt", "-o", tmp_path / "hf")
+    assert status == 0, err
+    assert len(indexings) == (2 if change == "misleading end" else 1)
+    exported = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    np.testing.assert_array_equal(exported["model.embed_tokens.weight"].reshape(-1), expected.astype(np.float32))

@@ -212,6 +212,26 @@ def _config(ckpt, dtype):
     return (json.dumps(config, indent=2) + "\n").encode("utf-8")
 
 
+def _export(family, tt_path, ckpt, output_dir, dtype, meta_style, quiet, shard_bytes):
+    """The export itself: (reader, plan, dtype written, exports, {file: tensors})."""
+    tt = open_tt(tt_path, assume_float32=True)  # every value is checked as it is gathered
+    params = tt.weights()
+    plan = plan_conversion(family, tt, ckpt, meta_style, params)
+    if dtype == "auto":
+        dtype = "bf16" if weights_in_bfloat16(tt, params) else "f32"
+    exports = _exports(family, plan, ckpt, dtype)
+    inputs = [getattr(tt, "directory", tt_path), tt_path, ckpt.directory] + sorted({i.path for i in ckpt.tensors.values()})
+    total = sum(e.out.nbytes for e in exports)
+    with atomic_directory(output_dir, inputs, is_hf_folder, "a Hugging Face checkpoint") as out, \
+            Progress(total, "writing safetensors", quiet) as progress:
+        files = _Streamer(tt, ckpt, dtype, progress).run(exports, out, shard_bytes)
+        with out.file("config.json") as config:
+            config.write(_config(ckpt, dtype))
+        for source, name in tokenizer_files(ckpt.directory):
+            out.copy(source, name)
+    return tt, plan, dtype, exports, files
+
+
 def export_hf(family, tt_path, hf_model, output_dir, dtype="auto", meta_style=False, revision=None, quiet=True,
               max_shard_size=DEFAULT_MAX_SHARD_SIZE):
     """Write a Hugging Face checkpoint folder (safetensors weights, config.json, tokenizer files and
@@ -235,25 +255,12 @@ def export_hf(family, tt_path, hf_model, output_dir, dtype="auto", meta_style=Fa
         raise OutputError(f"{output_dir}: is the original checkpoint folder; choose another output folder")
     ckpt = Checkpoint(model_dir)
     try:
-        tt = open_tt(tt_path)
-        params = tt.weights()
-        plan = plan_conversion(family, tt, ckpt, meta_style, params)
-        if dtype == "auto":
-            dtype = "bf16" if weights_in_bfloat16(tt, params) else "f32"
-        exports = _exports(family, plan, ckpt, dtype)
-        inputs = [getattr(tt, "directory", tt_path), tt_path, model_dir] + sorted({i.path for i in ckpt.tensors.values()})
-        total = sum(e.out.nbytes for e in exports)
-        with atomic_directory(output_dir, inputs, is_hf_folder, "a Hugging Face checkpoint") as out, \
-                Progress(total, "writing safetensors", quiet) as progress:
-            files = _Streamer(tt, ckpt, dtype, progress).run(exports, out, shard_bytes)
-            with out.file("config.json") as config:
-                config.write(_config(ckpt, dtype))
-            for source, name in tokenizer_files(model_dir):
-                out.copy(source, name)
+        tt, plan, dtype, exports, files = _export(family, tt_path, ckpt, output_dir, dtype, meta_style, quiet,
+                                                  shard_bytes)
     finally:
         ckpt.close()
     where = f"{len(files)} safetensors shards" if len(files) > 1 else "one safetensors file"
     state = "; ".join(filter(None, [f"{CONFIG_DTYPES[dtype]}, {where}", tt.weights_note]))
     values = sum(int(np.prod(e.out.shape, dtype=np.int64)) for e in exports)
-    return Report(plan, output_dir, tensors=len(exports), values=values, bytes_written=total,
+    return Report(plan, output_dir, tensors=len(exports), values=values, bytes_written=sum(e.out.nbytes for e in exports),
                   seconds=time.perf_counter() - started, state=state)

@@ -11,12 +11,13 @@ from .ttfile_out import MsgpackWriter, msgpack_output
 FORMATS = ("msgpack", "flatbuffer")
 
 
-def open_tt(path, on_bytes=None):
+def open_tt(path, on_bytes=None, assume_float32=False):
     """A reader for a tt-train msgpack file (TtFile) or checkpoint directory (TtDir: the directory or
-    its metadata.flatbuffer); on_bytes(n) reports progress while a msgpack file is indexed."""
+    its metadata.flatbuffer); on_bytes(n) reports progress while a msgpack file is indexed.
+    assume_float32: see TtFile (for readers that check every value they read, through row sources)."""
     if is_checkpoint_dir(path):
         return TtDir(path)
-    return TtFile(path, on_bytes)
+    return TtFile(path, on_bytes, assume_float32)
 
 
 def value_bytes(tt):

@@ -110,8 +110,9 @@ class RowGatherer:
                 self._block, self._read = self._source.read(first, count), (first, count)
             if _gather_in_halves(self._block, rows + (first - self._block.start), out, out_dtype, **how):
                 return
+            decoded = self._reader.decoded_rows(self._param)
             self._source.close()
-            self._source, self._read = self._reader.decoded_rows(self._param), None
+            self._source, self._read = decoded, None
         raise AssertionError(f"{self._param.name}: decoded values could not be gathered")
 
     def float32_rows(self, first, last):

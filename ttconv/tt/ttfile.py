@@ -123,6 +123,11 @@ class _Cursor:
         self.pos += n
         return self._buf[offset:offset + n]
 
+    def peek(self, at, n):
+        """n bytes at offset at, the position unchanged."""
+        self.handle.seek(at)
+        return self.handle.read(n)
+
     def byte(self, what):
         return self.take(1, what)[0]
 
@@ -227,14 +232,24 @@ def _skip_array(cur, count, what):
     return False
 
 
+# Arrays at least this long are taken for float32 values, unscanned, by an optimistic index.
+ASSUMED_MIN_VALUES = 1 << 12
+
+
 class TtFile:
     """Index of a tt-train msgpack file: entries in file order, looked up by key."""
 
-    def __init__(self, path, on_bytes=None):
-        """Index the file; on_bytes(n) is called as weight arrays are scanned (for progress)."""
+    def __init__(self, path, on_bytes=None, assume_float32=False):
+        """Index the file; on_bytes(n) is called as weight arrays are scanned (for progress).
+
+        With assume_float32, a long array whose first and last values are msgpack float32 and after
+        which the next entry (or the end) follows is taken for float32 values without scanning them
+        (the index must still account for every byte of the file, in entries of the right form). Only
+        readers that check every value they read may ask for it: kernels.gather reports a value that is
+        not a float32, and the array is then decoded whatever its encodings. Anything the optimistic
+        index cannot place makes it index the file again, every value scanned."""
         self.path = os.fspath(path)
-        self.entries = []
-        self.by_key = {}
+        self._assume = assume_float32
         try:
             handle = open(self.path, "rb")
         except OSError as exc:
@@ -243,10 +258,17 @@ class TtFile:
             self.size = os.fstat(handle.fileno()).st_size
             if self.size == 0:
                 raise TtFileError(f"{self.path}: file is empty, expected a tt-train msgpack map")
-            cur = _Cursor(handle, self.size, self.path, on_bytes)
-            self._index(cur)
+            try:
+                self._index(_Cursor(handle, self.size, self.path, on_bytes))
+            except TtFileError:
+                if not self._assume:
+                    raise
+                self._assume = False
+                self._index(_Cursor(handle, self.size, self.path, on_bytes))
 
     def _index(self, cur):
+        self.entries = []
+        self.by_key = {}
         kind, count = _read_header(cur, "the file header")
         if kind != "map":
             cur.fail(f"file starts with a msgpack {kind}, expected the map of a tt-train file", at=0)
@@ -283,7 +305,11 @@ class TtFile:
         entry = Entry(key, start, value_start, 0, variant, kind, key_end)
         if kind == "array":
             entry.n_elements = length
-            entry.numeric = _skip_array(cur, length, what)
+            if self._assume and _looks_float32(cur, length):
+                entry.numeric = True
+                cur.pos += 5 * length
+            else:
+                entry.numeric = _skip_array(cur, length, what)
         elif kind in ("str", "bin") and length <= MAX_SMALL_VALUE:
             entry.small_value = cur.take(length, what)
         elif kind in ("int", "bool", "float"):
@@ -365,6 +391,19 @@ class TtFile:
     def decoded_rows(self, param):
         """The parameter's values decoded whole to float32, as a row source."""
         return DecodedRows(self.read_values(param.data), param.cols)
+
+
+def _looks_float32(cur, count):
+    """True when an array of count values at cur.pos can be five-byte float32 values: long enough,
+    inside the file, its first and last value tagged float32, and at its end the next entry's key
+    (a str) or the end of the file."""
+    end = cur.pos + 5 * count
+    if count < ASSUMED_MIN_VALUES or end > cur.size:
+        return False
+    first, last = cur.peek(cur.pos, 1), cur.peek(end - 5, 1)
+    following = cur.peek(end, 1) if end < cur.size else None
+    return first == b"\xca" and last == b"\xca" and (following is None or 0xA0 <= following[0] <= 0xBF
+                                                     or following[0] in (0xD9, 0xDA, 0xDB))
 
 
 class MsgpackRows:
