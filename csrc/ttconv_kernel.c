@@ -6,6 +6,10 @@
 
 #include "ttconv_kernel.h"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #define TRANSPOSE_BLOCK 32
 /* 64 rows encode to 320 bytes = 5 whole cache lines of the transposed output */
 #define TRANSPOSE_ROWS 64
@@ -687,6 +691,55 @@ static int consecutive_columns(const uint32_t *row_index, size_t k, size_t n_row
     return 1;
 }
 
+#if defined(__SSE2__)
+/* Eight 8-value rows of 16-bit values (rows[t] at src + offsets[t]) transposed into eight output rows
+ * dst[t * stride ..]: three rounds of interleaves. */
+static inline void transpose8_u16(const uint16_t *src, const size_t *offsets, uint16_t *dst, size_t stride)
+{
+    __m128i a[8], t[8], u[8];
+    for (int i = 0; i < 8; i++)
+        a[i] = _mm_loadu_si128((const __m128i *)(src + offsets[i]));
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm_unpacklo_epi16(a[2 * i], a[2 * i + 1]);
+        t[2 * i + 1] = _mm_unpackhi_epi16(a[2 * i], a[2 * i + 1]);
+    }
+    u[0] = _mm_unpacklo_epi32(t[0], t[2]);
+    u[1] = _mm_unpackhi_epi32(t[0], t[2]);
+    u[2] = _mm_unpacklo_epi32(t[1], t[3]);
+    u[3] = _mm_unpackhi_epi32(t[1], t[3]);
+    u[4] = _mm_unpacklo_epi32(t[4], t[6]);
+    u[5] = _mm_unpackhi_epi32(t[4], t[6]);
+    u[6] = _mm_unpacklo_epi32(t[5], t[7]);
+    u[7] = _mm_unpackhi_epi32(t[5], t[7]);
+    for (int i = 0; i < 4; i++) {
+        _mm_storeu_si128((__m128i *)(dst + (2 * i) * stride), _mm_unpacklo_epi64(u[i], u[i + 4]));
+        _mm_storeu_si128((__m128i *)(dst + (2 * i + 1) * stride), _mm_unpackhi_epi64(u[i], u[i + 4]));
+    }
+}
+
+/* transpose_run for 16-bit values copied as they are, eight by eight with SSE2. */
+static void transpose_run_raw16(const uint16_t *src, int tiled, size_t src_cols, size_t j,
+                                const uint32_t *col_index, size_t cols, uint16_t *out)
+{
+    size_t offsets[8];
+    for (size_t c0 = 0; c0 < cols; c0 += 8) {
+        size_t n = cols - c0 < 8 ? cols - c0 : 8;
+        for (size_t q0 = 0; q0 < TRANSPOSE_RUN; q0 += 8) {
+            for (size_t i = 0; i < n; i++)
+                offsets[i] = source_offset(tiled, src_cols, col_index ? col_index[c0 + i] : c0 + i, j + q0);
+            if (n == 8) {
+                transpose8_u16(src, offsets, out + q0 * cols + c0, cols);
+                continue;
+            }
+            for (size_t q = 0; q < 8; q++) {
+                for (size_t i = 0; i < n; i++)
+                    out[(q0 + q) * cols + c0 + i] = src[offsets[i] + q];
+            }
+        }
+    }
+}
+#endif
+
 /* TRANSPOSE_RUN output rows of a transpose at once: source columns j.. of each of 16 source rows are read
  * as runs of 16 values into a block, which is written out column by column. */
 static int transpose_run(const void *src, int dtype, int tiled, size_t src_cols, size_t j,
@@ -696,6 +749,12 @@ static int transpose_run(const void *src, int dtype, int tiled, size_t src_cols,
     uint16_t halves[GATHER_BLOCK][TRANSPOSE_RUN];
     size_t width = out_dtype == TT_OUT_F32 ? 4 : 2;
     int ok = 1;
+#if defined(__SSE2__)
+    if (raw16) {
+        transpose_run_raw16((const uint16_t *)src, tiled, src_cols, j, col_index, cols, (uint16_t *)out);
+        return 1;
+    }
+#endif
     for (size_t c0 = 0; c0 < cols; c0 += GATHER_BLOCK) {
         size_t n = cols - c0 < GATHER_BLOCK ? cols - c0 : GATHER_BLOCK;
         for (size_t i = 0; i < n; i++) {
