@@ -54,6 +54,34 @@ class DecodedRows:
         self._values = None
 
 
+class FileRows:
+    """Raw row access to rows stored one after another in a file from byte base on: rows of cols values
+    of width bytes (source dtype name for kernels.gather), read in whole groups of align rows (tile rows
+    of a TILE tensor), never past stored_rows."""
+
+    def __init__(self, path, base, stored_rows, cols, width, dtype, scratch, align=1):
+        self._path = path
+        self._base = base
+        self._stored_rows = stored_rows
+        self._cols = cols
+        self._row_bytes = cols * width
+        self._dtype = dtype
+        self._words = {2: np.uint16, 4: np.float32, 5: np.uint8}[width]
+        self._align = align
+        self._scratch = scratch
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def read(self, first, count):
+        start = first // self._align * self._align
+        end = min(-(-(first + count) // self._align) * self._align, self._stored_rows)
+        buffer = self._scratch.take((end - start) * self._row_bytes)
+        read_exactly(self._fd, buffer, self._base + start * self._row_bytes, self._path)
+        return RowBlock(buffer.view(self._words), self._dtype, self._align > 1, self._cols, start)
+
+    def close(self):
+        os.close(self._fd)
+
+
 def read_exactly(fd, buffer, offset, path):
     """Fill buffer (uint8) from fd at offset; TtFileError when the file ends first."""
     view = memoryview(buffer)

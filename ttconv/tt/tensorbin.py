@@ -20,7 +20,7 @@ from flatbuffers import number_types as N
 
 from ..errors import TtFileError
 from .flatbuf import FlatbufferError, offsets_vector, root
-from .rows import RowBlock, read_exactly
+from .rows import FileRows
 
 SUFFIX = ".tensorbin"
 MAX_HEADER = 1 << 26
@@ -282,38 +282,19 @@ def read_tensor(header):
     return out
 
 
-class StoredRows:
-    """Raw row access (tt.rows) to a one-device (or replicated) BFLOAT16 or FLOAT32 tensor file whose
-    leading dims are 1: a read takes the whole tile rows (TILE) or rows (ROW_MAJOR) it needs."""
+def stored_rows(header):
+    """True when a file's rows can be read raw (rows.FileRows, see row_source): one shard (or replicas),
+    leading dims 1, BFLOAT16 or FLOAT32."""
+    replicated = len(header.shards) == 1 or all(kind == REPLICATE for kind, _ in header.placements)
+    return replicated and header.data_type in (BFLOAT16, FLOAT32) and all(d == 1 for d in header.shape[:-2])
 
-    def __init__(self, header, scratch):
-        self._header = header
-        self._rows, self._cols = header.matrix()
-        self._dtype = "bf16" if header.data_type == BFLOAT16 else "f32"
-        self._width = 2 if header.data_type == BFLOAT16 else 4
-        self._align = TILE if header.layout == "TILE" else 1
-        self._base = header.data_start + header.shards[0].offset
-        self._scratch = scratch
-        self._fd = os.open(header.path, os.O_RDONLY)
 
-    @staticmethod
-    def readable(header):
-        """True when the file's rows can be read raw: one shard (or replicas), leading dims 1, bf16/f32."""
-        replicated = len(header.shards) == 1 or all(kind == REPLICATE for kind, _ in header.placements)
-        return (replicated and header.data_type in (BFLOAT16, FLOAT32)
-                and all(d == 1 for d in header.shape[:-2]))
-
-    def read(self, first, count):
-        start = first // self._align * self._align
-        end = min(-(-(first + count) // self._align) * self._align, self._rows)
-        row_bytes = self._cols * self._width
-        buffer = self._scratch.take((end - start) * row_bytes)
-        read_exactly(self._fd, buffer, self._base + start * row_bytes, self._header.path)
-        words = buffer.view(np.uint16 if self._width == 2 else np.float32)
-        return RowBlock(words, self._dtype, self._align == TILE, self._cols, start)
-
-    def close(self):
-        os.close(self._fd)
+def row_source(header, scratch):
+    """Raw row access to a file stored_rows() accepts: whole tile rows (TILE) or rows (ROW_MAJOR)."""
+    rows, cols = header.matrix()
+    dtype, width = ("bf16", 2) if header.data_type == BFLOAT16 else ("f32", 4)
+    return FileRows(header.path, header.data_start + header.shards[0].offset, rows, cols, width, dtype, scratch,
+                    TILE if header.layout == "TILE" else 1)
 
 
 DATA_ALIGNMENT = 64

@@ -327,8 +327,8 @@ class TtDir:
         """Row access (tt.rows) to a parameter's tensor: its stored words where the file allows, else
         its values decoded whole (a tensor sharded across devices)."""
         header = param.data.header
-        if tensorbin.StoredRows.readable(header):
-            return tensorbin.StoredRows(header, scratch)
+        if tensorbin.stored_rows(header):
+            return tensorbin.row_source(header, scratch)
         return self.decoded_rows(param)
 
     def decoded_rows(self, param):

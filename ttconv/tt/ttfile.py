@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import interrupts, kernels
 from ..errors import TtFileError
-from .rows import DecodedRows, RowBlock, read_exactly
+from .rows import DecodedRows, FileRows
 
 HEADER_WINDOW = 1 << 16
 SCAN_WINDOW = 1 << 20
@@ -385,7 +385,7 @@ class TtFile:
         entry = param.data
         payload = entry.end - 5 * entry.n_elements
         if entry.kind == "array" and payload - entry.value_start in (1, 3, 5):  # an array header's sizes
-            return MsgpackRows(self.path, payload, param.cols, scratch)
+            return FileRows(self.path, payload, param.rows, param.cols, 5, "msgpack", scratch)
         return self.decoded_rows(param)
 
     def decoded_rows(self, param):
@@ -404,26 +404,6 @@ def _looks_float32(cur, count):
     following = cur.peek(end, 1) if end < cur.size else None
     return first == b"\xca" and last == b"\xca" and (following is None or 0xA0 <= following[0] <= 0xBF
                                                      or following[0] in (0xD9, 0xDA, 0xDB))
-
-
-class MsgpackRows:
-    """Rows of a msgpack array of float32 values: five bytes a value, read raw."""
-
-    def __init__(self, path, payload, cols, scratch):
-        self._path = path
-        self._payload = payload
-        self._cols = cols
-        self._scratch = scratch
-        self._fd = os.open(path, os.O_RDONLY)
-
-    def read(self, first, count):
-        row_bytes = 5 * self._cols
-        buffer = self._scratch.take(count * row_bytes)
-        read_exactly(self._fd, buffer, self._payload + first * row_bytes, self._path)
-        return RowBlock(buffer, "msgpack", False, self._cols, first)
-
-    def close(self):
-        os.close(self._fd)
 
 
 def _container_header(count, fixed, tag16, tag32):
