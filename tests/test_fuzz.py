@@ -1,4 +1,4 @@
-"""Fuzzing the readers (msgpack files, safetensors, checkpoint directories): every input parses or raises ttconv's own error class.
+"""Fuzzing the readers (msgpack files, safetensors, checkpoint directories, ttml pickles): every input parses or raises ttconv's own error class.
 The init-file reader runs on both backends (their number scanners differ).
 
 TTCONV_FUZZ_EXAMPLES raises the number of examples for a longer local run."""
@@ -10,12 +10,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import support
+import ttml_support
 import ttdir_support
 from ttconv.hf.checkpoint import Checkpoint, read_safetensors_header
 from ttconv.errors import CheckpointError, TtFileError
 from ttconv.tt import tensorbin
 from ttconv.tt.ttdir import TtDir
 from ttconv.tt.ttfile import TtFile
+from ttconv.tt.ttml import TtmlFile
 
 EXAMPLES = int(os.environ.get("TTCONV_FUZZ_EXAMPLES", "400"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
@@ -33,6 +35,13 @@ SEED_TENSOR = open(os.path.join(_seed_dir, "m_w_value.tensorbin"), "rb").read()
 SEED_SHARDED = ttdir_support.tensorbin_bytes(
     np.zeros((1, 1, 64, 64), np.float32), shards=[((0, i), np.ones((1, 1, 64, 32), np.float32)) for i in range(2)],
     distribution=[2], placements=[(1, 3)], identifier=True, version=1)
+
+_ttml_model = {"Llama/tok_emb/weight": np.arange(64 * 8, dtype=np.float32).reshape(1, 1, 64, 8),
+               "Llama/blocks/0/attention/qkv_linear/weight": np.ones((1, 1, 16, 8), np.float32),
+               "Llama/blocks/0/attention/out_linear/weight": np.ones((1, 1, 8, 8), np.float32)}
+SEED_TTML = {protocol: open(ttml_support.write_stream(
+    os.path.join(_tmp, f"seed-{protocol}.pkl"), _ttml_model, ttml_support.adamw_state(_ttml_model),
+    header={"step": 3, "cfg": {"n": [1, 2.5, None]}}, protocol=protocol), "rb").read() for protocol in (2, 5)}
 
 
 @st.composite
@@ -153,7 +162,36 @@ def test_sharded_tensor_mutations(data):
         pass
 
 
+def read_ttml(data):
+    try:
+        tt = TtmlFile(write(data, "fuzz.pkl"))
+        for param in tt.weights().values():
+            assert tt.read_values(param.data).size == param.rows * param.cols
+    except TtFileError:
+        pass
+
+
+@FUZZ
+@given(mutated(SEED_TTML[2]))
+def test_ttml_protocol_2_mutations(data):
+    read_ttml(data)
+
+
+@FUZZ
+@given(mutated(SEED_TTML[5]))
+def test_ttml_protocol_5_mutations(data):
+    read_ttml(data)
+
+
+@FUZZ
+@given(st.binary(max_size=200).map(lambda tail: b"\x80\x04" + tail))
+def test_ttml_random_opcodes(data):
+    read_ttml(data)
+
+
 def test_seeds_are_valid():
+    for data in SEED_TTML.values():
+        assert len(TtmlFile(write(data, "seed.pkl")).weights()) == 5  # q, kv from the fused qkv; tied fc
     assert len(TtDir(_seed_dir).parameters()) == 2
     assert len(TtFile(write(SEED_INIT, "seed.msgpack")).parameters()) == 2
     assert sorted(read_safetensors_header(write(SEED_SAFETENSORS, "seed.safetensors"))) == ["a", "b"]

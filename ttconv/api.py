@@ -99,7 +99,7 @@ def convert_gpt2(init_path, hf_model, output_path, revision=None, dry_run=False,
 
 
 def to_hf(family, tt_path, hf_model, output_dir, dtype="auto", meta_style=False, revision=None, quiet=True,
-          max_shard_size="5GB"):
+          max_shard_size="5GB", tp=None, overrides=()):
     """Write a Hugging Face checkpoint folder (safetensors weights, config.json, tokenizer files)
     from a tt-train file or checkpoint directory (a model file or dump, or a training save),
     undoing the tilization, permutation, transposes, kv concatenation, padding and tying,
@@ -108,13 +108,17 @@ def to_hf(family, tt_path, hf_model, output_dir, dtype="auto", meta_style=False,
     hf_model is the original checkpoint (folder or hub id); dtype is "auto" (the tt file's own
     precision: bfloat16 for a directory tt-train saved, float32 for msgpack and master weights),
     "f32", "bf16" or "f16" (round to nearest even). Weights over max_shard_size ("5GB", "500MB")
-    are sharded with an index, as save_pretrained does. Returns a Report (see convert).
+    are sharded with an index, as save_pretrained does. A tt-train Python-side (ttml) checkpoint may
+    come without hf_model (None): its header's model_config gives config.json, and overrides
+    ("KEY=VALUE", e.g. "rms_norm_eps=1e-6") set what it does not hold; tp is the tensor-parallel
+    degree such a file was gathered from. Returns a Report (see convert).
 
     >>> to_hf("llama", "out/llama.msgpack", "examples/llama-mini", "out/hf", dtype="bf16")  # doctest: +SKIP
     """
     from .export_hf import export_hf
 
-    return export_hf(family, tt_path, hf_model, output_dir, dtype, meta_style, revision, quiet, max_shard_size)
+    return export_hf(family, tt_path, hf_model, output_dir, dtype, meta_style, revision, quiet, max_shard_size, tp,
+                     overrides)
 
 
 def write_config(family, hf_model, output_path=None, model_path="data/tt_model.msgpack",
@@ -142,13 +146,14 @@ def write_config(family, hf_model, output_path=None, model_path="data/tt_model.m
     return text
 
 
-def check(family, tt_path, hf_model, text_path=None, tokens=128, revision=None, quiet=True):
+def check(family, tt_path, hf_model, text_path=None, tokens=128, revision=None, quiet=True, tp=None):
     """Run the model of a tt-train file or checkpoint directory (as tt-train computes it) beside the Hugging Face checkpoint
     (as transformers computes it) on the same tokens; returns a check.CheckResult with tt_loss,
     hf_loss, max_abs_logit_diff, top1_agreement, tokens, ok (and, for Llama, the q/k layout losses).
+    tp: the tensor-parallel degree a ttml checkpoint was gathered from.
 
     >>> ttconv.check("llama", "out/llama.msgpack", "examples/llama-mini").ok  # doctest: +SKIP
     """
     from .verify import check as run_check
 
-    return run_check(family, tt_path, hf_model, text_path, tokens, revision, quiet)
+    return run_check(family, tt_path, hf_model, text_path, tokens, revision, quiet, tp)

@@ -106,7 +106,9 @@ def _state_choices(parser):
                              f"(default: {DEFAULT_MAX_STEPS})")
 
 
-def _tt_input(parser, what="tt-train msgpack file, checkpoint directory or its metadata.flatbuffer"):
+def _tt_input(parser, what="tt-train msgpack file, checkpoint directory (or its metadata.flatbuffer), or a "
+                                 "checkpoint tt-train's Python side (ttml) saved: a ttml.checkpointing stream or an "
+                                 "SFT trainer pickle (read without running anything in it)"):
     parser.add_argument("tt_path", nargs="?", metavar="TT_PATH", help=what)
     parser.add_argument("-i", "--input_path", metavar="TT_PATH", help="same as TT_PATH")
 
@@ -135,6 +137,13 @@ def _positive(text):
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
     return value
+
+
+def _tp_option(parser):
+    parser.add_argument("--tp", type=_positive, metavar="N",
+                        help="a ttml (Python-side) checkpoint gathered from N-way tensor parallelism: its fused "
+                             "rows (qkv, kv, gate|up) are interleaved rank by rank; the file does not record N "
+                             "(default: 1)")
 
 
 def build_parser():
@@ -214,9 +223,10 @@ def build_parser():
                                        "folder appears whole or not at all.")
     to_hf.add_argument("family", choices=FAMILIES)
     _tt_input(to_hf)
-    to_hf.add_argument("--hf_model", required=True,
+    to_hf.add_argument("--hf_model",
                        help="the original checkpoint (folder or hub id): config, tensor names and tokenizer come "
-                            "from it")
+                            "from it; required except for a ttml (Python-side) checkpoint, whose header's "
+                            "model_config gives config.json (see --set)")
     to_hf.add_argument("-o", "--output_dir", required=True, metavar="OUT_DIR",
                        help="folder to write (a new path, or an earlier export, which is replaced whole)")
     to_hf.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
@@ -228,6 +238,12 @@ def build_parser():
                             "model.safetensors.index.json, as save_pretrained does (5GB, 500MB, 2GiB or bytes; "
                             f"default: {DEFAULT_MAX_SHARD_SIZE})")
     to_hf.add_argument("--meta_style", action="store_true", help="do not undo the RoPE permutation")
+    _tp_option(to_hf)
+    to_hf.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                       help="set KEY in the written config.json (VALUE read as JSON, e.g. --set rms_norm_eps=1e-6); "
+                            "for a ttml checkpoint exported without --hf_model, what its header does not hold: "
+                            "rms_norm_eps (default 1e-5 for Llama, 1e-6 for Qwen3, as ttml), layer_norm_epsilon "
+                            "(GPT-2, default 1e-5), bos_token_id, eos_token_id; repeatable")
     to_hf.add_argument("--revision", help="hub revision when --hf_model is a hub id")
     _common(to_hf)
 
@@ -241,6 +257,7 @@ def build_parser():
     _tt_input(check, "a ttconv output, an upstream output, or a file or checkpoint directory tt-train saved")
     check.add_argument("--hf_model", required=True, help="the checkpoint it came from: folder or hub id")
     check.add_argument("--revision", help="hub revision when --hf_model is a hub id")
+    _tp_option(check)
     check.add_argument("--text", metavar="FILE", help="UTF-8 text to run on (default: a built-in English sample)")
     check.add_argument("--tokens", type=_positive, default=128, metavar="N",
                        help="use the first N tokens of the text, capped at the context (default: 128)")
@@ -367,7 +384,7 @@ def _check(args):
     from .api import check
 
     tt_path = _tt_path(args)
-    result = check(args.family, tt_path, args.hf_model, args.text, args.tokens, args.revision, args.quiet)
+    result = check(args.family, tt_path, args.hf_model, args.text, args.tokens, args.revision, args.quiet, args.tp)
     if args.json:
         print(json.dumps(result.as_dict()))
     else:
@@ -414,7 +431,7 @@ def _run(args):
     from .api import to_hf
 
     report = to_hf(args.family, _tt_path(args), args.hf_model, args.output_dir, args.dtype, args.meta_style,
-                   args.revision, args.quiet, args.max_shard_size)
+                   args.revision, args.quiet, args.max_shard_size, args.tp, args.overrides)
     print(f"ttconv: wrote {args.output_dir}: {report.summary()}", file=sys.stderr)
     return 0
 

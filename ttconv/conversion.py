@@ -16,6 +16,7 @@ from .tt.training import LOAD_PREFIX, SAVE_PREFIX
 from .tt.ttbuild import BuiltDir, BuiltFile, build_dir, build_file
 from .tt.ttdir import TtDir, is_checkpoint_dir
 from .tt.ttfile import TtFile
+from .tt.ttml import is_ttml_file
 
 log = logging.getLogger("ttconv")
 
@@ -93,6 +94,9 @@ def _open_source(family, init_path, ckpt, build, quiet, output_format):
         if output_format == "flatbuffer":
             return build_dir(family, ckpt, **build)
         return build_file(family, ckpt, **{k: v for k, v in build.items() if k != "max_steps"})
+    if is_ttml_file(init_path):
+        raise InputFileError(f"{init_path}: is a tt-train Python-side (ttml) checkpoint, which ttconv reads (to-hf, "
+                             "check, inspect) but does not fill: ttml loads Hugging Face weights itself")
     if is_checkpoint_dir(init_path):
         if output_format == "msgpack":
             raise InputFileError(f"{init_path}: is a tt-train checkpoint directory, so the output is one too; "

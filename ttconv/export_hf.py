@@ -18,16 +18,18 @@ import numpy as np
 
 from . import kernels
 from .conversion import Report, plan_conversion
-from .errors import OutputError, TtconvError
+from .errors import MappingError, OutputError, TtconvError
 from .hf.checkpoint import INDEX_NAME, ITEM_SIZES, SINGLE_NAME, Checkpoint
+from .hf.from_header import ConfigCheckpoint, apply_overrides, hf_config
 from .hf.hub import resolve_model
 from .hf.safetensors_out import DEFAULT_MAX_SHARD_SIZE, OutTensor, parse_size, write_weights
-from .hf.tokenizer import tokenizer_files
-from .mapping import hf_order_key
+from .hf.tokenizer import char_tokenizer_json, tokenizer_files
+from .mapping import BLOCK_0, find_prefix, hf_order_key
 from .output import atomic_directory
 from .progress import Progress
 from .tt.formats import open_tt, weights_in_bfloat16
 from .tt.rows import RowGatherer, ScratchBuffer
+from .tt.ttml import TtmlFile
 
 OUTPUT_DTYPES = {"f32": "F32", "bf16": "BF16", "f16": "F16"}  # --dtype -> safetensors dtype
 CONFIG_DTYPES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
@@ -202,8 +204,8 @@ def is_hf_folder(path):
     return not names or ("config.json" in names and bool(names & {SINGLE_NAME, INDEX_NAME}))
 
 
-def _config(ckpt, dtype):
-    config = dict(ckpt.config)
+def _config(config, dtype, overrides):
+    config = apply_overrides(config, overrides)
     for key in ("torch_dtype", "dtype"):
         if key in config:
             config[key] = CONFIG_DTYPES[dtype]
@@ -212,28 +214,53 @@ def _config(ckpt, dtype):
     return (json.dumps(config, indent=2) + "\n").encode("utf-8")
 
 
-def _export(family, tt_path, ckpt, output_dir, dtype, meta_style, quiet, shard_bytes):
-    """The export itself: (reader, plan, dtype written, exports, {file: tensors})."""
-    tt = open_tt(tt_path, assume_float32=True)  # every value is checked as it is gathered
+def _header_checkpoint(family, tt, tt_path):
+    """A ConfigCheckpoint from the header of a ttml file (its model_config) and its tensors' shapes."""
+    fields = tt.model_config() if isinstance(tt, TtmlFile) else None
+    if fields is None:
+        what = "its header has no model_config" if isinstance(tt, TtmlFile) else "only ttml checkpoints carry a model config"
+        raise TtconvError(f"{tt_path}: {what}; give --hf_model, the checkpoint it was trained from")
+    declared = fields.get("model_type")
+    if declared not in (None, family):
+        raise MappingError(f"{tt_path}: the header's model_type is {declared!r}; use 'ttconv to-hf {declared}'")
+    params = tt.weights()
+    prefix = find_prefix(params, family, tt_path)
+    block = f"{prefix}/{BLOCK_0[family]}"
+    width = {"gpt2": "mlp/fc1/weight"}.get(family, "mlp/w1/weight")
+    tok, fc = params.get(f"{prefix}/tok_emb/weight"), params[f"{prefix}/fc/weight"]
+    norm = params.get(block + "self_attn/q_norm/gamma")
+    sizes = {"intermediate": params[block + width].rows, "vocab_rows": fc.rows,
+             "head_dim": norm.cols if norm is not None else None}
+    where = f"{tt_path} (header)"
+    return ConfigCheckpoint(family, hf_config(family, fields, tok is None or tok.data is fc.data, sizes, where), where)
+
+
+def _export(family, tt, tt_path, ckpt, output_dir, dtype, meta_style, quiet, shard_bytes, overrides):
+    """The export itself: (plan, dtype written, exports, {file: tensors})."""
     params = tt.weights()
     plan = plan_conversion(family, tt, ckpt, meta_style, params)
     if dtype == "auto":
         dtype = "bf16" if weights_in_bfloat16(tt, params) else "f32"
     exports = _exports(family, plan, ckpt, dtype)
-    inputs = [getattr(tt, "directory", tt_path), tt_path, ckpt.directory] + sorted({i.path for i in ckpt.tensors.values()})
+    originals = sorted({i.path for i in ckpt.tensors.values() if i.path})
+    inputs = [getattr(tt, "directory", tt_path), tt_path] + ([ckpt.directory] if ckpt.directory else []) + originals
     total = sum(e.out.nbytes for e in exports)
     with atomic_directory(output_dir, inputs, is_hf_folder, "a Hugging Face checkpoint") as out, \
             Progress(total, "writing safetensors", quiet) as progress:
         files = _Streamer(tt, ckpt, dtype, progress).run(exports, out, shard_bytes)
         with out.file("config.json") as config:
-            config.write(_config(ckpt, dtype))
-        for source, name in tokenizer_files(ckpt.directory):
-            out.copy(source, name)
-    return tt, plan, dtype, exports, files
+            config.write(_config(ckpt.config, dtype, overrides))
+        if ckpt.directory:
+            for source, name in tokenizer_files(ckpt.directory):
+                out.copy(source, name)
+        elif isinstance(tt, TtmlFile) and tt.tokenizer() is not None:
+            with out.file("tokenizer.json") as tokenizer:
+                tokenizer.write(char_tokenizer_json(tt.tokenizer()[0]).encode("utf-8"))
+    return plan, dtype, exports, files
 
 
 def export_hf(family, tt_path, hf_model, output_dir, dtype="auto", meta_style=False, revision=None, quiet=True,
-              max_shard_size=DEFAULT_MAX_SHARD_SIZE):
+              max_shard_size=DEFAULT_MAX_SHARD_SIZE, tp=None, overrides=()):
     """Write a Hugging Face checkpoint folder (safetensors weights, config.json, tokenizer files and
     generation config) for a tt-train file or checkpoint directory, atomically.
 
@@ -242,6 +269,9 @@ def export_hf(family, tt_path, hf_model, output_dir, dtype="auto", meta_style=Fa
     (bfloat16 for a directory as tt-train saves it, float32 for msgpack or full-precision master
     weights); "f32", "bf16", "f16" round to nearest even. Weights larger than max_shard_size ("5GB",
     "500MB", bytes) are split into model-0000K-of-0000N.safetensors with model.safetensors.index.json.
+    A ttml (Python-side) checkpoint needs no hf_model (None): config.json is built from its header's
+    model_config, and a character tokenizer it holds becomes tokenizer.json; tp is the tensor-parallel
+    degree it was gathered from. overrides: "KEY=VALUE" strings set in the written config.json.
     Returns a Report.
 
     >>> export_hf("llama", "out/llama.msgpack", "examples/llama-mini", "out/hf")  # doctest: +SKIP
@@ -250,13 +280,16 @@ def export_hf(family, tt_path, hf_model, output_dir, dtype="auto", meta_style=Fa
     if dtype not in DTYPE_CHOICES:
         raise TtconvError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, not {dtype!r}")
     shard_bytes = parse_size(max_shard_size)
-    model_dir = resolve_model(hf_model, revision)
-    if os.path.isdir(output_dir) and os.path.samefile(output_dir, model_dir):
-        raise OutputError(f"{output_dir}: is the original checkpoint folder; choose another output folder")
-    ckpt = Checkpoint(model_dir)
+    apply_overrides({}, overrides)  # a malformed --set is refused before any work
+    if hf_model is not None:
+        model_dir = resolve_model(hf_model, revision)
+        if os.path.isdir(output_dir) and os.path.samefile(output_dir, model_dir):
+            raise OutputError(f"{output_dir}: is the original checkpoint folder; choose another output folder")
+    tt = open_tt(tt_path, assume_float32=True, tp=tp)  # every value is checked as it is gathered
+    ckpt = Checkpoint(model_dir) if hf_model is not None else _header_checkpoint(family, tt, tt_path)
     try:
-        tt, plan, dtype, exports, files = _export(family, tt_path, ckpt, output_dir, dtype, meta_style, quiet,
-                                                  shard_bytes)
+        plan, dtype, exports, files = _export(family, tt, tt_path, ckpt, output_dir, dtype, meta_style, quiet,
+                                              shard_bytes, overrides)
     finally:
         ckpt.close()
     where = f"{len(files)} safetensors shards" if len(files) > 1 else "one safetensors file"

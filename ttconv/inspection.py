@@ -8,7 +8,10 @@ from .families import FAMILY_NAMES
 from .mapping import BLOCK_0
 from .tt.training import LOAD_PREFIX, SAVE_PREFIX
 from .tt.ttdir import PARAMETER_FLAGS, TENSOR_FIELDS, TtDir, is_checkpoint_dir
+from .tt import ttml_names
 from .tt.ttfile import SCHEDULER_ROOT, TtFile, array_header, state_group
+from .tt.ttml import BFLOAT16 as TTML_BFLOAT16
+from .tt.ttml import TtmlFile, is_ttml_file, plain
 
 # ttnn DataType values as tt-train writes them
 DATA_TYPES = {0: "BFLOAT16", 1: "FLOAT32", 2: "UINT32", 3: "BFLOAT8_B", 4: "BFLOAT4_B", 5: "UINT8",
@@ -78,10 +81,12 @@ def _kind(prefix, groups, scalars):
 
 
 def describe(path):
-    """Parameters and state of a tt-train file or checkpoint directory, grouped (model, optimizer,
-    scheduler), as a JSON-ready dict."""
+    """Parameters and state of a tt-train file, checkpoint directory or ttml checkpoint, grouped
+    (model, optimizer, scheduler), as a JSON-ready dict."""
     if is_checkpoint_dir(path):
         return _describe_dir(path)
+    if is_ttml_file(path):
+        return _describe_ttml(path)
     tt = TtFile(path)
     groups = {group: [] for group in GROUPS}
     for name, param in tt.parameters().items():
@@ -186,12 +191,59 @@ def _describe_dir(path):
     }
 
 
+def _ttml_row(record):
+    array = record.array
+    name = record.name if record.group == "model" else record.label[len("optimizer/"):]
+    return {"name": name, "shape": list(array.shape), "elements": int(np.prod(array.shape, dtype=np.int64)),
+            "data_type": "BFLOAT16" if array.dtype == TTML_BFLOAT16 else array.dtype.name.upper(),
+            "layout": record.meta.get("layout") if isinstance(record.meta, dict) else None,
+            "record": record.index}
+
+
+def _describe_ttml(path):
+    tt = TtmlFile(path)
+    rows = {group: [_ttml_row(r) for r in tt.records if r.group == group] for group in ("model", "optimizer")}
+    optimizer = sorted({r.path[-1] for r in tt.records if r.group == "optimizer" and r.path})
+    steps = tt.optimizer_scalars.get("steps", "?")
+    kind = (f"{tt.kind}: {FAMILY_NAMES[tt.family]} model under {tt.root}/ (step {tt.step if tt.step is not None else '?'})"
+            + (f"; optimizer: {', '.join(optimizer) or 'no tensors'}, steps {steps}" if tt.is_training_state() else ""))
+    fused = sorted({r.name.split("/")[-2] for r in tt.records if r.group == "model"
+                    and ttml_names.translate(path, tt.root, r.name)[0]})
+    everything = rows["model"] + rows["optimizer"]
+    return {
+        "file": os.fspath(path),
+        "format": "ttml",
+        "family": tt.family,
+        "kind": kind,
+        "training_state": tt.is_training_state(),
+        "model_prefix": tt.root,
+        "step": plain(tt.step),
+        "model_config": plain(tt.model_config()),
+        "header": plain({k: v for k, v in tt.header.items() if k != "model_config"}),
+        "fused_tensors": fused,
+        "bytes": tt.size,
+        "entries": len(tt.records),
+        "parameters": rows["model"],
+        "optimizer": rows["optimizer"],
+        "optimizer_scalars": tt.optimizer_scalars,
+        "scheduler": {},
+        "other_entries": [],
+        "total_parameters": len(everything),
+        "total_elements": sum(r["elements"] for r in everything),
+        "model_elements": sum(r["elements"] for r in rows["model"]),
+    }
+
+
 def _flag(value):
     return {True: "yes", False: "no", None: "-"}.get(value, str(value))
 
 
 def _columns(info, width):
     """(header line, row formatter) for the format's table."""
+    if info["format"] == "ttml":
+        header = f"{'name':<{width}}  {'shape':<22} {'elements':>12}  {'data_type':<9} {'layout':<9} {'record':>6}"
+        return header, lambda r, shape: (f"{r['name']:<{width}}  {shape:<22} {r['elements']:>12,}  "
+                                         f"{str(r['data_type']):<9} {str(r['layout'] or '-'):<9} {r['record']:>6}")
     if info["format"] == "flatbuffer":
         header = (f"{'name':<{width}}  {'shape':<22} {'elements':>12}  {'data_type':<9} {'layout':<9} "
                   f"{'devices':>7}  {'grad':<4} {'has_grad':<8} file")
@@ -221,6 +273,12 @@ def inspect_file(path, as_json=False):
     print(f"kind: {info['kind']}")
     family = info["family"]
     print(f"family: {FAMILY_NAMES[family]} (ttconv {family})" if family else "family: not recognised")
+    if info["format"] == "ttml":
+        config = info["model_config"] or {}
+        print("model_config: " + (", ".join(f"{k}={_value(v)}" for k, v in config.items()) or "none in the header"))
+        if info["fused_tensors"]:
+            print(f"fused tensors: {', '.join(info['fused_tensors'])} (rank-interleaved if saved from tensor "
+                  "parallelism: give --tp N to to-hf and check)")
     header, line = _columns(info, width)
     print(f"\nmodel ({len(info['parameters'])} tensors, {info['model_elements']:,} values)")
     print(header)
@@ -231,7 +289,8 @@ def inspect_file(path, as_json=False):
         if info["optimizer"]:
             print(header)
             _table(info["optimizer"], line)
-        print("\nscheduler" + ("".join(f"\n  {k} = {_value(v)}" for k, v in info["scheduler"].items()) or ": none"))
+        if info["format"] != "ttml":
+            print("\nscheduler" + ("".join(f"\n  {k} = {_value(v)}" for k, v in info["scheduler"].items()) or ": none"))
     if info["other_entries"]:
         print(f"\nother entries: {', '.join(info['other_entries'])}")
     print(f"\n{info['total_parameters']} parameters, {info['total_elements']:,} values, "

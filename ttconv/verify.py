@@ -20,6 +20,7 @@ from .hf.hub import resolve_model
 from .hf.tokenizer import sample_ids
 from .progress import Progress
 from .tt.formats import open_tt, weights_in_bfloat16
+from .tt.ttml import TtmlFile
 
 log = logging.getLogger("ttconv")
 
@@ -140,12 +141,12 @@ def _compare(tt_stats, hf_stats, diff, ids, layout):
     return CheckResult(tt_loss, hf_loss, diff, top1, len(ids), not problems, "; ".join(problems), layout)
 
 
-def check(family, tt_path, hf_model, text_path=None, tokens=128, revision=None, quiet=True):
+def check(family, tt_path, hf_model, text_path=None, tokens=128, revision=None, quiet=True, tp=None):
     """Run the tt-train file's model and the checkpoint's on the same ids; returns a CheckResult.
 
     text_path: a UTF-8 text file (the built-in English sample when None); tokens: how many of
     its tokens (capped at the context). For Llama the result also holds the losses of the
-    checkpoint's q/k layouts.
+    checkpoint's q/k layouts. tp: the tensor-parallel degree a ttml checkpoint was gathered from.
 
     >>> check("llama", "out/llama.msgpack", "examples/llama-mini").ok  # doctest: +SKIP
     """
@@ -159,7 +160,7 @@ def check(family, tt_path, hf_model, text_path=None, tokens=128, revision=None, 
     ckpt = Checkpoint(resolve_model(hf_model, revision))
     try:
         shape, eps = _shape_and_epsilon(ckpt, family)
-        tt = open_tt(tt_path)
+        tt = open_tt(tt_path, tp=tp)
         tt_model = TtModel(tt, family, shape, eps)
         # A bfloat16 file is compared with the checkpoint rounded the same way: what is checked is
         # the mapping, not the rounding (which moves the loss far more than the tolerance).
@@ -184,4 +185,7 @@ def check(family, tt_path, hf_model, text_path=None, tokens=128, revision=None, 
         reference = 1 if layout.decided and layout.meta_style else 0
         result = _compare(tt_stats, hf_stats[reference], diffs[reference], ids, layout)
     result.hf_bfloat16 = bfloat16
+    if not result.ok and isinstance(tt, TtmlFile) and tt.fused and tt.tp == 1:
+        result.reason += ("; if the file was saved from N-way tensor parallelism (its fused rows rank-interleaved), "
+                          "try --tp N")
     return result

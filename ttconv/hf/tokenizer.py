@@ -141,3 +141,20 @@ def sample_ids(model_dir, text=None, limit=128, context=None, log=None):
     if len(ids) < 2:
         raise TokenizerError(f"the text is {len(ids)} token(s) long; at least 2 are needed to predict a next token")
     return ids
+
+
+CHAR_UNKNOWN = "<UNK>"  # not in a character vocabulary: an unknown character is an error, as in ttml
+
+
+def char_tokenizer_json(stoi):
+    """tokenizer.json of a character tokenizer (ttml's CharTokenizer: {token: id}): every character
+    one token, <...> entries (its padding, begin and end markers) special tokens matched whole,
+    decoding the ids' characters joined."""
+    if not stoi or not all(isinstance(k, str) and isinstance(v, int) for k, v in stoi.items()):
+        raise TokenizerError("the header's character tokenizer has no usable stoi table")
+    tokenizers = import_held("tokenizers")
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(dict(stoi), unk_token=CHAR_UNKNOWN))
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Split(tokenizers.Regex(r"[\s\S]"), "isolated")
+    tokenizer.decoder = tokenizers.decoders.Fuse()
+    tokenizer.add_special_tokens([token for token in stoi if len(token) > 1])
+    return tokenizer.to_str(pretty=True) + "\n"

@@ -1,23 +1,36 @@
-"""The one place that tells the two on-disk formats apart: msgpack files and checkpoint directories."""
+"""The one place that tells the on-disk formats apart: msgpack files, checkpoint directories and
+ttml (Python-side) pickles, which are read only."""
 import os
 
+from ..errors import TtFileError
 from ..output import check_directory_target, check_file_target
 from .tensorbin import BFLOAT16
 from .ttdir import TtDir, is_checkpoint_dir
 from .ttdir_out import DirWriter, directory_output
 from .ttfile import TtFile
 from .ttfile_out import MsgpackWriter, msgpack_output
+from .ttml import TtmlFile, is_ttml_file
 
 FORMATS = ("msgpack", "flatbuffer")
 
 
-def open_tt(path, on_bytes=None, assume_float32=False):
-    """A reader for a tt-train msgpack file (TtFile) or checkpoint directory (TtDir: the directory or
-    its metadata.flatbuffer); on_bytes(n) reports progress while a msgpack file is indexed.
-    assume_float32: see TtFile (for readers that check every value they read, through row sources)."""
+def open_tt(path, on_bytes=None, assume_float32=False, tp=None):
+    """A reader for a tt-train msgpack file (TtFile), checkpoint directory (TtDir: the directory or
+    its metadata.flatbuffer) or ttml pickle (TtmlFile, told by its content); on_bytes(n) reports
+    progress while a msgpack file is indexed. assume_float32: see TtFile (for readers that check
+    every value they read, through row sources). tp: the tensor-parallel degree a ttml file was
+    gathered from (None: 1); other formats refuse it."""
     if is_checkpoint_dir(path):
-        return TtDir(path)
-    return TtFile(path, on_bytes, assume_float32)
+        reader = TtDir(path)
+    elif is_ttml_file(path):
+        return TtmlFile(path, tp or 1)
+    else:
+        reader = TtFile(path, on_bytes, assume_float32)
+    if tp not in (None, 1):
+        raise TtFileError(f"{path}: --tp applies to tt-train's Python-side (ttml) checkpoints; this is a "
+                          f"{'checkpoint directory' if isinstance(reader, TtDir) else 'msgpack file'}, whose "
+                          "tensors are stored whole")
+    return reader
 
 
 def value_bytes(tt):
@@ -28,6 +41,8 @@ def value_bytes(tt):
 def weights_in_bfloat16(tt, params):
     """True when every one of a reader's weight tensors (params) is stored as bfloat16 (a directory
     as tt-train saves it); msgpack files hold float32."""
+    if isinstance(tt, TtmlFile):
+        return tt.stores_bfloat16(params)
     return isinstance(tt, TtDir) and all(p.data.header.data_type == BFLOAT16 for p in params.values())
 
 

@@ -82,6 +82,37 @@ class FileRows:
         os.close(self._fd)
 
 
+class RunRows:
+    """Raw row access to a tensor whose rows are runs of rows stored one after another from byte base on
+    (runs: (first stored row, count), in the tensor's order; a part of a fused tensor, every rank's
+    slice in turn): rows of cols values of width bytes, row-major."""
+
+    def __init__(self, path, base, runs, cols, width, dtype, scratch):
+        self._path = path
+        self._base = base
+        self._runs = runs
+        self._starts = np.cumsum([0] + [count for _, count in runs])
+        self._row_bytes = cols * width
+        self._cols = cols
+        self._dtype = dtype
+        self._words = {2: np.uint16, 4: np.float32}[width]
+        self._scratch = scratch if scratch is not None else ScratchBuffer()
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def read(self, first, count):
+        buffer = self._scratch.take(count * self._row_bytes)
+        last = first + count
+        for (stored, length), start in zip(self._runs, self._starts):
+            lo, hi = max(first, start), min(last, start + length)
+            if lo < hi:
+                piece = buffer[(lo - first) * self._row_bytes:(hi - first) * self._row_bytes]
+                read_exactly(self._fd, piece, self._base + (stored + lo - start) * self._row_bytes, self._path)
+        return RowBlock(buffer.view(self._words), self._dtype, False, self._cols, first)
+
+    def close(self):
+        os.close(self._fd)
+
+
 def read_exactly(fd, buffer, offset, path):
     """Fill buffer (uint8) from fd at offset; TtFileError when the file ends first."""
     view = memoryview(buffer)

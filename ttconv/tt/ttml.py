@@ -1,0 +1,431 @@
+"""tt-train's Python side (ttml): checkpoint streams and the SFT trainer's pickles, read safely.
+
+`ttml.checkpointing` (format 1) writes one pickle `{"format": 1, "header": ..., "manifest": M}`
+and then one numpy array per tensor, in the manifest's depth-first order (model, then
+optimizer; never sorted). The SFT trainer's older files are one pickle `{"step": N,
+"model_state": {name: array}}`. Both are read with unpickler.Unpickler (nothing is imported or
+run); arrays stay in the file until their rows are asked for. Parameter names are ttml's
+(ttml_names translates them, fused tensors split into the parts ttconv's mapping knows), so the
+drivers see the same reader interface as for msgpack files and directories.
+"""
+import os
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+
+from ..errors import TtFileError
+from . import ttml_names
+from .rows import DecodedRows, RunRows
+from .unpickler import Array, Blob, ClassRef, Record, Unpickler, is_pickle, read_blob
+
+FORMAT_VERSION = 1
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+RAW_DTYPES = {np.dtype("<f4"): ("f32", 4), BFLOAT16: ("bf16", 2)}  # stored as kernels.gather reads them
+MASTER_WEIGHTS = "master_weights"
+
+
+def is_ttml_file(path):
+    """True when path is a file that opens with a pickle (protocol 2 to 5)."""
+    try:
+        with open(path, "rb") as handle:
+            return is_pickle(handle.read(2))
+    except OSError:
+        return False
+
+
+@dataclass(eq=False)
+class TensorRecord:
+    """One array of the file: its group ("model" or "optimizer"), manifest path, ttml name, the
+    manifest's layout/dtype (None for an SFT pickle), the array and its record number."""
+
+    group: str
+    path: tuple
+    name: str
+    meta: object
+    array: Array
+    index: int
+
+    @property
+    def label(self):
+        return f"{'/'.join((self.group,) + self.path)}[{self.name}]"
+
+    @property
+    def rows(self):
+        return int(np.prod(self.array.shape[:-1], dtype=np.int64)) if len(self.array.shape) > 1 else 1
+
+    @property
+    def cols(self):
+        return self.array.shape[-1] if self.array.shape else 1
+
+
+class TtmlTensor:
+    """Rows of a record as ttconv's mapping sees one tensor: runs (first stored row, count), in order."""
+
+    def __init__(self, key, record, runs):
+        self.key = key
+        self.record = record
+        self.runs = runs
+        self.rows = sum(count for _, count in runs)
+        self.cols = record.cols
+
+    @property
+    def dims(self):
+        return (self.rows, self.cols)
+
+
+class TtmlParameter:
+    """A parameter under its canonical name (ttml_names), with its data (TtmlTensor)."""
+
+    def __init__(self, name, data):
+        self.name = name
+        self.data = data
+
+    @property
+    def dims(self):
+        return self.data.dims
+
+    @property
+    def rows(self):
+        return self.data.rows
+
+    @property
+    def cols(self):
+        return self.data.cols
+
+
+def plain(value, depth=0):
+    """A header value as JSON-ready data: a Record becomes {"__class__": ..., fields}; arrays and
+    data left in the file are described, not read."""
+    if depth > 20:
+        return "..."
+    if isinstance(value, Record):
+        out = {"__class__": str(value.cls)}
+        if value.args:
+            out["args"] = [plain(a, depth + 1) for a in value.args]
+        out.update({k: plain(v, depth + 1) for k, v in value.fields.items()})
+        return out
+    if isinstance(value, dict):
+        return {str(k): plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [plain(v, depth + 1) for v in value]
+    if isinstance(value, Array):
+        return f"<array {list(value.shape)} {value.dtype.name}>"
+    if isinstance(value, Blob):
+        return f"<{value.size:,} bytes in the file>"
+    if isinstance(value, ClassRef):
+        return str(value)
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _manifest_leaves(where, node, path):
+    """(path, name, meta) of each tensor a manifest group holds, in stream order, and its scalars."""
+    tensors, scalars = [], {}
+    if not isinstance(node, dict):
+        raise TtFileError(f"{where}: manifest entry {'/'.join(path) or '(root)'} is a {type(node).__name__}, "
+                          "expected a dict")
+    if "named_parameters" in node:
+        named = node["named_parameters"]
+        if not isinstance(named, dict) or not all(isinstance(k, str) for k in named):
+            raise TtFileError(f"{where}: named_parameters of {'/'.join(path)} is not a dict of names")
+        return [(path, name, meta) for name, meta in named.items()], scalars
+    for key, sub in node.items():
+        if isinstance(sub, dict):
+            more, inner = _manifest_leaves(where, sub, path + (str(key),))
+            tensors.extend(more)
+            scalars.update(inner)
+        elif isinstance(sub, (bool, int, float)):
+            scalars["/".join(path + (str(key),))] = sub
+        else:
+            raise TtFileError(f"{where}: manifest value {'/'.join(path + (str(key),))} is a {type(sub).__name__}")
+    return tensors, scalars
+
+
+class TtmlFile:
+    """A ttml checkpoint (format-1 stream or SFT pickle), indexed: every record's array located, none read.
+
+    tp: the tensor-parallel degree the file was gathered from (fused rows are rank-interleaved; the
+    file does not record it)."""
+
+    def __init__(self, path, tp=1):
+        self.path = os.fspath(path)
+        self.tp = tp
+        self.weights_note = None
+        try:
+            self.size = os.path.getsize(self.path)
+            handle = open(self.path, "rb")
+        except OSError as exc:
+            raise TtFileError(f"{self.path}: cannot read: {exc.strerror}") from None
+        with handle:
+            reader = Unpickler(handle, self.path, self.size)
+            first = reader.load()
+            if isinstance(first, dict) and "format" in first:
+                self._stream(reader, first)
+            elif isinstance(first, dict) and "model_state" in first:
+                self._sft(reader, first)
+            else:
+                what = (f"a dict with keys {sorted(map(str, first))[:6]}" if isinstance(first, dict)
+                        else f"a {type(first).__name__}")
+                raise TtFileError(f"{self.path}: a pickle whose first record is {what}: neither a "
+                                  "ttml.checkpointing file (no 'format') nor an SFT trainer checkpoint "
+                                  "(no 'model_state')")
+        self._check_optimizer_shapes()
+        self._build_parameters()
+
+    # ---------------------------------------------------------------- reading the file
+
+    def _stream(self, reader, first):
+        version = first["format"]
+        if version != FORMAT_VERSION:
+            raise TtFileError(f"{self.path}: ttml.checkpointing format {version!r}; ttconv reads format "
+                              f"{FORMAT_VERSION}")
+        header, manifest = first.get("header"), first.get("manifest")
+        self.kind = f"ttml.checkpointing format {FORMAT_VERSION}"
+        self.header = header if isinstance(header, dict) else {}
+        if not isinstance(manifest, dict):
+            raise TtFileError(f"{self.path}: the manifest is a {type(manifest).__name__}, expected a dict")
+        unknown = [str(k) for k in manifest if k not in ("model", "optimizer")]
+        if unknown:
+            raise TtFileError(f"{self.path}: manifest group {unknown[0]!r} (ttconv knows model and optimizer)")
+        self.step = self.header.get("step")
+        self.records, self.optimizer_scalars = [], {}
+        self.groups = [g for g in ("model", "optimizer") if g in manifest]
+        for group in self.groups:  # the order save_checkpoint streams them in
+            leaves, scalars = _manifest_leaves(self.path, manifest[group], ())
+            if group == "optimizer":
+                self.optimizer_scalars = scalars
+            for path, name, meta in leaves:
+                if reader.at_end():
+                    raise TtFileError(f"{self.path}: file ends after {len(self.records)} of the manifest's "
+                                      f"{self._count(manifest)} tensors (truncated?)")
+                index = len(self.records) + 1
+                array = reader.load()
+                record = TensorRecord(group, path, name, meta, array, index)
+                self._check_array(record)
+                self.records.append(record)
+        if not reader.at_end():
+            raise TtFileError(f"{self.path}: more records follow the {len(self.records)} tensors the manifest "
+                              f"lists (from byte {reader.tell():,})")
+
+    def _count(self, manifest):
+        return sum(len(_manifest_leaves(self.path, manifest[g], ())[0]) for g in self.groups)
+
+    def _sft(self, reader, first):
+        self.kind = "SFT trainer pickle"
+        self.header = {k: v for k, v in first.items() if k != "model_state"}
+        self.step = first.get("step")
+        self.groups, self.optimizer_scalars = ["model"], {}
+        state = first["model_state"]
+        if not isinstance(state, dict):
+            raise TtFileError(f"{self.path}: model_state is a {type(state).__name__}, expected a dict of arrays")
+        self.records = []
+        for name, array in state.items():
+            record = TensorRecord("model", (), str(name), None, array, 0)
+            self._check_array(record)
+            self.records.append(record)
+        if not reader.at_end():
+            raise TtFileError(f"{self.path}: data follows the SFT checkpoint's pickle (at byte {reader.tell():,})")
+
+    def _check_array(self, record):
+        array = record.array
+        if not isinstance(array, Array):
+            where = f"record {record.index}" if record.index else "model_state"
+            raise TtFileError(f"{self.path}: {where} ({record.label}) is a {type(array).__name__}, expected a numpy "
+                              "array")
+        if array.dtype.kind not in "f" and array.dtype != BFLOAT16:
+            raise TtFileError(f"{self.path}: {record.label} holds {array.dtype.name} values; tt-train saves float32 "
+                              "or bfloat16")
+        if not array.shape or 0 in array.shape:
+            raise TtFileError(f"{self.path}: {record.label} is an empty array of shape {list(array.shape)}")
+
+    def _check_optimizer_shapes(self):
+        model = {r.name: r.array.shape for r in self.records if r.group == "model"}
+        for record in self.records:
+            if record.group == "optimizer" and record.name in model and record.array.shape != model[record.name]:
+                raise TtFileError(f"{self.path}: {record.label} has shape {list(record.array.shape)} but its parameter "
+                                  f"has {list(model[record.name])} (truncated optimizer state)")
+
+    # ---------------------------------------------------------------- names and parts
+
+    def _build_parameters(self):
+        model = [r for r in self.records if r.group == "model"]
+        if not model:
+            raise TtFileError(f"{self.path}: holds no model parameters")
+        self.root, self.family = ttml_names.model_root(self.path, [r.name for r in model])
+        self.fused = any(ttml_names.translate(self.path, self.root, r.name)[0] for r in model)
+        by_name = {r.name: r for r in model}
+        self._model = self._canonical(model, by_name)
+        masters = [r for r in self.records if r.group == "optimizer" and r.path and r.path[-1] == MASTER_WEIGHTS]
+        self._masters = self._canonical(masters, by_name) if masters else {}
+
+    def _canonical(self, records, model_by_name):
+        params = {}
+        for record in records:
+            fused, targets = ttml_names.translate(self.path, self.root, record.name)
+            sizes = self._part_sizes(record, fused, model_by_name)
+            for canonical, picked in targets:
+                key = record.name if len(targets) == 1 else f"{record.name}[{'+'.join(picked)}]"
+                if record.group == "optimizer":
+                    key = f"{record.label}" if len(targets) == 1 else f"{record.label}[{'+'.join(picked)}]"
+                params[canonical] = TtmlParameter(canonical, TtmlTensor(key, record, self._runs(record, sizes,
+                                                                                                 picked)))
+        for one, other in (ttml_names.EMBEDDINGS, ttml_names.EMBEDDINGS[::-1]):
+            one, other = f"{self.root}/{one}", f"{self.root}/{other}"
+            if one in params and other not in params:  # tied: one parameter saved under either name
+                params[other] = TtmlParameter(other, params[one].data)
+        return params
+
+    def _part_sizes(self, record, fused, model_by_name):
+        """{part: rows} of a fused record (before tensor parallelism interleaves them)."""
+        rows = record.rows
+        if fused == "":
+            return {"all": rows}
+        if fused == "qkv":
+            out = record.name.rsplit("/", 2)[0] + "/out_linear/weight"
+            if out not in model_by_name:
+                raise TtFileError(f"{self.path}: {record.name} is a fused q|k|v linear but {out} is missing, "
+                                  "which tells its query rows")
+            q = model_by_name[out].cols
+            if q >= rows or (rows - q) % 2:
+                raise TtFileError(f"{self.path}: {record.name} has {rows} rows, which do not split into {q} query "
+                                  "rows and equal key and value rows")
+            return {"q": q, "k": (rows - q) // 2, "v": (rows - q) // 2}
+        first, second = ttml_names.FUSIONS[fused]
+        if rows % 2:
+            raise TtFileError(f"{self.path}: {record.name} is a fused {first}|{second} linear of {rows} rows, "
+                              "which do not split in halves")
+        return {first: rows // 2, second: rows // 2}
+
+    def _runs(self, record, sizes, picked):
+        """Stored row runs of the picked parts, every rank's slice of a part in turn."""
+        parts = list(sizes)
+        if parts == ["all"]:
+            return [(0, record.rows)]
+        tp = self.tp
+        bad = [p for p in parts if sizes[p] % tp]
+        if bad:
+            raise TtFileError(f"{self.path}: {record.name}: its {bad[0]} rows ({sizes[bad[0]]}) do not split "
+                              f"{tp} ways; is --tp {tp} right?")
+        block = record.rows // tp
+        offsets, at = {}, 0
+        for part in parts:
+            offsets[part] = at
+            at += sizes[part] // tp
+        return [(rank * block + offsets[part], sizes[part] // tp) for part in picked for rank in range(tp)]
+
+    # ---------------------------------------------------------------- the reader interface
+
+    def parameters(self, group=None):
+        """Model parameters under their canonical names (group "model" or None); {} for "optimizer"."""
+        return dict(self._model) if group in (None, "model") else {}
+
+    def weights(self):
+        """The model's parameters as training last updated them: AdamWFullPrecision's float32 master
+        weights stand in for the bf16 weights they belong to (weights_note then says so)."""
+        params = dict(self._model)
+        used = 0
+        for name, master in self._masters.items():
+            if name in params:
+                params[name] = master
+                used += 1
+        if used:
+            self.weights_note = (f"full-precision master weights exported for {used} of {len(params)} tensors (what "
+                                 "training updates; the bf16 model copy is derived)")
+        return params
+
+    def stores_bfloat16(self, params):
+        """True when every one of params is held as bfloat16."""
+        return all(p.data.record.array.dtype == BFLOAT16 for p in params.values())
+
+    def is_training_state(self):
+        """True when the file holds optimizer state beside the model."""
+        return "optimizer" in self.groups
+
+    def _raw(self, record):
+        """(source dtype name, width) when the record's bytes can be read as rows straight from the file."""
+        array = record.array
+        if isinstance(array.data, Blob) and not array.data.latin1 and not array.fortran:
+            return RAW_DTYPES.get(array.dtype)
+        return None
+
+    def _decoded(self, record):
+        """The whole record as float32 [rows, cols] (one tensor in memory)."""
+        array = record.array
+        if isinstance(array.data, Blob):
+            with open(self.path, "rb") as handle:
+                data = read_blob(handle, self.path, array.data)
+        else:
+            data = array.data
+        if len(data) != array.nbytes:
+            raise TtFileError(f"{self.path}: {record.label} declares {array.nbytes:,} bytes of data but holds "
+                              f"{len(data):,}")
+        values = np.frombuffer(data, dtype=array.dtype).reshape(array.shape, order="F" if array.fortran else "C")
+        return np.ascontiguousarray(values, dtype=np.float32).reshape(record.rows, record.cols)
+
+    def read_values(self, data):
+        """A tensor's values (its runs of rows) as a flat float32 array."""
+        record = data.record
+        raw = self._raw(record)
+        if raw is None:
+            decoded = self._decoded(record)
+            return np.concatenate([decoded[first:first + count] for first, count in data.runs]).reshape(-1)
+        source = self.row_source(TtmlParameter(data.key, data), None)
+        try:
+            block = source.read(0, data.rows)
+            words = block.data.view(np.uint16 if raw[0] == "bf16" else np.float32)
+            if raw[0] == "bf16":
+                return (words.astype(np.uint32) << 16).view(np.float32)
+            return words.astype(np.float32)
+        finally:
+            source.close()
+
+    def row_source(self, param, scratch):
+        """Row access (tt.rows) to a parameter: its stored rows straight from the file where they are
+        raw float32 or bfloat16, else the record decoded whole."""
+        data = param.data
+        raw = self._raw(data.record)
+        if raw is None:
+            return self.decoded_rows(param)
+        name, width = raw
+        return RunRows(self.path, data.record.array.data.offset, data.runs, data.cols, width, name, scratch)
+
+    def decoded_rows(self, param):
+        """The parameter's values decoded whole to float32, as a row source."""
+        data = param.data
+        decoded = self._decoded(data.record)
+        return DecodedRows(np.concatenate([decoded[first:first + count] for first, count in data.runs]), data.cols)
+
+    # ---------------------------------------------------------------- the header
+
+    def model_config(self):
+        """The header's model_config as a flat dict (its spec's fields beside the common ones), or None."""
+        config = self.header.get("model_config")
+        if not isinstance(config, (Record, dict)):
+            return None
+        fields = dict(config.fields if isinstance(config, Record) else config)
+        spec = fields.pop("spec", None)
+        if isinstance(spec, (Record, dict)):
+            fields.update(spec.fields if isinstance(spec, Record) else spec)
+        return {key: _enum_value(value) for key, value in fields.items()}
+
+    def tokenizer(self):
+        """The header's character tokenizer as (stoi, itos), or None."""
+        tok = self.header.get("tokenizer")
+        fields = tok.fields if isinstance(tok, Record) else tok if isinstance(tok, dict) else None
+        if not fields or not isinstance(fields.get("stoi"), dict):
+            return None
+        itos = fields.get("itos")
+        return fields["stoi"], itos if isinstance(itos, (list, dict)) else None
+
+
+def _enum_value(value):
+    """An enum member as its member name where the pickle names it, else its value."""
+    if isinstance(value, Record) and len(value.args) == 1:
+        return value.args[0]
+    if isinstance(value, ClassRef):
+        return value.name.rsplit(".", 1)[-1]
+    return value
