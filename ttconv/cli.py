@@ -207,7 +207,8 @@ def build_parser():
                                          "tensor file's layout, device count and name. Directories are read "
                                          "from their headers only.")
     inspect.add_argument("file", metavar="PATH",
-                         help="a msgpack file, a checkpoint directory or its metadata.flatbuffer")
+                         help="a msgpack file, a checkpoint directory or its metadata.flatbuffer, or a ttml "
+                              "(Python-side) checkpoint: format, step, model_config, optimizer and tensors")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _common(inspect)
 
