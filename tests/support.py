@@ -102,20 +102,23 @@ def _map_header(n):
 
 
 def init_file_bytes(shapes, prefix="llama/llama", seed=0, shape_as="bin", float_style="msgpack-c",
-                    variants=None, extra_entries=(), shuffle=True):
-    """A tt-train-like init file: 7 keys per parameter, msgpack-c quirks, keys shuffled."""
+                    variants=None, extra_entries=(), shuffle=True, values=None):
+    """A tt-train-like init file: 7 keys per parameter, msgpack-c quirks, keys shuffled; values
+    {name: array} gives a parameter's values (else drawn)."""
     variants = dict(DEFAULT_VARIANTS, **(variants or {}))
     rng = np.random.default_rng(seed)
     entries = []
     for name, (rows, cols) in shapes.items():
         full = f"{prefix}/{name}"
-        if name.endswith(("gamma",)):
-            values = np.ones(rows * cols, dtype=np.float32)
+        if values is not None and name in values:
+            values_of = np.asarray(values[name], dtype=np.float32).reshape(-1)
+        elif name.endswith(("gamma",)):
+            values_of = np.ones(rows * cols, dtype=np.float32)
         elif name.endswith(("beta", "bias")):
-            values = np.zeros(rows * cols, dtype=np.float32)
+            values_of = np.zeros(rows * cols, dtype=np.float32)
         else:
-            values = (rng.standard_normal(rows * cols) * 0.02).astype(np.float32)
-            values[:: max(1, values.size // 7)] = 0.0  # the odd exact zero, packed as an int
+            values_of = (rng.standard_normal(rows * cols) * 0.02).astype(np.float32)
+            values_of[:: max(1, values_of.size // 7)] = 0.0  # the odd exact zero, packed as an int
         dims = np.array([1, 1, rows, cols], dtype="<u4").tobytes()
         if shape_as == "bin":
             shape_value = msgpack.packb([variants["shape"], dims], use_bin_type=True)
@@ -126,7 +129,7 @@ def init_file_bytes(shapes, prefix="llama/llama", seed=0, shape_as="bin", float_
         entries.append((full + "/value/layout", msgpack.packb([variants["int"], 1])))
         entries.append((full + "/value/storage_type", msgpack.packb([variants["int"], 1])))
         entries.append((full + "/value/data", b"\x92" + msgpack.packb(variants["floats"])
-                        + _pack_floats(values, float_style)))
+                        + _pack_floats(values_of, float_style)))
         entries.append((full + "/requires_grads", msgpack.packb([variants["bool"], True])))
         entries.append((full + "/has_grads", msgpack.packb([variants["bool"], False])))
     entries.extend(extra_entries)

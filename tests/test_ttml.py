@@ -206,9 +206,9 @@ def test_master_weights_are_exported_instead_of_the_bf16_copy(cli, tmp_path):
     ("version", "format 2"),
     ("optimizer-shape", "truncated optimizer state"),
     ("unknown-name", "unknown Llama parameter 'Llama/blocks/0/attention/rotary/weight'"),
-    ("lora", "LoRA"),
     ("tp", "do not split 3 ways"),
     ("shape", "shape mismatch"),
+    ("missing", "holds nothing for model.layers.1.mlp.down_proj.weight"),
 ])
 def test_damaged_files_end_in_one_error_line_and_write_nothing(cli, tmp_path, damage, message):
     model = ttml_model("llama", "fused")
@@ -218,8 +218,8 @@ def test_damaged_files_end_in_one_error_line_and_write_nothing(cli, tmp_path, da
         state["exp_avg"]["Llama/ln_fc/gamma"] = np.zeros((1, 1, 1, 32), np.float32)
     if damage == "unknown-name":
         model["Llama/blocks/0/attention/rotary/weight"] = np.zeros((1, 1, 2, 64), np.float32)
-    if damage == "lora":
-        model = {"LoraModel/model/" + k: v for k, v in model.items()}
+    if damage == "missing":
+        del model["Llama/blocks/1/mlp/w2/weight"]
         state = None
     if damage == "shape":
         model["Llama/blocks/0/mlp/w2/weight"] = np.zeros((1, 1, 64, 96), np.float32)

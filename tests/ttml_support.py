@@ -17,16 +17,22 @@ from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
-from safetensors.numpy import load_file
 
 import support
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
+RAW_DTYPES = {"F32": np.float32, "BF16": ml_dtypes.bfloat16, "F16": np.float16}
+
+
 def hf_tensors(model_dir):
-    return {name: np.asarray(value, dtype=np.float32) for name, value in
-            load_file(f"{model_dir}/model.safetensors").items()}
+    """A checkpoint's tensors as float32 (read from the raw layout: safetensors' oldest numpy reader
+    has no bfloat16)."""
+    from test_export_hf import raw_safetensors
+
+    return {name: np.frombuffer(data, dtype=RAW_DTYPES[dtype]).astype(np.float32).reshape(shape)
+            for name, (dtype, shape, data) in raw_safetensors(f"{model_dir}/model.safetensors").items()}
 
 
 def pad_vocab(w):

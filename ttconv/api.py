@@ -99,7 +99,7 @@ def convert_gpt2(init_path, hf_model, output_path, revision=None, dry_run=False,
 
 
 def to_hf(family, tt_path, hf_model, output_dir, dtype="auto", meta_style=False, revision=None, quiet=True,
-          max_shard_size="5GB", tp=None, overrides=()):
+          max_shard_size="5GB", tp=None, overrides=(), lora_alpha=None, rslora=False, merge_lora=False):
     """Write a Hugging Face checkpoint folder (safetensors weights, config.json, tokenizer files)
     from a tt-train file or checkpoint directory (a model file or dump, or a training save),
     undoing the tilization, permutation, transposes, kv concatenation, padding and tying,
@@ -111,14 +111,16 @@ def to_hf(family, tt_path, hf_model, output_dir, dtype="auto", meta_style=False,
     are sharded with an index, as save_pretrained does. A tt-train Python-side (ttml) checkpoint may
     come without hf_model (None): its header's model_config gives config.json, and overrides
     ("KEY=VALUE", e.g. "rms_norm_eps=1e-6") set what it does not hold; tp is the tensor-parallel
-    degree such a file was gathered from. Returns a Report (see convert).
+    degree such a file was gathered from. A LoRA checkpoint becomes a PEFT adapter folder
+    (lora_alpha required unless the file records it; rslora: use_rslora), or with merge_lora the
+    full checkpoint with the adapters merged. Returns a Report (see convert).
 
     >>> to_hf("llama", "out/llama.msgpack", "examples/llama-mini", "out/hf", dtype="bf16")  # doctest: +SKIP
     """
     from .export_hf import export_hf
 
     return export_hf(family, tt_path, hf_model, output_dir, dtype, meta_style, revision, quiet, max_shard_size, tp,
-                     overrides)
+                     overrides, lora_alpha, rslora, merge_lora)
 
 
 def write_config(family, hf_model, output_path=None, model_path="data/tt_model.msgpack",
@@ -146,14 +148,16 @@ def write_config(family, hf_model, output_path=None, model_path="data/tt_model.m
     return text
 
 
-def check(family, tt_path, hf_model, text_path=None, tokens=128, revision=None, quiet=True, tp=None):
+def check(family, tt_path, hf_model, text_path=None, tokens=128, revision=None, quiet=True, tp=None,
+          lora_alpha=None, rslora=False):
     """Run the model of a tt-train file or checkpoint directory (as tt-train computes it) beside the Hugging Face checkpoint
     (as transformers computes it) on the same tokens; returns a check.CheckResult with tt_loss,
     hf_loss, max_abs_logit_diff, top1_agreement, tokens, ok (and, for Llama, the q/k layout losses).
-    tp: the tensor-parallel degree a ttml checkpoint was gathered from.
+    tp: the tensor-parallel degree a ttml checkpoint was gathered from; a LoRA checkpoint is run
+    merged (lora_alpha, rslora as for to_hf).
 
     >>> ttconv.check("llama", "out/llama.msgpack", "examples/llama-mini").ok  # doctest: +SKIP
     """
     from .verify import check as run_check
 
-    return run_check(family, tt_path, hf_model, text_path, tokens, revision, quiet, tp)
+    return run_check(family, tt_path, hf_model, text_path, tokens, revision, quiet, tp, lora_alpha, rslora)

@@ -139,6 +139,14 @@ def _positive(text):
     return value
 
 
+def _lora_options(parser):
+    parser.add_argument("--lora-alpha", type=float, metavar="ALPHA",
+                        help="a LoRA checkpoint's alpha (LoraConfig alpha; tt-train does not save it): scale = "
+                             "ALPHA / r; required for LoRA checkpoints unless the file records it")
+    parser.add_argument("--rslora", action="store_true", help="the adapters were trained with rsLoRA: scale = "
+                                                               "ALPHA / sqrt(r)")
+
+
 def _tp_option(parser):
     parser.add_argument("--tp", type=_positive, metavar="N",
                         help="a ttml (Python-side) checkpoint gathered from N-way tensor parallelism: its fused "
@@ -221,7 +229,10 @@ def build_parser():
                                        "tying. Streaming: one chunk of rows at a time, whatever the model size. "
                                        "Values are exact in the file's own precision; a training state's "
                                        "full-precision master weights are exported where it holds them. The "
-                                       "folder appears whole or not at all.")
+                                       "folder appears whole or not at all. Also reads checkpoints of tt-train's "
+                                       "Python side (ttml), with or without the original. A LoRA checkpoint "
+                                       "becomes a PEFT adapter folder (adapter_config.json, "
+                                       "adapter_model.safetensors), or with --merge-lora the merged model.")
     to_hf.add_argument("family", choices=FAMILIES)
     _tt_input(to_hf)
     to_hf.add_argument("--hf_model",
@@ -240,6 +251,11 @@ def build_parser():
                             f"default: {DEFAULT_MAX_SHARD_SIZE})")
     to_hf.add_argument("--meta_style", action="store_true", help="do not undo the RoPE permutation")
     _tp_option(to_hf)
+    _lora_options(to_hf)
+    to_hf.add_argument("--merge-lora", action="store_true",
+                       help="for a LoRA checkpoint: write the full model with every adapted weight W + scale * B A "
+                            "(computed in float32, written in the model's precision or --dtype) instead of the "
+                            "default PEFT adapter folder (adapter_config.json + adapter_model.safetensors)")
     to_hf.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                        help="set KEY in the written config.json (VALUE read as JSON, e.g. --set rms_norm_eps=1e-6); "
                             "for a ttml checkpoint exported without --hf_model, what its header does not hold: "
@@ -259,6 +275,7 @@ def build_parser():
     check.add_argument("--hf_model", required=True, help="the checkpoint it came from: folder or hub id")
     check.add_argument("--revision", help="hub revision when --hf_model is a hub id")
     _tp_option(check)
+    _lora_options(check)
     check.add_argument("--text", metavar="FILE", help="UTF-8 text to run on (default: a built-in English sample)")
     check.add_argument("--tokens", type=_positive, default=128, metavar="N",
                        help="use the first N tokens of the text, capped at the context (default: 128)")
@@ -385,7 +402,8 @@ def _check(args):
     from .api import check
 
     tt_path = _tt_path(args)
-    result = check(args.family, tt_path, args.hf_model, args.text, args.tokens, args.revision, args.quiet, args.tp)
+    result = check(args.family, tt_path, args.hf_model, args.text, args.tokens, args.revision, args.quiet, args.tp,
+                   args.lora_alpha, args.rslora)
     if args.json:
         print(json.dumps(result.as_dict()))
     else:
@@ -432,7 +450,8 @@ def _run(args):
     from .api import to_hf
 
     report = to_hf(args.family, _tt_path(args), args.hf_model, args.output_dir, args.dtype, args.meta_style,
-                   args.revision, args.quiet, args.max_shard_size, args.tp, args.overrides)
+                   args.revision, args.quiet, args.max_shard_size, args.tp, args.overrides, args.lora_alpha,
+                   args.rslora, args.merge_lora)
     print(f"ttconv: wrote {args.output_dir}: {report.summary()}", file=sys.stderr)
     return 0
 

@@ -19,15 +19,17 @@ import numpy as np
 from . import kernels
 from .conversion import Report, plan_conversion
 from .errors import MappingError, OutputError, TtconvError
+from .export_lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, write_adapter
 from .hf.checkpoint import INDEX_NAME, ITEM_SIZES, SINGLE_NAME, Checkpoint
 from .hf.from_header import ConfigCheckpoint, apply_overrides, hf_config
 from .hf.hub import resolve_model
 from .hf.safetensors_out import DEFAULT_MAX_SHARD_SIZE, OutTensor, parse_size, write_weights
 from .hf.tokenizer import char_tokenizer_json, tokenizer_files
-from .mapping import BLOCK_0, find_prefix, hf_order_key
+from .mapping import BLOCK_0, find_prefix, hf_order_key, rope_order
 from .output import atomic_directory
 from .progress import Progress
 from .tt.formats import open_tt, weights_in_bfloat16
+from .tt.lora import is_lora_name, lora_setup, merged_reader, refuse_lora_options
 from .tt.rows import RowGatherer, ScratchBuffer
 from .tt.ttml import TtmlFile
 
@@ -99,15 +101,6 @@ def _exports(family, plan, ckpt, out_dtype):
     return [exports[name] for name in sorted(exports, key=lambda n: hf_order_key(family, n))]
 
 
-def _rope_order(first, last, head_dim):
-    """The tt rows of HF rows first..last that undo the interleave: HF row i of a head is the head's tt
-    row 2i, HF row head_dim/2 + i its tt row 2i + 1."""
-    rows = np.arange(first, last)
-    i = rows % head_dim
-    half = head_dim // 2
-    return (rows // head_dim * head_dim + np.where(i < half, 2 * i, 2 * (i - half) + 1)).astype(np.uint32)
-
-
 class _Streamer:
     """Writes the exports' bytes through a file's sink, a chunk of rows at a time, straight into the
     output's write buffers (only the unit of rows that straddles two buffers goes through a copy)."""
@@ -162,7 +155,7 @@ class _Streamer:
                     transposed=True))
             elif part.transform == "rope_columns":  # a q/k norm vector: one row, its head_dim values interleaved
                 self._chunks(sink, 1, cols * self._width, 1, lambda first, count, out: rows.gather(
-                    part.first, 1, np.zeros(1, dtype=np.uint32), out, out_dtype, columns=_rope_order(0, cols, cols)))
+                    part.first, 1, np.zeros(1, dtype=np.uint32), out, out_dtype, columns=rope_order(0, cols, cols)))
             else:
                 head_dim = part.rows // part.heads if part.transform == "rope" else 1
 
@@ -174,7 +167,7 @@ class _Streamer:
                     # the rows of the whole heads these rows lie in, de-interleaved
                     start = first // head_dim * head_dim
                     stop = -(-(first + count) // head_dim) * head_dim
-                    picked = _rope_order(first, first + count, head_dim) - start
+                    picked = rope_order(first, first + count, head_dim) - start
                     rows.gather(part.first + start, stop - start, picked, out, out_dtype, cols=cols)
 
                 self._chunks(sink, part.rows, cols * self._width, 1, fill)
@@ -199,9 +192,11 @@ class _Streamer:
 
 
 def is_hf_folder(path):
-    """A folder an export may replace: empty, or a Hugging Face checkpoint (config.json and weights)."""
+    """A folder an export may replace: empty, a Hugging Face checkpoint (config.json and weights) or a
+    PEFT adapter folder."""
     names = set(os.listdir(path))
-    return not names or ("config.json" in names and bool(names & {SINGLE_NAME, INDEX_NAME}))
+    return (not names or ("config.json" in names and bool(names & {SINGLE_NAME, INDEX_NAME}))
+            or {ADAPTER_CONFIG, ADAPTER_WEIGHTS} <= names)
 
 
 def _config(config, dtype, overrides):
@@ -223,7 +218,7 @@ def _header_checkpoint(family, tt, tt_path):
     declared = fields.get("model_type")
     if declared not in (None, family):
         raise MappingError(f"{tt_path}: the header's model_type is {declared!r}; use 'ttconv to-hf {declared}'")
-    params = tt.weights()
+    params = {name: param for name, param in tt.weights().items() if not is_lora_name(name)}
     prefix = find_prefix(params, family, tt_path)
     block = f"{prefix}/{BLOCK_0[family]}"
     width = {"gpt2": "mlp/fc1/weight"}.get(family, "mlp/w1/weight")
@@ -235,17 +230,25 @@ def _header_checkpoint(family, tt, tt_path):
     return ConfigCheckpoint(family, hf_config(family, fields, tok is None or tok.data is fc.data, sizes, where), where)
 
 
+def _inputs(tt, tt_path, ckpt):
+    originals = sorted({i.path for i in ckpt.tensors.values() if i.path})
+    return [getattr(tt, "directory", tt_path), tt_path] + ([ckpt.directory] if ckpt.directory else []) + originals
+
+
 def _export(family, tt, tt_path, ckpt, output_dir, dtype, meta_style, quiet, shard_bytes, overrides):
     """The export itself: (plan, dtype written, exports, {file: tensors})."""
-    params = tt.weights()
+    params = {name: param for name, param in tt.weights().items() if not is_lora_name(name)}
     plan = plan_conversion(family, tt, ckpt, meta_style, params)
+    if plan.unused and isinstance(getattr(tt, "reader", tt), TtmlFile):
+        # the other formats are filled from a model the original matches; a ttml file is the whole model
+        more = f" and {len(plan.unused) - 1} more" if len(plan.unused) > 1 else ""
+        raise MappingError(f"{tt_path}: holds nothing for {plan.unused[0]}{more}; a tt-train Python-side checkpoint "
+                           "must hold every tensor of the model")
     if dtype == "auto":
         dtype = "bf16" if weights_in_bfloat16(tt, params) else "f32"
     exports = _exports(family, plan, ckpt, dtype)
-    originals = sorted({i.path for i in ckpt.tensors.values() if i.path})
-    inputs = [getattr(tt, "directory", tt_path), tt_path] + ([ckpt.directory] if ckpt.directory else []) + originals
     total = sum(e.out.nbytes for e in exports)
-    with atomic_directory(output_dir, inputs, is_hf_folder, "a Hugging Face checkpoint") as out, \
+    with atomic_directory(output_dir, _inputs(tt, tt_path, ckpt), is_hf_folder, "a Hugging Face checkpoint") as out, \
             Progress(total, "writing safetensors", quiet) as progress:
         files = _Streamer(tt, ckpt, dtype, progress).run(exports, out, shard_bytes)
         with out.file("config.json") as config:
@@ -253,14 +256,30 @@ def _export(family, tt, tt_path, ckpt, output_dir, dtype, meta_style, quiet, sha
         if ckpt.directory:
             for source, name in tokenizer_files(ckpt.directory):
                 out.copy(source, name)
-        elif isinstance(tt, TtmlFile) and tt.tokenizer() is not None:
+        elif isinstance(getattr(tt, "reader", tt), TtmlFile) and tt.tokenizer() is not None:
             with out.file("tokenizer.json") as tokenizer:
                 tokenizer.write(char_tokenizer_json(tt.tokenizer()[0]).encode("utf-8"))
     return plan, dtype, exports, files
 
 
+def _export_adapter(family, tt, tt_path, ckpt, output_dir, meta_style, lora, base_model, started):
+    """A PEFT adapter folder of a LoRA checkpoint; returns the Report."""
+    adapters, alpha, rslora = lora
+    params = {name: param for name, param in tt.weights().items() if not is_lora_name(name)}
+    plan = plan_conversion(family, tt, ckpt, meta_style, params)
+    with atomic_directory(output_dir, _inputs(tt, tt_path, ckpt), is_hf_folder, "a PEFT adapter") as out:
+        tensors, values, nbytes, dtype = write_adapter(out, family, tt, adapters, plan, alpha, rslora, base_model,
+                                                       list(ckpt.tensors))
+    ranks = sorted({a.rank for a in adapters.values()})
+    state = (f"PEFT LoRA adapter for {tensors // 2} projections, rank "
+             f"{', '.join(map(str, ranks))}, lora_alpha {alpha:g}{', rsLoRA' if rslora else ''}, {dtype}")
+    return Report(plan, output_dir, tensors=tensors, values=values, bytes_written=nbytes,
+                  seconds=time.perf_counter() - started, state=state)
+
+
 def export_hf(family, tt_path, hf_model, output_dir, dtype="auto", meta_style=False, revision=None, quiet=True,
-              max_shard_size=DEFAULT_MAX_SHARD_SIZE, tp=None, overrides=()):
+              max_shard_size=DEFAULT_MAX_SHARD_SIZE, tp=None, overrides=(), lora_alpha=None, rslora=False,
+              merge_lora=False):
     """Write a Hugging Face checkpoint folder (safetensors weights, config.json, tokenizer files and
     generation config) for a tt-train file or checkpoint directory, atomically.
 
@@ -272,7 +291,9 @@ def export_hf(family, tt_path, hf_model, output_dir, dtype="auto", meta_style=Fa
     A ttml (Python-side) checkpoint needs no hf_model (None): config.json is built from its header's
     model_config, and a character tokenizer it holds becomes tokenizer.json; tp is the tensor-parallel
     degree it was gathered from. overrides: "KEY=VALUE" strings set in the written config.json.
-    Returns a Report.
+    A LoRA checkpoint is written as a PEFT adapter folder (adapter_config.json with lora_alpha,
+    use_rslora; adapter_model.safetensors), or, with merge_lora, as the full checkpoint with every
+    adapted weight W + scale B A (scale lora_alpha / r, or / sqrt(r) with rslora). Returns a Report.
 
     >>> export_hf("llama", "out/llama.msgpack", "examples/llama-mini", "out/hf")  # doctest: +SKIP
     """
@@ -286,8 +307,16 @@ def export_hf(family, tt_path, hf_model, output_dir, dtype="auto", meta_style=Fa
         if os.path.isdir(output_dir) and os.path.samefile(output_dir, model_dir):
             raise OutputError(f"{output_dir}: is the original checkpoint folder; choose another output folder")
     tt = open_tt(tt_path, assume_float32=True, tp=tp)  # every value is checked as it is gathered
+    lora = lora_setup(tt, lora_alpha, rslora)
+    if not lora[0]:
+        refuse_lora_options(tt_path, merge_lora, lora_alpha, rslora)
     ckpt = Checkpoint(model_dir) if hf_model is not None else _header_checkpoint(family, tt, tt_path)
+    if lora[0] and merge_lora:
+        tt = merged_reader(tt, *lora)
     try:
+        if lora[0] and not merge_lora:
+            return _export_adapter(family, tt, tt_path, ckpt, output_dir, meta_style, lora,
+                                   None if hf_model is None else str(hf_model), started)
         plan, dtype, exports, files = _export(family, tt, tt_path, ckpt, output_dir, dtype, meta_style, quiet,
                                               shard_bytes, overrides)
     finally:

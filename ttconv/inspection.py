@@ -7,8 +7,8 @@ import numpy as np
 from .families import FAMILY_NAMES
 from .mapping import BLOCK_0
 from .tt.training import LOAD_PREFIX, SAVE_PREFIX
+from .tt.lora import find_adapters
 from .tt.ttdir import PARAMETER_FLAGS, TENSOR_FIELDS, TtDir, is_checkpoint_dir
-from .tt import ttml_names
 from .tt.ttfile import SCHEDULER_ROOT, TtFile, array_header, state_group
 from .tt.ttml import BFLOAT16 as TTML_BFLOAT16
 from .tt.ttml import TtmlFile, is_ttml_file, plain
@@ -80,14 +80,42 @@ def _kind(prefix, groups, scalars):
             f"{', '.join(f'{k[len(SCHEDULER_ROOT):]}={_value(v)}' for k, v in scalars['scheduler'].items()) or 'none'}")
 
 
+def _lora(reader):
+    """What a LoRA model's adapters are (None for a model without): ranks, adapted linears, targets
+    and the adapters' parameter count."""
+    adapters = find_adapters(reader.path, reader.weights())
+    if not adapters:
+        return None
+    stored = {}  # the tensors as the file holds them (a fused linear's adapter once, not once per part)
+    for adapter in adapters.values():
+        for param in (adapter.a, adapter.b):
+            record = getattr(param.data, "record", None)
+            name = record.name if record is not None else param.name
+            stored[name] = record.array.shape if record is not None else (param.rows, param.cols)
+    return {"ranks": sorted({a.rank for a in adapters.values()}),
+            "targets": sorted({"/".join(name.split("/")[-3:-1]) for name in stored}),
+            "adapted_linears": len(stored) // 2,
+            "adapter_parameters": sum(int(np.prod(shape)) for shape in stored.values())}
+
+
 def describe(path):
     """Parameters and state of a tt-train file, checkpoint directory or ttml checkpoint, grouped
-    (model, optimizer, scheduler), as a JSON-ready dict."""
+    (model, optimizer, scheduler), as a JSON-ready dict (with "lora" for a LoRA model)."""
     if is_checkpoint_dir(path):
-        return _describe_dir(path)
-    if is_ttml_file(path):
-        return _describe_ttml(path)
-    tt = TtFile(path)
+        reader = TtDir(path)
+        info = _describe_dir(reader)
+    elif is_ttml_file(path):
+        reader = TtmlFile(path)
+        info = _describe_ttml(reader)
+    else:
+        reader = TtFile(path)
+        info = _describe_msgpack(reader)
+    info["lora"] = _lora(reader)
+    return info
+
+
+def _describe_msgpack(tt):
+    path = tt.path
     groups = {group: [] for group in GROUPS}
     for name, param in tt.parameters().items():
         groups[state_group(param.data.key)].append(_row(tt, name, param))
@@ -154,8 +182,7 @@ def _dir_kind(prefix, roots, groups, scalars):
             f"scheduler: {scheduler or 'none'}")
 
 
-def _describe_dir(path):
-    ttdir = TtDir(path)
+def _describe_dir(ttdir):
     groups = {group: [] for group in GROUPS}
     in_tensors = set()
     for key, entry in sorted(ttdir.tensors.items()):
@@ -200,15 +227,13 @@ def _ttml_row(record):
             "record": record.index}
 
 
-def _describe_ttml(path):
-    tt = TtmlFile(path)
+def _describe_ttml(tt):
+    path = tt.path
     rows = {group: [_ttml_row(r) for r in tt.records if r.group == group] for group in ("model", "optimizer")}
     optimizer = sorted({r.path[-1] for r in tt.records if r.group == "optimizer" and r.path})
     steps = tt.optimizer_scalars.get("steps", "?")
     kind = (f"{tt.kind}: {FAMILY_NAMES[tt.family]} model under {tt.root}/ (step {tt.step if tt.step is not None else '?'})"
             + (f"; optimizer: {', '.join(optimizer) or 'no tensors'}, steps {steps}" if tt.is_training_state() else ""))
-    fused = sorted({r.name.split("/")[-2] for r in tt.records if r.group == "model"
-                    and ttml_names.translate(path, tt.root, r.name)[0]})
     everything = rows["model"] + rows["optimizer"]
     return {
         "file": os.fspath(path),
@@ -220,7 +245,7 @@ def _describe_ttml(path):
         "step": plain(tt.step),
         "model_config": plain(tt.model_config()),
         "header": plain({k: v for k, v in tt.header.items() if k != "model_config"}),
-        "fused_tensors": fused,
+        "fused_tensors": tt.fused_linears,
         "bytes": tt.size,
         "entries": len(tt.records),
         "parameters": rows["model"],
@@ -273,6 +298,11 @@ def inspect_file(path, as_json=False):
     print(f"kind: {info['kind']}")
     family = info["family"]
     print(f"family: {FAMILY_NAMES[family]} (ttconv {family})" if family else "family: not recognised")
+    lora = info["lora"]
+    if lora:
+        print(f"LoRA model: rank {', '.join(map(str, lora['ranks']))}, {lora['adapted_linears']} adapted linears "
+              f"({', '.join(lora['targets'])}), {lora['adapter_parameters']:,} adapter parameters; to-hf writes a "
+              "PEFT adapter (--lora-alpha), or the merged model with --merge-lora")
     if info["format"] == "ttml":
         config = info["model_config"] or {}
         print("model_config: " + (", ".join(f"{k}={_value(v)}" for k, v in config.items()) or "none in the header"))

@@ -10,6 +10,8 @@ same permutation to the columns of a q/k norm vector (one head_dim). Row rules:
 import re
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .errors import MappingError, TtFileError
 from .families import FAMILY_NAMES
 
@@ -320,6 +322,15 @@ def _check_heads(piece, tt_key, head_dim):
             f"config.json says {piece.heads} heads x head_dim {head_dim} = {piece.heads * head_dim}; "
             "check num_attention_heads, num_key_value_heads and head_dim"
         )
+
+
+def rope_order(first, last, head_dim):
+    """The tt rows of HF rows first..last that undo the RoPE interleave: HF row i of a head is the
+    head's tt row 2i, HF row head_dim/2 + i its tt row 2i + 1."""
+    rows = np.arange(first, last)
+    i = rows % head_dim
+    half = head_dim // 2
+    return (rows // head_dim * head_dim + np.where(i < half, 2 * i, 2 * (i - half) + 1)).astype(np.uint32)
 
 
 # Hugging Face's module order (the order of a model's state dict, in which save_pretrained fills its

@@ -20,6 +20,7 @@ from .hf.hub import resolve_model
 from .hf.tokenizer import sample_ids
 from .progress import Progress
 from .tt.formats import open_tt, weights_in_bfloat16
+from .tt.lora import lora_setup, merged_reader, refuse_lora_options
 from .tt.ttml import TtmlFile
 
 log = logging.getLogger("ttconv")
@@ -141,12 +142,15 @@ def _compare(tt_stats, hf_stats, diff, ids, layout):
     return CheckResult(tt_loss, hf_loss, diff, top1, len(ids), not problems, "; ".join(problems), layout)
 
 
-def check(family, tt_path, hf_model, text_path=None, tokens=128, revision=None, quiet=True, tp=None):
+def check(family, tt_path, hf_model, text_path=None, tokens=128, revision=None, quiet=True, tp=None, lora_alpha=None,
+          rslora=False):
     """Run the tt-train file's model and the checkpoint's on the same ids; returns a CheckResult.
 
     text_path: a UTF-8 text file (the built-in English sample when None); tokens: how many of
     its tokens (capped at the context). For Llama the result also holds the losses of the
     checkpoint's q/k layouts. tp: the tensor-parallel degree a ttml checkpoint was gathered from.
+    A LoRA checkpoint is run with its adapters merged (scale lora_alpha / r, or / sqrt(r) with
+    rslora): compare it with the merged model.
 
     >>> check("llama", "out/llama.msgpack", "examples/llama-mini").ok  # doctest: +SKIP
     """
@@ -161,6 +165,11 @@ def check(family, tt_path, hf_model, text_path=None, tokens=128, revision=None, 
     try:
         shape, eps = _shape_and_epsilon(ckpt, family)
         tt = open_tt(tt_path, tp=tp)
+        adapters, lora_alpha, rslora = lora_setup(tt, lora_alpha, rslora)
+        if adapters:
+            tt = merged_reader(tt, adapters, lora_alpha, rslora)
+        else:
+            refuse_lora_options(tt_path, False, lora_alpha, rslora)
         tt_model = TtModel(tt, family, shape, eps)
         # A bfloat16 file is compared with the checkpoint rounded the same way: what is checked is
         # the mapping, not the rounding (which moves the loss far more than the tolerance).
@@ -185,7 +194,7 @@ def check(family, tt_path, hf_model, text_path=None, tokens=128, revision=None, 
         reference = 1 if layout.decided and layout.meta_style else 0
         result = _compare(tt_stats, hf_stats[reference], diffs[reference], ids, layout)
     result.hf_bfloat16 = bfloat16
-    if not result.ok and isinstance(tt, TtmlFile) and tt.fused and tt.tp == 1:
+    if not result.ok and isinstance(getattr(tt, "reader", tt), TtmlFile) and tt.fused and tt.tp == 1:
         result.reason += ("; if the file was saved from N-way tensor parallelism (its fused rows rank-interleaved), "
                           "try --tp N")
     return result

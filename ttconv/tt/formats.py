@@ -4,6 +4,7 @@ import os
 
 from ..errors import TtFileError
 from ..output import check_directory_target, check_file_target
+from .lora import LoraMerged
 from .tensorbin import BFLOAT16
 from .ttdir import TtDir, is_checkpoint_dir
 from .ttdir_out import DirWriter, directory_output
@@ -41,6 +42,8 @@ def value_bytes(tt):
 def weights_in_bfloat16(tt, params):
     """True when every one of a reader's weight tensors (params) is stored as bfloat16 (a directory
     as tt-train saves it); msgpack files hold float32."""
+    if isinstance(tt, LoraMerged):  # merged weights keep their base weights' precision
+        return weights_in_bfloat16(tt.reader, {n: tt.base[n] for n in params})
     if isinstance(tt, TtmlFile):
         return tt.stores_bfloat16(params)
     return isinstance(tt, TtDir) and all(p.data.header.data_type == BFLOAT16 for p in params.values())

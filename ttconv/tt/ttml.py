@@ -255,48 +255,62 @@ class TtmlFile:
         model = [r for r in self.records if r.group == "model"]
         if not model:
             raise TtFileError(f"{self.path}: holds no model parameters")
-        self.root, self.family = ttml_names.model_root(self.path, [r.name for r in model])
-        self.fused = any(ttml_names.translate(self.path, self.root, r.name)[0] for r in model)
-        by_name = {r.name: r for r in model}
+        self.root, self.family, self._wrapper = ttml_names.model_root(self.path, [r.name for r in model])
+        self.lora = self._wrapper.startswith(ttml_names.LORA_WRAPPER)
+        by_name = {self._local(r.name): r for r in model}
+        self.fused_linears = sorted({n.split("/")[-2] for n in by_name if n == ttml_names.base_name(n)
+                                     and ttml_names.translate(self.path, self.root, n)[0]})
+        self.fused = bool(self.fused_linears)  # rank-interleaved under tensor parallelism
         self._model = self._canonical(model, by_name)
         masters = [r for r in self.records if r.group == "optimizer" and r.path and r.path[-1] == MASTER_WEIGHTS]
         self._masters = self._canonical(masters, by_name) if masters else {}
 
+    def _local(self, name):
+        if not name.startswith(self._wrapper):
+            raise TtFileError(f"{self.path}: {name!r} is not under {self._wrapper} like the model's other parameters")
+        return ttml_names.local_name(self.root, self._wrapper, name)
+
     def _canonical(self, records, model_by_name):
+        """Parameters under their canonical names: a fused record gives one per part (an adapter's
+        lora_B the parts of its weight's rows, its lora_A whole to each)."""
         params = {}
         for record in records:
-            fused, targets = ttml_names.translate(self.path, self.root, record.name)
-            sizes = self._part_sizes(record, fused, model_by_name)
+            name = self._local(record.name)
+            base = ttml_names.base_name(name)
+            adapter = name[len(base) - len("weight"):] if base != name else None
+            fused, targets = ttml_names.translate(self.path, self.root, base)
+            weight = model_by_name.get(base, record)
+            sizes = self._part_sizes(base, weight.rows, fused, model_by_name)
             for canonical, picked in targets:
-                key = record.name if len(targets) == 1 else f"{record.name}[{'+'.join(picked)}]"
-                if record.group == "optimizer":
-                    key = f"{record.label}" if len(targets) == 1 else f"{record.label}[{'+'.join(picked)}]"
-                params[canonical] = TtmlParameter(canonical, TtmlTensor(key, record, self._runs(record, sizes,
-                                                                                                 picked)))
+                label = record.label if record.group == "optimizer" else record.name
+                key = label if len(targets) == 1 else f"{label}[{'+'.join(picked)}]"
+                runs = [(0, record.rows)] if adapter == "lora_A" else self._runs(record, sizes, picked)
+                if adapter:
+                    canonical = canonical[:-len("weight")] + adapter
+                params[canonical] = TtmlParameter(canonical, TtmlTensor(key, record, runs))
         for one, other in (ttml_names.EMBEDDINGS, ttml_names.EMBEDDINGS[::-1]):
             one, other = f"{self.root}/{one}", f"{self.root}/{other}"
             if one in params and other not in params:  # tied: one parameter saved under either name
                 params[other] = TtmlParameter(other, params[one].data)
         return params
 
-    def _part_sizes(self, record, fused, model_by_name):
-        """{part: rows} of a fused record (before tensor parallelism interleaves them)."""
-        rows = record.rows
+    def _part_sizes(self, name, rows, fused, model_by_name):
+        """{part: rows} of a fused tensor of that many rows (before tensor parallelism interleaves them)."""
         if fused == "":
             return {"all": rows}
         if fused == "qkv":
-            out = record.name.rsplit("/", 2)[0] + "/out_linear/weight"
+            out = name.rsplit("/", 2)[0] + "/out_linear/weight"
             if out not in model_by_name:
-                raise TtFileError(f"{self.path}: {record.name} is a fused q|k|v linear but {out} is missing, "
+                raise TtFileError(f"{self.path}: {name} is a fused q|k|v linear but {out} is missing, "
                                   "which tells its query rows")
             q = model_by_name[out].cols
             if q >= rows or (rows - q) % 2:
-                raise TtFileError(f"{self.path}: {record.name} has {rows} rows, which do not split into {q} query "
+                raise TtFileError(f"{self.path}: {name} has {rows} rows, which do not split into {q} query "
                                   "rows and equal key and value rows")
             return {"q": q, "k": (rows - q) // 2, "v": (rows - q) // 2}
         first, second = ttml_names.FUSIONS[fused]
         if rows % 2:
-            raise TtFileError(f"{self.path}: {record.name} is a fused {first}|{second} linear of {rows} rows, "
+            raise TtFileError(f"{self.path}: {name} is a fused {first}|{second} linear of {rows} rows, "
                               "which do not split in halves")
         return {first: rows // 2, second: rows // 2}
 
@@ -310,7 +324,7 @@ class TtmlFile:
         if bad:
             raise TtFileError(f"{self.path}: {record.name}: its {bad[0]} rows ({sizes[bad[0]]}) do not split "
                               f"{tp} ways; is --tp {tp} right?")
-        block = record.rows // tp
+        block = sum(sizes.values()) // tp
         offsets, at = {}, 0
         for part in parts:
             offsets[part] = at

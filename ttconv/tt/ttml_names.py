@@ -85,7 +85,8 @@ NANOGPT = (
 
 # model root (class name) -> (family, table)
 ROOTS = {"Llama": ("llama", LLAMA), "Qwen3": ("qwen3", QWEN3), "NanoGPT": ("gpt2", NANOGPT)}
-LORA_ROOT = "LoraModel"
+LORA_WRAPPER = "LoraModel/model/"
+LORA_SUFFIXES = ("/lora_A", "/lora_B")
 EMBEDDINGS = ("tok_emb/weight", "fc/weight")  # a tied embedding is saved under either
 
 
@@ -108,17 +109,46 @@ def _compile(table):
 COMPILED = {root: (family, _compile(table)) for root, (family, table) in ROOTS.items()}
 
 
+def _translates(root, name):
+    _, lines = COMPILED[root]
+    rest = name[len(root) + 1:]
+    return any(pattern.fullmatch(rest) for pattern, _, _ in lines)
+
+
+def base_name(name):
+    """The weight an adapter tensor belongs to (…/lora_A -> …/weight); other names as they are."""
+    for suffix in LORA_SUFFIXES:
+        if name.endswith(suffix):
+            return name[:-len(suffix)] + "/weight"
+    return name
+
+
 def model_root(path, names):
-    """(root, family) of a ttml model from its parameter names; TtFileError naming what is not one."""
+    """(root, family, wrapper) of a ttml model from its parameter names: wrapper is the prefix a
+    LoRA-wrapped model's names carry ("LoraModel/model/", then the model's own names, with or
+    without its class name) and is taken off by local_name; TtFileError naming what is not one."""
+    wrapper = ""
+    if names and all(name.startswith(LORA_WRAPPER) for name in names):
+        wrapper = LORA_WRAPPER
+        names = [name[len(wrapper):] for name in names]
+        heads = {name.split("/", 1)[0] for name in names}
+        if len(heads) > 1 or not heads & set(ROOTS):  # the model's own names without its class name
+            fits = [root for root in ROOTS if all(_translates(root, f"{root}/{base_name(n)}") for n in names)]
+            if len(fits) != 1:
+                raise TtFileError(f"{path}: a LoRA-wrapped model whose names fit {' and '.join(fits) or 'no model'} "
+                                  f"ttconv knows ({', '.join(ROOTS)})")
+            return fits[0], ROOTS[fits[0]][0], wrapper
     roots = sorted({name.split("/", 1)[0] for name in names})
-    if LORA_ROOT in roots:
-        raise TtFileError(f"{path}: a LoRA-wrapped model ({LORA_ROOT}/...): its adapters are not exported by this "
-                          "version of ttconv")
     if len(roots) != 1 or roots[0] not in ROOTS:
         known = ", ".join(ROOTS)
         raise TtFileError(f"{path}: model parameters under {', '.join(roots) or 'nothing'}; ttconv reads ttml "
-                          f"models under {known}")
-    return roots[0], ROOTS[roots[0]][0]
+                          f"models under {known}{' (or LoRA-wrapped: ' + LORA_WRAPPER + '...)' if not wrapper else ''}")
+    return roots[0], ROOTS[roots[0]][0], wrapper + roots[0] + "/"
+
+
+def local_name(root, wrapper, name):
+    """A record's name as root/... (the LoRA wrapper taken off)."""
+    return f"{root}/{name[len(wrapper):]}"
 
 
 def translate(path, root, name):
