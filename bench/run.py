@@ -12,12 +12,15 @@ floor (read + write, what a program that reads and then writes pays) and to max(
 write) (what perfect overlap of reading and writing would pay). Then a
 kernel micro-benchmark: RoPE permutation + msgpack encode, C vs jax fallback vs plain
 numpy, beside numpy's memcpy bandwidth. With --export: ttconv to-hf from each format instead,
-against reading the tt-train input and writing the output.
+against reading the tt-train input and writing the output; --format ttml (export only) starts
+from a ttml.checkpointing stream written from the checkpoint as tt-train's Python side holds it
+(bf16, fused qkv/gate_up for Llama, fused kv for Qwen3, NanoGPT for GPT-2).
 
     python bench/run.py                     # every case, both formats (needs ~45 GB of disk)
     python bench/run.py llama-155m --repeat 3
     python bench/run.py tinyllama-1.1b --format flatbuffer --backend c --backend jax
     python bench/run.py llama3.2-3b-bf16 --export --format flatbuffer --repeat 5
+    python bench/run.py tinyllama-1.1b --export --format ttml --repeat 5
 """
 import argparse
 import json
@@ -36,7 +39,8 @@ from generate import CASES, generate  # noqa: E402
 UPSTREAM = {"llama-155m": "46 s, 10 GB peak RSS (published measurement of llama_export.py)"}
 
 
-FORMATS = ("msgpack", "flatbuffer")
+FORMATS = ("msgpack", "flatbuffer", "ttml")  # ttml: --export only
+TESTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
 
 
 def inputs_of(folder, fmt):
@@ -150,11 +154,43 @@ def files_of(path):
     return [path]
 
 
+def ttml_input(case, folder, path):
+    """A ttml.checkpointing stream of the case's checkpoint, written by the tests' imitation of
+    tt-train's Python side (tests/ttml_support.py), in bfloat16 as ttml saves it."""
+    import ml_dtypes
+    from safetensors import safe_open
+
+    sys.path.insert(0, TESTS)
+    import ttml_support
+
+    checkpoint = os.path.join(folder, "checkpoint")
+    config = json.load(open(os.path.join(checkpoint, "config.json")))
+    tensors = {}
+    for name in sorted(os.listdir(checkpoint)):
+        if name.endswith(".safetensors"):
+            with safe_open(os.path.join(checkpoint, name), "numpy") as handle:
+                for key in handle.keys():
+                    tensors[key] = handle.get_tensor(key).astype(np.float32)
+    family = CASES[case]["family"]
+    if family == "llama":
+        model = ttml_support.llama_model(config, tensors, fused=True, order="module")
+    elif family == "qwen3":
+        model = ttml_support.qwen3_model(config, tensors, "kv", order="module")
+    else:
+        model = ttml_support.nanogpt_model(config, tensors, order="module")
+    del tensors
+    ttml_support.write_stream(path, {k: v.astype(ml_dtypes.bfloat16) for k, v in model.items()}, header={"step": 0})
+
+
 def export_input(case, folder, out_dir, fmt):
-    """The tt-train side an export starts from, written once by ttconv itself (untimed) and kept: the
-    case's init file filled (msgpack) or a model directory built from config.json (flatbuffer)."""
-    path = os.path.join(out_dir, f"{case}.tt" + (".msgpack" if fmt == "msgpack" else ""))
+    """The tt-train side an export starts from, written once (untimed) and kept: the case's init file
+    filled (msgpack) or a model directory built from config.json (flatbuffer) by ttconv itself, or a
+    ttml stream (ttml_input)."""
+    path = os.path.join(out_dir, f"{case}.tt" + {"msgpack": ".msgpack", "flatbuffer": "", "ttml": ".pkl"}[fmt])
     if os.path.exists(path):
+        return path
+    if fmt == "ttml":
+        ttml_input(case, folder, path)
         return path
     family = CASES[case]["family"]
     source = (["-i", os.path.join(folder, "init.msgpack")] if fmt == "msgpack"
@@ -284,7 +320,7 @@ def main():
     options = () if args.export else (args.layout,)
     rows = [measure(case, args.out, args.repeat, backend, fmt, *options)
             for case in args.cases or CASES for fmt in args.formats for backend in args.backend
-            if fmt == "flatbuffer" or has_msgpack(case)]
+            if (fmt != "msgpack" or has_msgpack(case)) and (fmt != "ttml" or args.export)]
     print("| case | format | backend | input MB | output MB | ttconv s | read s | write+fsync s | "
           "ratio to read+write | ratio to max(read, write) | peak RSS MB |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")

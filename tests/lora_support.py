@@ -23,6 +23,9 @@ LINEARS = {
     ("qwen3", "unfused"): {"self_attn/q_proj": ("q",), "self_attn/k_proj": ("k",), "self_attn/v_proj": ("v",),
                            "self_attn/o_proj": ("o",), "mlp/gate_proj": ("gate",), "mlp/up_proj": ("up",),
                            "mlp/down_proj": ("down",)},
+    ("qwen3", "hf"): {"self_attn/q_proj": ("q",), "self_attn/k_proj": ("k",), "self_attn/v_proj": ("v",),
+                      "self_attn/o_proj": ("o",), "mlp/gate_proj": ("gate",), "mlp/up_proj": ("up",),
+                      "mlp/down_proj": ("down",)},
     ("qwen3", "kv"): {"self_attn/q_proj": ("q",), "self_attn/kv_proj": ("k", "v"), "self_attn/o_proj": ("o",),
                       "mlp/gate_proj": ("gate",), "mlp/up_proj": ("up",), "mlp/down_proj": ("down",)},
     # the C++ side's names (checkpoint directories and msgpack)
@@ -66,16 +69,17 @@ def merged(t, peft, scale):
     return out
 
 
-def ttml_lora_model(base, tt_adapters, root, class_name=False):
+def ttml_lora_model(base, tt_adapters, root, class_name=False, blocks="blocks"):
     """A LoRA-wrapped ttml model: base {root/...: 4-D} renamed under LoraModel/model/ (with the model's
-    class name kept when class_name), lora_A/lora_B after each adapted weight."""
+    class name kept when class_name), lora_A/lora_B after each adapted weight (blocks: where the
+    layers lie, model/layers in Qwen3's names that mirror Hugging Face's)."""
     out = {}
     for name, values in base.items():
         out[name] = values
         for (i, linear), (a, b) in tt_adapters.items():
-            if name == f"{root}/blocks/{i}/{linear}/weight":
-                out[f"{root}/blocks/{i}/{linear}/lora_A"] = ts.four_d(a)
-                out[f"{root}/blocks/{i}/{linear}/lora_B"] = ts.four_d(b)
+            if name == f"{root}/{blocks}/{i}/{linear}/weight":
+                out[f"{root}/{blocks}/{i}/{linear}/lora_A"] = ts.four_d(a)
+                out[f"{root}/{blocks}/{i}/{linear}/lora_B"] = ts.four_d(b)
     head = "LoraModel/model/" + (root + "/" if class_name else "")
     return {head + name[len(root) + 1:]: values for name, values in out.items()}
 

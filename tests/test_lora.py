@@ -43,7 +43,8 @@ def ttml_lora(tmp_path, family, scheme, sft=False, class_name=False, bf16=False,
         base = ts.llama_model(cfg, t, fused=scheme == "fused", order="module")
     else:
         base = ts.qwen3_model(cfg, t, scheme, order="module")
-    model = ls.ttml_lora_model(base, tt_adapters, "Llama" if family == "llama" else "Qwen3", class_name)
+    model = ls.ttml_lora_model(base, tt_adapters, "Llama" if family == "llama" else "Qwen3", class_name,
+                               "model/layers" if scheme == "hf" else "blocks")
     if bf16:
         model = ts.as_bf16(model)
     path = tmp_path / ("step_9.pkl" if sft else "lora.pkl")
@@ -55,7 +56,8 @@ def ttml_lora(tmp_path, family, scheme, sft=False, class_name=False, bf16=False,
 
 
 CASES = [("llama", "unfused", False, False), ("llama", "fused", False, True), ("llama", "fused", True, False),
-         ("qwen3", "unfused", False, False), ("qwen3", "kv", False, True), ("qwen3", "kv", True, False)]
+         ("qwen3", "unfused", False, False), ("qwen3", "kv", False, True), ("qwen3", "kv", True, False),
+         ("qwen3", "hf", False, False)]
 
 
 @pytest.mark.parametrize("family,scheme,sft,bf16", CASES)
@@ -200,3 +202,31 @@ def test_gpt2_lora_on_some_conv1d_layers(cli, tmp_path):
     for module, (a, b) in peft.items():
         key = next(k for k in t if k.endswith(module[len("transformer."):] + ".weight"))
         np.testing.assert_allclose(got[key], t[key] + (2.0 * (b @ a)).T, rtol=1e-6, atol=1e-7)  # Conv1D: [in, out]
+
+
+def test_a_fused_part_that_was_not_adapted_is_left_out(cli, tmp_path):
+    """PEFT's usual targets (q_proj, v_proj) held in a fused kv linear: its k rows of lora_B are zero."""
+    cfg, t = CONFIGS["qwen3"], TENSORS["qwen3"]
+    tt_adapters, peft = ls.draw("qwen3", "kv", cfg, t, RANK, targets=("q_proj", "kv_proj"))
+    for (i, linear), (a, b) in tt_adapters.items():
+        if linear == "self_attn/kv_proj":
+            b[:b.shape[0] // 2] = 0  # no k adapter
+            del peft[f"model.layers.{i}.self_attn.k_proj"]
+    model = ls.ttml_lora_model(ts.qwen3_model(cfg, t, "kv"), tt_adapters, "Qwen3")
+    path = ts.write_sft(tmp_path / "step_3.pkl", model)
+    status, _, err = cli("to-hf", "qwen3", path, "--hf_model", os.path.join(TRAINED, "qwen3"), "-o", tmp_path / "a",
+                         "--lora-alpha", "16")
+    assert status == 0, err
+    assert_adapter(tmp_path / "a", peft)
+    assert json.load(open(tmp_path / "a" / "adapter_config.json"))["target_modules"] == ["q_proj", "v_proj"]
+
+
+def test_adapter_dtype_follows_the_file_or_dtype(cli, tmp_path):
+    path, peft = ttml_lora(tmp_path, "llama", "unfused", bf16=True)
+    model = os.path.join(TRAINED, "llama")
+    status, _, err = cli("to-hf", "llama", path, "--hf_model", model, "-o", tmp_path / "f32", "--lora-alpha", "4",
+                         "--dtype", "f32")
+    assert status == 0, err
+    dtypes = {dt for dt, _, _ in raw_safetensors(os.path.join(tmp_path / "f32", "adapter_model.safetensors")).values()}
+    assert dtypes == {"F32"}
+    assert_adapter(tmp_path / "f32", peft, bf16=True)  # bf16 values widened exactly

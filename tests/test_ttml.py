@@ -280,3 +280,56 @@ def test_wrong_family_is_named(cli, tmp_path):
     path = write_case(tmp_path, "qwen3", "kv", 1, False, None, 4, False)
     status, _, err = cli("to-hf", "llama", path, "-o", tmp_path / "out")
     assert status == 1 and one_error_line(err) and "to-hf qwen3" in err
+
+
+def test_composite_optimizer_state_is_read_and_left_alone(cli, tmp_path):
+    model = ttml_model("llama", "unfused")
+    muon = {"momentum": ts.Leaves({n: np.zeros(a.shape, np.float32) for n, a in model.items()}), "steps": 3}
+    state = {"muon": muon, "adamw": ts.adamw_state(model, full_precision=True)}  # MuonWithAdamW nests its parts
+    path = ts.write_stream(tmp_path / "muon.pkl", ts.as_bf16(model), state, header_of=header_of("llama"))
+    status, out, _ = cli("inspect", path, "--json")
+    info = json.loads(out)
+    assert info["optimizer_scalars"] == {"muon/steps": 3, "adamw/steps": 12, "adamw/lr": 3e-4, "adamw/amsgrad": False}
+    assert len(info["optimizer"]) == 4 * len(model)
+    status, _, err = cli("to-hf", "llama", path, "-o", tmp_path / "out")
+    assert status == 0 and "master weights" in err  # adamw/master_weights, nested, found
+    assert_equals_checkpoint(tmp_path / "out", "llama")
+
+
+@pytest.mark.parametrize("tied_name", ["tok_emb", "fc"])
+def test_a_tied_embedding_under_either_name(cli, tmp_path, tied_name):
+    model = ttml_model("qwen3-tied", "kv", tied_name=tied_name)
+    assert [n for n in model if n in ("Qwen3/tok_emb/weight", "Qwen3/fc/weight")] == [f"Qwen3/{tied_name}/weight"]
+    path = ts.write_stream(tmp_path / f"{tied_name}.pkl", model, header_of=header_of("qwen3-tied"))
+    status, _, err = cli("to-hf", "qwen3", path, "-o", tmp_path / "out", "-q")
+    assert status == 0, err
+    assert_equals_checkpoint(tmp_path / "out", "qwen3-tied")
+    assert json.load(open(tmp_path / "out" / "config.json"))["tie_word_embeddings"] is True
+
+
+def test_rope_scaling_and_sizes_come_from_the_header(cli, tmp_path):
+    path = write_case(tmp_path, "llama", "fused", 1, False, None, 4, False)
+    data = path.read_bytes()
+    # the same file with a Llama 3 RoPE scaling in its header's spec
+    cfg = dict(CONFIGS["llama"])
+
+    def header(classes):
+        config = ts.model_config(classes, "llama", cfg, False)
+        config.spec.scaling_factor, config.spec.original_context_length = 8.0, 64
+        return {"step": 1, "model_config": config}
+    model = ttml_model("llama", "fused")
+    scaled = ts.write_stream(tmp_path / "scaled.pkl", model, header_of=header)
+    assert scaled.read_bytes() != data
+    status, _, err = cli("to-hf", "llama", scaled, "-o", tmp_path / "out", "-q")
+    assert status == 0, err
+    config = json.load(open(tmp_path / "out" / "config.json"))
+    assert config["rope_scaling"] == {"rope_type": "llama3", "factor": 8.0, "high_freq_factor": 4.0,
+                                      "low_freq_factor": 1.0, "original_max_position_embeddings": 64}
+
+
+def test_detected_by_content_whatever_the_name(cli, tmp_path):
+    path = write_case(tmp_path, "llama", "unfused", 1, False, None, 4, False)
+    renamed = tmp_path / "model.msgpack"
+    path.rename(renamed)
+    status, out, _ = cli("inspect", renamed, "--json")
+    assert status == 0 and json.loads(out)["format"] == "ttml"

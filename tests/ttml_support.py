@@ -136,9 +136,10 @@ def nanogpt_model(cfg, t, order="module", tied_name="tok_emb"):
 def _finish(out, order, tied_name):
     """4-D arrays in the walk order asked for; a tied embedding kept under one name only."""
     root = next(iter(out)).split("/", 1)[0]
-    if tied_name is not None:
-        drop = {"tok_emb": "fc", "fc": "tok_emb"}[tied_name]
-        out.pop(f"{root}/{drop}/weight", None)
+    if tied_name is not None:  # one parameter, under the name the model walks first
+        keep, drop = f"{root}/{tied_name}/weight", f"{root}/{'fc' if tied_name == 'tok_emb' else 'tok_emb'}/weight"
+        kept, dropped = out.pop(keep, None), out.pop(drop, None)
+        out[keep] = kept if kept is not None else dropped
     items = list(out.items())
     if order == "reversed":  # the C++ maps behind NamedParameters are unordered: never sorted
         items = items[::-1]

@@ -262,14 +262,14 @@ def _export(family, tt, tt_path, ckpt, output_dir, dtype, meta_style, quiet, sha
     return plan, dtype, exports, files
 
 
-def _export_adapter(family, tt, tt_path, ckpt, output_dir, meta_style, lora, base_model, started):
+def _export_adapter(family, tt, tt_path, ckpt, output_dir, meta_style, lora, base_model, dtype, started):
     """A PEFT adapter folder of a LoRA checkpoint; returns the Report."""
     adapters, alpha, rslora = lora
     params = {name: param for name, param in tt.weights().items() if not is_lora_name(name)}
     plan = plan_conversion(family, tt, ckpt, meta_style, params)
     with atomic_directory(output_dir, _inputs(tt, tt_path, ckpt), is_hf_folder, "a PEFT adapter") as out:
         tensors, values, nbytes, dtype = write_adapter(out, family, tt, adapters, plan, alpha, rslora, base_model,
-                                                       list(ckpt.tensors))
+                                                       list(ckpt.tensors), dtype)
     ranks = sorted({a.rank for a in adapters.values()})
     state = (f"PEFT LoRA adapter for {tensors // 2} projections, rank "
              f"{', '.join(map(str, ranks))}, lora_alpha {alpha:g}{', rsLoRA' if rslora else ''}, {dtype}")
@@ -316,7 +316,7 @@ def export_hf(family, tt_path, hf_model, output_dir, dtype="auto", meta_style=Fa
     try:
         if lora[0] and not merge_lora:
             return _export_adapter(family, tt, tt_path, ckpt, output_dir, meta_style, lora,
-                                   None if hf_model is None else str(hf_model), started)
+                                   None if hf_model is None else str(hf_model), dtype, started)
         plan, dtype, exports, files = _export(family, tt, tt_path, ckpt, output_dir, dtype, meta_style, quiet,
                                               shard_bytes, overrides)
     finally:

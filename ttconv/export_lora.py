@@ -33,9 +33,11 @@ def peft_module(family, name):
 
 
 def adapter_tensors(family, tt, adapters, plan):
-    """[(PEFT tensor name, float32 values)] and {module: rank}: one adapter per Hugging Face projection."""
+    """[(PEFT tensor name, float32 values)] and {module: rank}: one adapter per Hugging Face projection.
+    A projection whose lora_B rows are all zero (a fused linear's part that was not adapted, e.g. the
+    k of a kv linear when only v_proj was) adds nothing and is left out, unless every one is."""
     targets = {t.param.name: t for t in plan.targets.values()}
-    out, ranks = [], {}
+    out, ranks, zero = [], {}, []
     for name, adapter in adapters.items():
         target = targets.get(name)
         if target is None:
@@ -48,9 +50,15 @@ def adapter_tensors(family, tt, adapters, plan):
                 rows = rows[rope_order(0, piece.rows, piece.rows // piece.heads)]
             row += piece.rows
             module = peft_module(family, piece.tensor.name)
+            if not np.any(rows):
+                zero.append(module)
             out.append((f"base_model.model.{module}.lora_A.weight", a))
             out.append((f"base_model.model.{module}.lora_B.weight", rows))
             ranks[module] = adapter.rank
+    if len(zero) < len(ranks):
+        skipped = {f"base_model.model.{module}." for module in zero}
+        out = [(name, values) for name, values in out if name[:name.rindex("lora_")] not in skipped]
+        ranks = {module: rank for module, rank in ranks.items() if module not in zero}
     return out, ranks
 
 
@@ -88,13 +96,19 @@ def adapter_config(family, ranks, alpha, rslora, base_model, modules):
     return (json.dumps(config, indent=2) + "\n").encode("utf-8")
 
 
-def write_adapter(directory, family, tt, adapters, plan, alpha, rslora, base_model, weights):
+OUTPUT = {"f32": ("F32", np.float32, "float32"), "bf16": ("BF16", ml_dtypes.bfloat16, "bfloat16"),
+          "f16": ("F16", np.float16, "float16")}
+
+
+def write_adapter(directory, family, tt, adapters, plan, alpha, rslora, base_model, weights, dtype="auto"):
     """Write adapter_config.json and adapter_model.safetensors into directory (an
-    output.DirectoryOutput); weights: the names of the model's checkpoint tensors. Returns
-    (tensors, values, bytes, dtype name)."""
+    output.DirectoryOutput); weights: the names of the model's checkpoint tensors; dtype "auto"
+    (the file's own precision), "f32", "bf16" or "f16" (round to nearest even). Returns (tensors,
+    values, bytes, dtype name)."""
     tensors, ranks = adapter_tensors(family, tt, adapters, plan)
-    matrices_bf16 = all(weights_in_bfloat16(tt, {"a": a.a, "b": a.b}) for a in adapters.values())
-    dtype, numpy_dtype = ("BF16", ml_dtypes.bfloat16) if matrices_bf16 else ("F32", np.float32)
+    if dtype == "auto":
+        dtype = "bf16" if all(weights_in_bfloat16(tt, {"a": a.a, "b": a.b}) for a in adapters.values()) else "f32"
+    dtype, numpy_dtype, dtype_name = OUTPUT[dtype]
     described = [OutTensor(name, dtype, values.shape) for name, values in tensors]
     with directory.file(ADAPTER_WEIGHTS) as out:
         out.write(header_bytes(described))
@@ -104,4 +118,4 @@ def write_adapter(directory, family, tt, adapters, plan, alpha, rslora, base_mod
         modules = {peft_module(family, name) for name in weights if name.endswith(".weight")}
         out.write(adapter_config(family, ranks, alpha, rslora, base_model, modules))
     values = sum(int(np.prod(t.shape)) for t in described)
-    return len(described), values, sum(t.nbytes for t in described), "bfloat16" if matrices_bf16 else "float32"
+    return len(described), values, sum(t.nbytes for t in described), dtype_name
