@@ -14,7 +14,7 @@ import ml_dtypes
 import numpy as np
 
 from ..errors import MappingError, TtconvError, TtFileError
-from .rows import DecodedRows
+from .rows import DecodedRows, RowBlock, RowGatherer, ScratchBuffer
 
 # tensor name ending -> (which matrix, transposed relative to PEFT)
 SUFFIXES = {"/lora_A": ("A", False), "/lora_B": ("B", False), "/lora_a": ("A", True), "/lora_b": ("B", True)}
@@ -129,14 +129,33 @@ class LoraMerged:
         return self.reader.read_values(data)
 
     def row_source(self, param, scratch):
+        """Rows of an adapted weight merged as they are read (the weight's rows through its reader's
+        own row source), else the wrapped reader's row source."""
         if isinstance(param.data, _MergedData):
-            return DecodedRows(self.merged(param.data), param.cols)
+            return _MergedRows(self, param.data)
         return self.reader.row_source(param, scratch)
 
     def decoded_rows(self, param):
         if isinstance(param.data, _MergedData):
             return DecodedRows(self.merged(param.data), param.cols)
         return self.reader.decoded_rows(param)
+
+
+class _MergedRows:
+    """Row source of W + scale * B A: W's rows as float32 plus the product's same rows."""
+
+    def __init__(self, merged, data):
+        self._weight = RowGatherer(merged.reader, data.base, ScratchBuffer())
+        self._a, self._b = matrices(merged.reader, data.adapter)
+        self._scale = np.float32(lora_scale(merged.alpha, data.adapter.rank, merged.rslora))
+        self._cols = data.base.cols
+
+    def read(self, first, count):
+        values = self._weight.float32_rows(first, first + count) + self._scale * (self._b[first:first + count] @ self._a)
+        return RowBlock(values.reshape(-1), "f32", False, self._cols, first)
+
+    def close(self):
+        self._weight.close()
 
 
 def recorded_lora(header):
@@ -161,7 +180,8 @@ def lora_setup(tt, lora_alpha, rslora):
     if lora_alpha is None:
         if recorded is None:
             ranks = sorted({a.rank for a in adapters.values()})
-            raise MappingError(f"{tt.path} is a LoRA checkpoint (rank {', '.join(map(str, ranks))}, {len(adapters)} "
+            linears = len({id(getattr(a.a.data, "record", a.a.data)) for a in adapters.values()})  # fused: once
+            raise MappingError(f"{tt.path} is a LoRA checkpoint (rank {', '.join(map(str, ranks))}, {linears} "
                                "adapted linears) and does not record alpha: give --lora-alpha ALPHA, the alpha it "
                                "was trained with (LoraConfig alpha)")
         lora_alpha, rslora = recorded[0], rslora or recorded[1]
