@@ -333,3 +333,13 @@ def test_detected_by_content_whatever_the_name(cli, tmp_path):
     path.rename(renamed)
     status, out, _ = cli("inspect", renamed, "--json")
     assert status == 0 and json.loads(out)["format"] == "ttml"
+
+
+def test_the_first_nanogpt_names(cli, tmp_path):
+    """wte/wpe and a tied lm_head_weight, as the first Python NanoGPT named them."""
+    renamed = {"NanoGPT/tok_emb/weight": "NanoGPT/wte/weight", "NanoGPT/pos_emb/weight": "NanoGPT/wpe/weight"}
+    model = {renamed.get(k, k): v for k, v in ttml_model("gpt2", "nanogpt").items()}
+    path = ts.write_stream(tmp_path / "old.pkl", model, header_of=header_of("gpt2"))
+    status, _, err = cli("to-hf", "gpt2", path, "-o", tmp_path / "out", "-q")
+    assert status == 0, err
+    assert_equals_checkpoint(tmp_path / "out", "gpt2")

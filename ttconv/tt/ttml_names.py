@@ -69,6 +69,10 @@ NANOGPT = (
     ("ln_f_beta",                               "", "ln_fc/beta"),
     ("ln_f/gamma",                              "", "ln_fc/gamma"),
     ("ln_f/beta",                               "", "ln_fc/beta"),
+    # the first Python NanoGPT's names (wte, wpe; lm_head_weight is wte's weight, tied)
+    ("wte/weight",                              "", "tok_emb/weight"),
+    ("wpe/weight",                              "", "pos_emb/weight"),
+    ("lm_head_weight",                          "", "fc/weight"),
     ("blocks/{i}/ln1/gamma",                    "", "gpt_block_{i}/ln1/gamma"),
     ("blocks/{i}/ln1/beta",                     "", "gpt_block_{i}/ln1/beta"),
     ("blocks/{i}/ln2/gamma",                    "", "gpt_block_{i}/ln2/gamma"),
