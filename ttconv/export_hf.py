@@ -29,7 +29,7 @@ from .mapping import BLOCK_0, find_prefix, hf_order_key, rope_order
 from .output import atomic_directory
 from .progress import Progress
 from .tt.formats import open_tt, weights_in_bfloat16
-from .tt.lora import is_lora_name, lora_setup, merged_reader, refuse_lora_options
+from .tt.lora import lora_setup, merged_reader, refuse_lora_options, without_adapters
 from .tt.rows import RowGatherer, ScratchBuffer
 from .tt.ttml import TtmlFile
 
@@ -218,7 +218,7 @@ def _header_checkpoint(family, tt, tt_path):
     declared = fields.get("model_type")
     if declared not in (None, family):
         raise MappingError(f"{tt_path}: the header's model_type is {declared!r}; use 'ttconv to-hf {declared}'")
-    params = {name: param for name, param in tt.weights().items() if not is_lora_name(name)}
+    params = without_adapters(tt.weights())
     prefix = find_prefix(params, family, tt_path)
     block = f"{prefix}/{BLOCK_0[family]}"
     width = {"gpt2": "mlp/fc1/weight"}.get(family, "mlp/w1/weight")
@@ -237,7 +237,7 @@ def _inputs(tt, tt_path, ckpt):
 
 def _export(family, tt, tt_path, ckpt, output_dir, dtype, meta_style, quiet, shard_bytes, overrides):
     """The export itself: (plan, dtype written, exports, {file: tensors})."""
-    params = {name: param for name, param in tt.weights().items() if not is_lora_name(name)}
+    params = without_adapters(tt.weights())
     plan = plan_conversion(family, tt, ckpt, meta_style, params)
     if plan.unused and isinstance(getattr(tt, "reader", tt), TtmlFile):
         # the other formats are filled from a model the original matches; a ttml file is the whole model
@@ -258,14 +258,14 @@ def _export(family, tt, tt_path, ckpt, output_dir, dtype, meta_style, quiet, sha
                 out.copy(source, name)
         elif isinstance(getattr(tt, "reader", tt), TtmlFile) and tt.tokenizer() is not None:
             with out.file("tokenizer.json") as tokenizer:
-                tokenizer.write(char_tokenizer_json(tt.tokenizer()[0]).encode("utf-8"))
+                tokenizer.write(char_tokenizer_json(tt.tokenizer()).encode("utf-8"))
     return plan, dtype, exports, files
 
 
 def _export_adapter(family, tt, tt_path, ckpt, output_dir, meta_style, lora, base_model, dtype, started):
     """A PEFT adapter folder of a LoRA checkpoint; returns the Report."""
     adapters, alpha, rslora = lora
-    params = {name: param for name, param in tt.weights().items() if not is_lora_name(name)}
+    params = without_adapters(tt.weights())
     plan = plan_conversion(family, tt, ckpt, meta_style, params)
     with atomic_directory(output_dir, _inputs(tt, tt_path, ckpt), is_hf_folder, "a PEFT adapter") as out:
         tensors, values, nbytes, dtype = write_adapter(out, family, tt, adapters, plan, alpha, rslora, base_model,

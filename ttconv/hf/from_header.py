@@ -16,9 +16,6 @@ from .checkpoint import TensorInfo
 # model_builders' Qwen3: 1e-6; GPT-2's LayerNorm: 1e-5).
 DEFAULT_EPSILON = {"llama": ("rms_norm_eps", 1e-5), "qwen3": ("rms_norm_eps", 1e-6),
                    "gpt2": ("layer_norm_epsilon", 1e-5)}
-# config.json keys the header does not carry, which --set may give (any other key may be overridden too)
-NOT_IN_HEADER = ("rms_norm_eps", "layer_norm_epsilon", "bos_token_id", "eos_token_id", "hidden_act",
-                 "initializer_range")
 
 
 def _need(fields, key, where):

@@ -25,6 +25,11 @@ def is_lora_name(name):
     return any(name.endswith(suffix) for suffix in SUFFIXES)
 
 
+def without_adapters(params):
+    """A reader's parameters with the adapters' own tensors left out: the model's weights."""
+    return {name: param for name, param in params.items() if not is_lora_name(name)}
+
+
 @dataclass
 class Adapter:
     """The LoRA adapter of one linear (target: its weight's name): its A and B parameters of the
@@ -104,7 +109,7 @@ class LoraMerged:
         self.path = reader.path
         self.adapters = adapters
         self.alpha, self.rslora = alpha, rslora
-        self.base = {n: p for n, p in reader.weights().items() if not is_lora_name(n)}
+        self.base = without_adapters(reader.weights())
         self.weights_note = reader.weights_note
 
     def __getattr__(self, name):  # the wrapped reader's other attributes (tp, fused, header, ...)

@@ -213,7 +213,8 @@ class DirEntry:
 
 
 class DirParameter:
-    """A parameter N (its tensor N/value) of a checkpoint directory; dims are the file's logical shape."""
+    """A parameter N of a checkpoint directory (its tensor N/value), or of a ttml checkpoint (a
+    TtmlTensor): a name and data whose dims are the tensor's logical shape."""
 
     def __init__(self, name, data):
         self.name = name

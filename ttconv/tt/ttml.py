@@ -16,7 +16,8 @@ import numpy as np
 
 from ..errors import TtFileError
 from . import ttml_names
-from .rows import DecodedRows, RunRows
+from .rows import DecodedRows, RowGatherer, RunRows, ScratchBuffer
+from .ttdir import DirParameter
 from .unpickler import Array, Blob, ClassRef, Record, Unpickler, is_pickle, read_blob
 
 FORMAT_VERSION = 1
@@ -72,26 +73,6 @@ class TtmlTensor:
     @property
     def dims(self):
         return (self.rows, self.cols)
-
-
-class TtmlParameter:
-    """A parameter under its canonical name (ttml_names), with its data (TtmlTensor)."""
-
-    def __init__(self, name, data):
-        self.name = name
-        self.data = data
-
-    @property
-    def dims(self):
-        return self.data.dims
-
-    @property
-    def rows(self):
-        return self.data.rows
-
-    @property
-    def cols(self):
-        return self.data.cols
 
 
 def plain(value, depth=0):
@@ -256,14 +237,17 @@ class TtmlFile:
         if not model:
             raise TtFileError(f"{self.path}: holds no model parameters")
         self.root, self.family, self._wrapper = ttml_names.model_root(self.path, [r.name for r in model])
-        self.lora = self._wrapper.startswith(ttml_names.LORA_WRAPPER)
         by_name = {self._local(r.name): r for r in model}
         self.fused_linears = sorted({n.split("/")[-2] for n in by_name if n == ttml_names.base_name(n)
                                      and ttml_names.translate(self.path, self.root, n)[0]})
-        self.fused = bool(self.fused_linears)  # rank-interleaved under tensor parallelism
         self._model = self._canonical(model, by_name)
         masters = [r for r in self.records if r.group == "optimizer" and r.path and r.path[-1] == MASTER_WEIGHTS]
         self._masters = self._canonical(masters, by_name) if masters else {}
+
+    @property
+    def fused(self):
+        """True when the model has fused tensors (rank-interleaved under tensor parallelism)."""
+        return bool(self.fused_linears)
 
     def _local(self, name):
         if not name.startswith(self._wrapper):
@@ -287,11 +271,11 @@ class TtmlFile:
                 runs = [(0, record.rows)] if adapter == "lora_A" else self._runs(record, sizes, picked)
                 if adapter:
                     canonical = canonical[:-len("weight")] + adapter
-                params[canonical] = TtmlParameter(canonical, TtmlTensor(key, record, runs))
+                params[canonical] = DirParameter(canonical, TtmlTensor(key, record, runs))
         for one, other in (ttml_names.EMBEDDINGS, ttml_names.EMBEDDINGS[::-1]):
             one, other = f"{self.root}/{one}", f"{self.root}/{other}"
             if one in params and other not in params:  # tied: one parameter saved under either name
-                params[other] = TtmlParameter(other, params[one].data)
+                params[other] = DirParameter(other, params[one].data)
         return params
 
     def _part_sizes(self, name, rows, fused, model_by_name):
@@ -382,20 +366,11 @@ class TtmlFile:
 
     def read_values(self, data):
         """A tensor's values (its runs of rows) as a flat float32 array."""
-        record = data.record
-        raw = self._raw(record)
-        if raw is None:
-            decoded = self._decoded(record)
-            return np.concatenate([decoded[first:first + count] for first, count in data.runs]).reshape(-1)
-        source = self.row_source(TtmlParameter(data.key, data), None)
+        rows = RowGatherer(self, DirParameter(data.key, data), ScratchBuffer())
         try:
-            block = source.read(0, data.rows)
-            words = block.data.view(np.uint16 if raw[0] == "bf16" else np.float32)
-            if raw[0] == "bf16":
-                return (words.astype(np.uint32) << 16).view(np.float32)
-            return words.astype(np.float32)
+            return rows.float32_rows(0, data.rows).reshape(-1)
         finally:
-            source.close()
+            rows.close()
 
     def row_source(self, param, scratch):
         """Row access (tt.rows) to a parameter: its stored rows straight from the file where they are
@@ -427,13 +402,11 @@ class TtmlFile:
         return {key: _enum_value(value) for key, value in fields.items()}
 
     def tokenizer(self):
-        """The header's character tokenizer as (stoi, itos), or None."""
+        """The header's character tokenizer's {token: id} (its stoi), or None."""
         tok = self.header.get("tokenizer")
         fields = tok.fields if isinstance(tok, Record) else tok if isinstance(tok, dict) else None
-        if not fields or not isinstance(fields.get("stoi"), dict):
-            return None
-        itos = fields.get("itos")
-        return fields["stoi"], itos if isinstance(itos, (list, dict)) else None
+        stoi = fields.get("stoi") if fields else None
+        return stoi if isinstance(stoi, dict) else None
 
 
 def _enum_value(value):
