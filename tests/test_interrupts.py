@@ -22,6 +22,15 @@ def leftovers(directory):
 
 
 @pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler (KeyboardInterrupt), as an interpreter started with SIGINT at its default
+    disposition has it; one started with SIGINT ignored (a background job of a non-interactive shell) has not."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture
 def installed():
     previous = interrupts.install()
     yield
@@ -59,7 +68,7 @@ def test_held_delivers_a_signal_when_the_block_ends(installed):
         interrupts.check()
 
 
-def test_held_without_handlers_installed_raises_at_the_end():
+def test_held_without_handlers_installed_raises_at_the_end(python_sigint):
     """Library use: Python's own SIGINT handler raises KeyboardInterrupt when the block ends."""
     reached_end_of_block = False
     with pytest.raises(KeyboardInterrupt):
@@ -126,7 +135,7 @@ def test_signal_while_the_temporary_file_is_created(installed, monkeypatch, tmp_
     assert os.listdir(tmp_path) == []
 
 
-def test_library_use_keeps_python_s_keyboard_interrupt(monkeypatch, tmp_path):
+def test_library_use_keeps_python_s_keyboard_interrupt(python_sigint, monkeypatch, tmp_path):
     """Without install(), Ctrl-C raises as usual, and a signal while the temporary file is created
     still leaves no file: the creation is held and the exception comes right after it."""
     signal_inside(monkeypatch, output.tempfile, "mkstemp", signal.SIGINT)
