@@ -48,7 +48,9 @@ def test_arrays_of_every_protocol_and_numpy_path(protocol, numpy1, dtype, rows):
     named = b"numpy.core." if numpy1 or NUMPY_1 else b"numpy._core."
     assert named in data and (b"numpy._core." in data) == (named == b"numpy._core.")
     (value,), handle = load_all(data)
-    assert isinstance(value, Array) and value.shape == array.shape and value.dtype == array.dtype
+    assert isinstance(value, Array) and value.shape == array.shape
+    assert value.dtype_name == array.dtype.name and value.bfloat16 == (array.dtype.name == "bfloat16")
+    assert value.dtype.itemsize == array.dtype.itemsize and value.nbytes == array.nbytes
     assert isinstance(value.data, Blob) == (array.nbytes >= LARGE)
     assert array_values(value, handle).tobytes() == array.tobytes()
 
@@ -67,6 +69,12 @@ def test_plain_containers_and_scalars():
     for protocol in (2, 4, 5):
         (got,), _ = load_all(pickle.dumps(value, protocol=protocol))
         assert got == value
+
+
+def test_a_bfloat16_scalar_reads_as_its_float32_value():
+    for protocol in (2, 4, 5):
+        (got,), _ = load_all(pickle.dumps(ml_dtypes.bfloat16(-2.375), protocol=protocol))
+        assert got.dtype == np.float32 and got == np.float32(-2.375)
 
 
 def test_header_classes_that_do_not_exist_become_records():

@@ -9,9 +9,9 @@ B_v A x are the rows of B A x). Values keep the file's precision.
 """
 import json
 
-import ml_dtypes
 import numpy as np
 
+from . import bf16
 from .errors import MappingError
 from .hf.safetensors_out import OutTensor, header_bytes
 from .mapping import rope_order
@@ -96,8 +96,9 @@ def adapter_config(family, ranks, alpha, rslora, base_model, modules):
     return (json.dumps(config, indent=2) + "\n").encode("utf-8")
 
 
-OUTPUT = {"f32": ("F32", np.float32, "float32"), "bf16": ("BF16", ml_dtypes.bfloat16, "bfloat16"),
-          "f16": ("F16", np.float16, "float16")}
+OUTPUT = {"f32": ("F32", lambda values: values.astype(np.float32), "float32"),
+          "bf16": ("BF16", bf16.round_to_bits, "bfloat16"),
+          "f16": ("F16", lambda values: values.astype(np.float16), "float16")}
 
 
 def write_adapter(directory, family, tt, adapters, plan, alpha, rslora, base_model, weights, dtype="auto"):
@@ -108,12 +109,12 @@ def write_adapter(directory, family, tt, adapters, plan, alpha, rslora, base_mod
     tensors, ranks = adapter_tensors(family, tt, adapters, plan)
     if dtype == "auto":
         dtype = "bf16" if all(weights_in_bfloat16(tt, {"a": a.a, "b": a.b}) for a in adapters.values()) else "f32"
-    dtype, numpy_dtype, dtype_name = OUTPUT[dtype]
+    dtype, encode, dtype_name = OUTPUT[dtype]
     described = [OutTensor(name, dtype, values.shape) for name, values in tensors]
     with directory.file(ADAPTER_WEIGHTS) as out:
         out.write(header_bytes(described))
         for _, values in tensors:
-            out.write(np.ascontiguousarray(values.astype(numpy_dtype)).tobytes())
+            out.write(np.ascontiguousarray(encode(values)).tobytes())
     with directory.file(ADAPTER_CONFIG) as out:
         modules = {peft_module(family, name) for name in weights if name.endswith(".weight")}
         out.write(adapter_config(family, ranks, alpha, rslora, base_model, modules))

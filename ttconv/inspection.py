@@ -10,7 +10,6 @@ from .tt.training import LOAD_PREFIX, SAVE_PREFIX
 from .tt.lora import find_adapters
 from .tt.ttdir import PARAMETER_FLAGS, TENSOR_FIELDS, TtDir, is_checkpoint_dir
 from .tt.ttfile import SCHEDULER_ROOT, TtFile, array_header, state_group
-from .tt.ttml import BFLOAT16 as TTML_BFLOAT16
 from .tt.ttml import TtmlFile, is_ttml_file, plain
 
 # ttnn DataType values as tt-train writes them
@@ -222,7 +221,7 @@ def _ttml_row(record):
     array = record.array
     name = record.name if record.group == "model" else record.label[len("optimizer/"):]
     return {"name": name, "shape": list(array.shape), "elements": int(np.prod(array.shape, dtype=np.int64)),
-            "data_type": "BFLOAT16" if array.dtype == TTML_BFLOAT16 else array.dtype.name.upper(),
+            "data_type": array.dtype_name.upper(),
             "layout": record.meta.get("layout") if isinstance(record.meta, dict) else None,
             "record": record.index}
 

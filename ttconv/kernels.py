@@ -9,7 +9,6 @@ longer than most conversions.
 Source arrays are float32 (F32), float16 (F16) or uint16 holding bfloat16 bits (BF16).
 """
 import concurrent.futures
-import importlib.metadata
 import os
 
 import numpy as np
@@ -25,6 +24,8 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 def _installed_kernel_elsewhere():
     """Folder of an installed ttconv that has the compiled kernel, other than this one, or None."""
+    import importlib.metadata
+
     for dist in importlib.metadata.distributions(name="ttconv"):
         for file in dist.files or ():
             if file.name.startswith("_kernel.") and file.name.endswith((".so", ".pyd")):

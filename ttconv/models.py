@@ -14,9 +14,9 @@ memory stays about one layer whatever the vocabulary; each layer runs as one jit
 import functools
 import math
 
-import ml_dtypes
 import numpy as np
 
+from . import bf16
 from .errors import MappingError
 from .families import ROPE_FAMILIES
 from .interrupts import import_held
@@ -302,7 +302,7 @@ class HfModel:
         if name not in self.tensors:
             raise MappingError(f"{self.ckpt.directory}: the checkpoint has no tensor {name}")
         values = _float32(self.ckpt, self.tensors[name], first, last)
-        return values.astype(ml_dtypes.bfloat16).astype(np.float32) if self.bfloat16 else values
+        return bf16.rounded(values) if self.bfloat16 else values
 
     def _picked_rows(self, name, ids):
         unique, where = np.unique(ids, return_inverse=True)

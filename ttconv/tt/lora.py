@@ -10,7 +10,6 @@ rsLoRA). Readers list the adapters' tensors beside the weights, under the linear
 import math
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 
 from ..errors import MappingError, TtconvError, TtFileError
@@ -79,11 +78,6 @@ def matrices(reader, adapter):
     a = reader.read_values(adapter.a.data).reshape(adapter.a.rows, adapter.a.cols)
     b = reader.read_values(adapter.b.data).reshape(adapter.b.rows, adapter.b.cols)
     return (a.T.copy(), b.T.copy()) if adapter.transposed else (a, b)
-
-
-def stored_as_bfloat16(values):
-    """True when float32 values are all bfloat16 values (a bf16 tensor widened): they narrow exactly."""
-    return np.array_equal(values.astype(ml_dtypes.bfloat16).astype(np.float32), values, equal_nan=True)
 
 
 class _MergedData:

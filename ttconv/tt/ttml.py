@@ -11,9 +11,9 @@ drivers see the same reader interface as for msgpack files and directories.
 import os
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 
+from .. import bf16
 from ..errors import TtFileError
 from . import ttml_names
 from .rows import DecodedRows, RowGatherer, RunRows, ScratchBuffer
@@ -21,8 +21,7 @@ from .ttdir import DirParameter
 from .unpickler import Array, Blob, ClassRef, Record, Unpickler, is_pickle, read_blob
 
 FORMAT_VERSION = 1
-BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
-RAW_DTYPES = {np.dtype("<f4"): ("f32", 4), BFLOAT16: ("bf16", 2)}  # stored as kernels.gather reads them
+RAW_DTYPES = {"float32": ("f32", 4), "bfloat16": ("bf16", 2)}  # stored as kernels.gather reads them
 MASTER_WEIGHTS = "master_weights"
 
 
@@ -91,7 +90,7 @@ def plain(value, depth=0):
     if isinstance(value, (list, tuple, set, frozenset)):
         return [plain(v, depth + 1) for v in value]
     if isinstance(value, Array):
-        return f"<array {list(value.shape)} {value.dtype.name}>"
+        return f"<array {list(value.shape)} {value.dtype_name}>"
     if isinstance(value, Blob):
         return f"<{value.size:,} bytes in the file>"
     if isinstance(value, ClassRef):
@@ -217,8 +216,8 @@ class TtmlFile:
             where = f"record {record.index}" if record.index else "model_state"
             raise TtFileError(f"{self.path}: {where} ({record.label}) is a {type(array).__name__}, expected a numpy "
                               "array")
-        if array.dtype.kind not in "f" and array.dtype != BFLOAT16:
-            raise TtFileError(f"{self.path}: {record.label} holds {array.dtype.name} values; tt-train saves float32 "
+        if array.dtype.kind not in "f" and not array.bfloat16:
+            raise TtFileError(f"{self.path}: {record.label} holds {array.dtype_name} values; tt-train saves float32 "
                               "or bfloat16")
         if not array.shape or 0 in array.shape:
             raise TtFileError(f"{self.path}: {record.label} is an empty array of shape {list(array.shape)}")
@@ -337,7 +336,7 @@ class TtmlFile:
 
     def stores_bfloat16(self, params):
         """True when every one of params is held as bfloat16."""
-        return all(p.data.record.array.dtype == BFLOAT16 for p in params.values())
+        return all(p.data.record.array.bfloat16 for p in params.values())
 
     def is_training_state(self):
         """True when the file holds optimizer state beside the model."""
@@ -347,7 +346,7 @@ class TtmlFile:
         """(source dtype name, width) when the record's bytes can be read as rows straight from the file."""
         array = record.array
         if isinstance(array.data, Blob) and not array.data.latin1 and not array.fortran:
-            return RAW_DTYPES.get(array.dtype)
+            return RAW_DTYPES.get(array.dtype_name) if array.dtype.byteorder in "<=|" else None
         return None
 
     def _decoded(self, record):
@@ -361,7 +360,8 @@ class TtmlFile:
         if len(data) != array.nbytes:
             raise TtFileError(f"{self.path}: {record.label} declares {array.nbytes:,} bytes of data but holds "
                               f"{len(data):,}")
-        values = np.frombuffer(data, dtype=array.dtype).reshape(array.shape, order="F" if array.fortran else "C")
+        values = np.frombuffer(data, dtype=array.dtype)
+        values = (bf16.widen(values) if array.bfloat16 else values).reshape(array.shape, order="F" if array.fortran else "C")
         return np.ascontiguousarray(values, dtype=np.float32).reshape(record.rows, record.cols)
 
     def read_values(self, data):

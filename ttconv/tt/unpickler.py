@@ -1,7 +1,8 @@
 """A pickle reader that runs nothing: tt-train's Python side saves its checkpoints as pickles.
 
 `pickle.load` calls whatever a pickle names. This reader interprets the opcodes itself and builds
-only data: numpy arrays and dtypes (ml_dtypes' bfloat16 included), plain containers, and, for a
+only data: numpy arrays and dtypes (ml_dtypes' bfloat16 included, held as its uint16 bits), plain
+containers, and, for a
 class it is not given (a training script's config dataclass, ttml's enums, its CharTokenizer),
 an inert Record of the fields the pickle holds. A class is never imported, nothing is called:
 the allowed constructors below are ttconv's own functions. Any other name the pickle would
@@ -17,9 +18,9 @@ import struct
 import sys
 from dataclasses import dataclass, field
 
-import ml_dtypes
 import numpy as np
 
+from .. import bf16
 from ..errors import TtFileError
 
 LARGE = 1 << 16  # byte strings at least this long are left in the file as Blobs
@@ -73,13 +74,18 @@ class Array:
     """A numpy array as the pickle declares it: shape, dtype and its data (bytes, or a Blob)."""
 
     shape: tuple
-    dtype: np.dtype
+    dtype: np.dtype  # for bfloat16: uint16, its bit patterns
     data: object
     fortran: bool = False
+    bfloat16: bool = False
 
     @property
     def nbytes(self):
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def dtype_name(self):
+        return "bfloat16" if self.bfloat16 else self.dtype.name
 
 
 class _Marker:
@@ -104,11 +110,12 @@ class _Dtype:
     """A dtype under construction (numpy.dtype(...) then BUILD with its byte order)."""
 
     dtype: np.dtype
+    bfloat16: bool = False
 
 
 def _new_dtype(where, code, align=False, copy=True):
     if code is BFLOAT16:
-        return _Dtype(np.dtype(ml_dtypes.bfloat16))
+        return _Dtype(np.dtype("<u2"), bfloat16=True)
     if isinstance(code, str) and _DTYPE_CODE.fullmatch(code):
         return _Dtype(np.dtype(code))
     raise TtFileError(f"{where}: refuses dtype {code!r} (only numbers and bfloat16 are read)")
@@ -122,7 +129,7 @@ def _reconstruct(where, cls, shape=(0,), typecode=b"b"):
 
 def _dtype_of(where, value):
     if isinstance(value, _Dtype):
-        return value.dtype
+        return value
     raise TtFileError(f"{where}: expected a dtype, found {type(value).__name__}")
 
 
@@ -134,14 +141,14 @@ def _shape_of(where, value):
 
 
 def _check_data(where, shape, dtype, data):
-    array = Array(shape, dtype, data)
+    array = Array(shape, dtype.dtype, data, bfloat16=dtype.bfloat16)
     size = data.size if isinstance(data, Blob) else len(data) if isinstance(data, (bytes, bytearray)) else None
     if size is None:
         raise TtFileError(f"{where}: array data is a {type(data).__name__}, not bytes (object arrays are refused)")
     if isinstance(data, Blob) and data.text and not data.latin1:
         raise TtFileError(f"{where}: array data is text, not bytes")
     if not (isinstance(data, Blob) and data.latin1) and size != array.nbytes:
-        raise TtFileError(f"{where}: array of shape {list(shape)} {dtype.name} declares {array.nbytes:,} bytes "
+        raise TtFileError(f"{where}: array of shape {list(shape)} {array.dtype_name} declares {array.nbytes:,} bytes "
                           f"but its data holds {size:,}")
     return array
 
@@ -177,9 +184,11 @@ def _ordered_dict(where, items=()):
 
 def _scalar(where, dtype, data):
     dtype = _dtype_of(where, dtype)
-    if not isinstance(data, bytes) or len(data) != dtype.itemsize:
-        raise TtFileError(f"{where}: numpy scalar of {dtype.name} with {type(data).__name__} data")
-    return np.frombuffer(data, dtype=dtype)[0]
+    if not isinstance(data, bytes) or len(data) != dtype.dtype.itemsize:
+        name = "bfloat16" if dtype.bfloat16 else dtype.dtype.name
+        raise TtFileError(f"{where}: numpy scalar of {name} with {type(data).__name__} data")
+    value = np.frombuffer(data, dtype=dtype.dtype)
+    return (bf16.widen(value) if dtype.bfloat16 else value)[0]
 
 
 def _plain(kind):
