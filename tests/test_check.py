@@ -10,8 +10,8 @@ from safetensors.numpy import load_file, save_file
 
 import support
 from ttconv.hf.checkpoint import Checkpoint
-from ttconv.hf.hfconfig import model_shape
-from ttconv.models import HfModel, LogitStats, head_chunks, norm_epsilon
+from ttconv import families
+from ttconv.models import HfModel, LogitStats, head_chunks
 
 TRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trained")
 # The tiny models learned this text; on text unlike it (the built-in sample) they are barely better
@@ -45,8 +45,9 @@ def test_hf_side_reproduces_transformers_logits(family):
     ids = np.load(os.path.join(folder, "expected", "ids.npy"))
     expected = np.load(os.path.join(folder, "expected", "hf_logits.npy"))
     ckpt = Checkpoint(folder)
-    shape = model_shape(family, ckpt)
-    model = HfModel(ckpt, family, shape, norm_epsilon(family, ckpt.config))
+    family = families.get(family)
+    shape = family.model_shape(ckpt)
+    model = HfModel(ckpt, family, shape, family.norm_epsilon(ckpt.config))
     logits = model.final_states(ids)[0] @ model.head_rows(0, shape.vocab_size).T
     assert support.rel_error(logits, expected.reshape(logits.shape)) < 1e-4
 

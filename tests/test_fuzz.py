@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import support
 import ttml_support
 import ttdir_support
+from ttconv import families
 from ttconv.hf.checkpoint import Checkpoint, read_safetensors_header
 from ttconv.errors import CheckpointError, TtFileError
 from ttconv.tt import tensorbin
@@ -164,7 +165,7 @@ def test_sharded_tensor_mutations(data):
 
 def read_ttml(data):
     try:
-        tt = TtmlFile(write(data, "fuzz.pkl"))
+        tt = TtmlFile(write(data, "fuzz.pkl"), families.ttml_models())
         for param in tt.weights().values():
             assert tt.read_values(param.data).size == param.rows * param.cols
     except TtFileError:
@@ -191,7 +192,7 @@ def test_ttml_random_opcodes(data):
 
 def test_seeds_are_valid():
     for data in SEED_TTML.values():
-        assert len(TtmlFile(write(data, "seed.pkl")).weights()) == 5  # q, kv from the fused qkv; tied fc
+        assert len(TtmlFile(write(data, "seed.pkl"), families.ttml_models()).weights()) == 5  # q, kv from the fused qkv; tied fc
     assert len(TtDir(_seed_dir).parameters()) == 2
     assert len(TtFile(write(SEED_INIT, "seed.msgpack")).parameters()) == 2
     assert sorted(read_safetensors_header(write(SEED_SAFETENSORS, "seed.safetensors"))) == ["a", "b"]

@@ -18,7 +18,7 @@ __all__ = ["convert", "convert_llama", "convert_gpt2", "export_tokenizer", "to_h
 
 _API = {
     "convert": "api", "convert_llama": "api", "convert_gpt2": "api", "to_hf": "api", "write_config": "api", "check": "api",
-    "export_tokenizer": "hf.tokenizer", "TtconvError": "errors",
+    "export_tokenizer": "api", "TtconvError": "errors",
 }
 
 

@@ -1,9 +1,16 @@
-"""Public conversion functions; the command line is a thin layer over these."""
+"""Public conversion functions; the command line is a thin layer over these.
+
+Each builds its command's options object (ttconv.options) and hands it to the driver; a family
+is named by its command name ("llama", "qwen3", "gpt2", ...: ttconv.families.NAMES).
+"""
+import dataclasses
 import logging
 
+from . import families
 from .conversion import open_checkpoint, run_conversion
 from .errors import TtconvError
-from .families import DIRECTORY_ONLY, FAMILIES, FAMILY_NAMES
+from .families import gpt2 as _gpt2, llama as _llama
+from .options import CheckOptions, ConvertOptions, ExportOptions
 from .tt.formats import FORMATS
 from .tt.training import DEFAULT_LEARNING_RATE, DEFAULT_MAX_STEPS
 
@@ -32,34 +39,36 @@ def convert(family, hf_model, output, *, init=None, format=None, layout="trainin
     ...                         format="flatbuffer")           # doctest: +SKIP
     >>> print(report.summary())                                 # doctest: +SKIP
     """
-    if family not in FAMILIES:
-        raise TtconvError(f"unknown model family {family!r}; ttconv converts {', '.join(map(repr, FAMILIES))}")
+    family = families.get(family)
     if format not in (None,) + FORMATS:
         raise TtconvError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
-    if family != "llama" and meta_style:
-        raise TtconvError("meta_style applies to Llama-family checkpoints only")
-    if family in DIRECTORY_ONLY:
-        if format == "msgpack":
-            raise TtconvError(f"{family} cannot be written as msgpack: tt-train has {FAMILY_NAMES[family]} only "
+    if meta_style and not family.meta_style:
+        having = " and ".join(f.display for f in families.ALL if f.meta_style)
+        raise TtconvError(f"meta_style applies to {having}-family checkpoints only")
+    if len(family.formats) == 1:
+        if format not in (None,) + family.formats:
+            raise TtconvError(f"{family.name} cannot be written as {format}: tt-train has {family.display} only "
                               "since it saves checkpoint directories, and no tt-train that reads msgpack has it; "
-                              "leave out --format msgpack")
-        format = "flatbuffer"
+                              f"leave out --format {format}")
+        format = family.formats[0]
+    options = ConvertOptions(family=family, hf_model=hf_model, output=output, init=init, format=format, layout=layout,
+                             scheduler=scheduler, learning_rate=learning_rate, max_steps=max_steps,
+                             vocab_multiple=vocab_multiple, meta_style=meta_style, text_path=text_path,
+                             keep_optimizer_state=keep_optimizer_state, prefix=prefix, revision=revision,
+                             dry_run=dry_run, quiet=quiet)
     ckpt = open_checkpoint(hf_model, revision)
-    build = dict(layout=layout, scheduler=scheduler, learning_rate=learning_rate, vocab_multiple=vocab_multiple,
-                 max_steps=max_steps)
     try:
         if meta_style == "auto":
-            meta_style = _decide_meta_style(ckpt, text_path, quiet)
-        return run_conversion(family, init, ckpt, output, meta_style, dry_run, quiet, keep_optimizer_state, prefix,
-                              build, format)
+            options = dataclasses.replace(options, meta_style=_decide_meta_style(family, ckpt, text_path, quiet))
+        return run_conversion(ckpt, options)
     finally:
         ckpt.close()
 
 
-def _decide_meta_style(ckpt, text_path, quiet):
+def _decide_meta_style(family, ckpt, text_path, quiet):
     from .verify import decide_meta_style, read_text
 
-    decision = decide_meta_style(ckpt, read_text(text_path), quiet=quiet)
+    decision = decide_meta_style(family, ckpt, read_text(text_path), quiet=quiet)
     log.info(decision.describe())
     if not decision.decided:
         raise TtconvError(
@@ -79,7 +88,7 @@ def convert_llama(init_path, hf_model, output_path, meta_style=False, revision=N
     >>> report = convert_llama("examples/llama-mini/init.msgpack", "examples/llama-mini",
     ...                        "out/llama.msgpack")   # doctest: +SKIP
     """
-    return convert("llama", hf_model, output_path, init=init_path, meta_style=meta_style, revision=revision,
+    return convert(_llama.LLAMA.name, hf_model, output_path, init=init_path, meta_style=meta_style, revision=revision,
                    dry_run=dry_run, quiet=quiet, keep_optimizer_state=keep_optimizer_state, prefix=prefix,
                    layout=layout, scheduler=scheduler, learning_rate=learning_rate, vocab_multiple=vocab_multiple,
                    text_path=text_path)
@@ -93,7 +102,7 @@ def convert_gpt2(init_path, hf_model, output_path, revision=None, dry_run=False,
 
     >>> convert_gpt2("gpt2_init.msgpack", "gpt2", "out/gpt2.msgpack")  # doctest: +SKIP
     """
-    return convert("gpt2", hf_model, output_path, init=init_path, revision=revision, dry_run=dry_run, quiet=quiet,
+    return convert(_gpt2.GPT2.name, hf_model, output_path, init=init_path, revision=revision, dry_run=dry_run, quiet=quiet,
                    keep_optimizer_state=keep_optimizer_state, prefix=prefix, layout=layout, scheduler=scheduler,
                    learning_rate=learning_rate, vocab_multiple=vocab_multiple)
 
@@ -119,8 +128,10 @@ def to_hf(family, tt_path, hf_model, output_dir, dtype="auto", meta_style=False,
     """
     from .export_hf import export_hf
 
-    return export_hf(family, tt_path, hf_model, output_dir, dtype, meta_style, revision, quiet, max_shard_size, tp,
-                     overrides, lora_alpha, rslora, merge_lora)
+    return export_hf(ExportOptions(family=families.get(family), tt_path=tt_path, hf_model=hf_model,
+                                   output_dir=output_dir, dtype=dtype, meta_style=meta_style, revision=revision,
+                                   quiet=quiet, max_shard_size=max_shard_size, tp=tp, overrides=tuple(overrides or ()),
+                                   lora_alpha=lora_alpha, rslora=rslora, merge_lora=merge_lora))
 
 
 def write_config(family, hf_model, output_path=None, model_path="data/tt_model.msgpack",
@@ -131,17 +142,17 @@ def write_config(family, hf_model, output_path=None, model_path="data/tt_model.m
 
     >>> print(write_config("llama", "examples/llama-mini"))  # doctest: +SKIP
     """
-    from .hf.hfconfig import model_shape
     from .output import atomic_output
     from .tt.ttconfig import to_yaml, training_config
 
+    family = families.get(family)
     ckpt = open_checkpoint(hf_model, revision)
     try:
-        shape = model_shape(family, ckpt)
+        shape = family.model_shape(ckpt)
     finally:
         ckpt.close()
-    text = to_yaml(training_config(shape, model_path, tokenizer_path, scheduler, learning_rate, vocab_multiple,
-                                   max_steps)) + "\n"
+    text = to_yaml(training_config(family, shape, model_path, tokenizer_path, scheduler, learning_rate,
+                                   vocab_multiple, max_steps)) + "\n"
     if output_path:
         with atomic_output(output_path) as out:
             out.write(text.encode("utf-8"))
@@ -160,4 +171,19 @@ def check(family, tt_path, hf_model, text_path=None, tokens=128, revision=None, 
     """
     from .verify import check as run_check
 
-    return run_check(family, tt_path, hf_model, text_path, tokens, revision, quiet, tp, lora_alpha, rslora)
+    return run_check(CheckOptions(family=families.get(family), tt_path=tt_path, hf_model=hf_model,
+                                  text_path=text_path, tokens=tokens, revision=revision, quiet=quiet, tp=tp,
+                                  lora_alpha=lora_alpha, rslora=rslora))
+
+
+def export_tokenizer(family, hf_model, output_path, revision=None):
+    """Write the tokenizer of a checkpoint (folder or hub id) in the form tt-train reads, as the family
+    makes it (Llama and Qwen3: the Strip decoder removed, ignore_merges deleted, merges as "a b"
+    strings; GPT-2: tokenizer.json unchanged, or built from vocab.json + merges.txt); returns
+    output_path.
+
+    >>> export_tokenizer("llama", "examples/llama-mini", "out/tokenizer.json")  # doctest: +SKIP
+    """
+    from .hf.tokenizer import write_tokenizer
+
+    return write_tokenizer(families.get(family), hf_model, output_path, revision)

@@ -1,13 +1,15 @@
-"""Command line: python -m ttconv {llama,qwen3,gpt2,inspect,to-hf,check,config} ..."""
+"""Command line: python -m ttconv {FAMILY,inspect,to-hf,check,config} ...
+
+Each family (ttconv.families) has its conversion command, built from its module: its help,
+its own arguments and its paths; to-hf, check and config take the family as their first argument."""
 import argparse
 import math
 import logging
 import os
 import sys
 
-from . import __version__, interrupts
+from . import __version__, families, interrupts
 from .errors import TtconvError
-from .families import DIRECTORY_ONLY, FAMILIES
 from .tt.formats import FORMATS
 from .tt.training import DEFAULT_LEARNING_RATE, DEFAULT_MAX_STEPS, SCHEDULERS
 from .tt.ttbuild import LAYOUTS
@@ -20,35 +22,20 @@ log = logging.getLogger("ttconv")
 EXIT_ERROR = 1
 
 DESCRIPTION = """\
-Convert Hugging Face Llama, Qwen3 and GPT-2 checkpoints (safetensors) into what tt-train
+Convert Hugging Face {names} checkpoints (safetensors) into what tt-train
 loads, without torch: msgpack weight files (the upstream scripts' format, older tt-train) or
 the checkpoint directories today's tt-train saves and loads (--format flatbuffer:
-metadata.flatbuffer + one bfloat16 .tensorbin per tensor; Qwen3 only as directories). The
+metadata.flatbuffer + one bfloat16 .tensorbin per tensor; {directory_only} only as directories). The
 output has exactly the entries of the init file or directory you give, in its order, or is
 built from config.json.
 
 inspect, to-hf and check read both formats."""
 
-LLAMA_HELP = """\
-Fill a tt-train Llama init file or checkpoint directory with the weights of a
-Llama-family checkpoint (TinyLlama, Llama 2/3/3.x and same-shaped models), or build one
-from config.json (--no-init; --format flatbuffer for a directory, as today's tt-train
-loads). Same flags as llama_export.py. With only -t, just the tokenizer is written; with
--t and explicit -i (or --no-init) and -o, both."""
 
-QWEN3_HELP = """\
-Fill a tt-train Qwen3 checkpoint directory (a model dump or a training state) with the
-weights of a Qwen3 checkpoint (Qwen3-0.6B to 8B and same-shaped models), or build one from
-config.json. Directories only: tt-train has Qwen3 only since it saves checkpoint
-directories. q/k rows and the q/k norm weights are put in tt-train's adjacent-pair RoPE
-order, the vocabulary is zero-padded to a multiple of 32."""
-
-GPT2_HELP = """\
-Fill a tt-train GPT-2 init file or checkpoint directory with the weights of a
-GPT-2-family checkpoint (gpt2, gpt2-medium/large/xl, distilgpt2), or build one from
-config.json (-o alone; --format flatbuffer for a directory). Same usage as
-gpt2_export.py: INPUT_FILE OUTPUT_FILE, or -i/-o."""
-
+def _description():
+    names = [family.display for family in families.ALL]
+    return DESCRIPTION.format(names=", ".join(names[:-1]) + " and " + names[-1],
+                              directory_only=", ".join(f.display for f in families.ALL if "msgpack" not in f.formats))
 
 def _common(parser, subcommand=True):
     # On subcommands the flags must not reset what was given before the subcommand.
@@ -59,8 +46,7 @@ def _common(parser, subcommand=True):
                         help="no progress bar or notices; warnings and the closing summary line remain")
 
 
-def _hf_options(parser, default_model, tokenizer_help="also (or, without explicit input/output, only) write the "
-                                                       "tokenizer.json that tt-train reads to this path"):
+def _hf_options(parser, default_model, tokenizer_help):
     parser.add_argument("--hf_model", default=default_model,
                         help=f"checkpoint folder or Hugging Face hub id (default: {default_model})")
     parser.add_argument("--revision", help="hub revision (branch, tag or commit) when --hf_model is a hub id")
@@ -69,11 +55,13 @@ def _hf_options(parser, default_model, tokenizer_help="also (or, without explici
                         help="print the plan (tt key <- checkpoint tensors) and write nothing")
 
 
-def _file_options(parser, format_help="msgpack: a tt-train msgpack file (the upstream scripts' format, tt-train "
-                                      "before late 2025); flatbuffer: a checkpoint directory as today's tt-train "
-                                      "saves and loads (metadata.flatbuffer + .tensorbin files). Default: the "
-                                      "input's format, else msgpack"):
-    parser.add_argument("--format", choices=FORMATS, help=format_help)
+FORMAT_HELP = ("msgpack: a tt-train msgpack file (the upstream scripts' format, tt-train before late 2025); "
+               "flatbuffer: a checkpoint directory as today's tt-train saves and loads (metadata.flatbuffer + "
+               ".tensorbin files). Default: the input's format, else msgpack")
+
+
+def _file_options(parser, format_help=None):
+    parser.add_argument("--format", choices=FORMATS, help=format_help or FORMAT_HELP)
     built = parser.add_argument_group("without an init file (built from config.json)")
     built.add_argument("--no-init", action="store_true",
                        help="build the whole output from config.json even if an init file exists")
@@ -87,8 +75,9 @@ def _file_options(parser, format_help="msgpack: a tt-train msgpack file (the ups
                         help="keep the optimizer moments and step counters of a training save or directory "
                              "byte for byte (by default they are reset: they belonged to the old weights)")
     filled.add_argument("--prefix", metavar="PREFIX",
-                        help="write the model under PREFIX instead of the input's prefix (a Llama training save "
-                             "is under transformer/llama; training loads llama/llama)")
+                        help="write the model under PREFIX instead of the input's prefix" + "".join(
+                            f" (a {f.display} training save is under {f.save_prefix}; training loads {f.load_prefix})"
+                            for f in families.ALL if f.save_prefix != f.load_prefix))
     parser.add_argument("--dump-config", metavar="FILE",
                         help="also write the tt-train YAML training config for the output to FILE")
 
@@ -147,6 +136,27 @@ def _lora_options(parser):
                                                                "ALPHA / sqrt(r)")
 
 
+def _epsilon_defaults():
+    """What --set's help says of the norm epsilons a ttml header lacks: each key with ttml's defaults."""
+    keys = {}
+    for family in families.ALL:
+        key, value = family.header_epsilon
+        keys.setdefault(key, []).append(f"{value:g} for {family.display}")
+    return ", ".join(f"{key} (default {', '.join(values)}, as ttml)" for key, values in keys.items())
+
+
+def _model_path_defaults():
+    paths = {}
+    for family in families.ALL:
+        paths.setdefault(family.config_model_path, []).append(family.name)
+    first, *others = paths
+    return first + "".join(f"; for {', '.join(paths[path])} {path}" for path in others)
+
+
+def _family_choices():
+    return [name for family in families.ALL for name in (family.name,) + family.aliases]
+
+
 def _tp_option(parser):
     parser.add_argument("--tp", type=_positive, metavar="N",
                         help="a ttml (Python-side) checkpoint gathered from N-way tensor parallelism: its fused "
@@ -154,10 +164,18 @@ def _tp_option(parser):
                              "(default: 1)")
 
 
+class CommandOptions:
+    """The argument groups every conversion command shares, for Family.add_arguments."""
+
+    hf = staticmethod(_hf_options)
+    files = staticmethod(_file_options)
+    auto_only = staticmethod(_auto_only)
+
+
 def build_parser():
     from . import kernels
 
-    parser = argparse.ArgumentParser(prog="ttconv", description=DESCRIPTION,
+    parser = argparse.ArgumentParser(prog="ttconv", description=_description(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     reason = f"; {kernels.FALLBACK_REASON}" if kernels.FALLBACK_REASON else ""
     parser.add_argument("--version", action="version",
@@ -166,45 +184,12 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    llama = sub.add_parser("llama", help="convert a Llama-family checkpoint", description=LLAMA_HELP,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    llama.add_argument("-i", "--input_path", metavar="INPUT_PATH",
-                       help="what to fill: a msgpack init file, -s dump or training save, or a checkpoint "
-                            "directory (default: data/tinyllama_init.msgpack; when that does not exist, the "
-                            "output is built from config.json)")
-    llama.add_argument("-o", "--output_path", metavar="OUTPUT_PATH",
-                       help="output file or directory (default: data/tinyllama_exported.msgpack, or "
-                            "data/tinyllama_exported for a directory)")
-    _hf_options(llama, "TinyLlama/TinyLlama_v1.1")
-    llama.add_argument("--meta_style", nargs="?", const=True, default=False, type=_auto_only, metavar="auto",
-                       help="q/k rows are already interleaved (Meta style): skip the RoPE row permutation; "
-                            "`--meta_style auto` decides from the checkpoint's loss on a text with q/k read both ways")
-    llama.add_argument("--text", metavar="FILE",
-                       help="UTF-8 text for --meta_style auto (default: a built-in English sample)")
-    _file_options(llama)
-    _common(llama)
-
-    qwen3 = sub.add_parser("qwen3", help="convert a Qwen3-family checkpoint into a checkpoint directory",
-                           description=QWEN3_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    qwen3.add_argument("-i", "--input_path", metavar="INPUT_DIR",
-                       help="checkpoint directory to fill: a model dump (-s) or a training state tt-train saved "
-                            "(default: none; the directory is built from config.json)")
-    qwen3.add_argument("-o", "--output_path", metavar="OUTPUT_DIR",
-                       help=f"output directory (default: {DEFAULT_QWEN3_OUTPUT})")
-    _hf_options(qwen3, "Qwen/Qwen3-0.6B", "also write the tokenizer.json that tt-train reads to this path")
-    _file_options(qwen3, "flatbuffer (the default and the only choice: no tt-train that reads msgpack has Qwen3)")
-    _common(qwen3)
-
-    gpt2 = sub.add_parser("gpt2", help="convert a GPT-2-family checkpoint", description=GPT2_HELP,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    gpt2.add_argument("input_pos", nargs="?", metavar="INPUT_FILE",
-                      help="tt-train init file (or checkpoint directory) to fill")
-    gpt2.add_argument("output_pos", nargs="?", metavar="OUTPUT_FILE", help="output file (or directory)")
-    gpt2.add_argument("-i", "--input_file", help="same as INPUT_FILE")
-    gpt2.add_argument("-o", "--output_file", help="same as OUTPUT_FILE")
-    _hf_options(gpt2, "gpt2")
-    _file_options(gpt2)
-    _common(gpt2)
+    for family in families.ALL:
+        command = sub.add_parser(family.name, aliases=list(family.aliases), help=family.summary,
+                                 description=family.description, formatter_class=argparse.RawDescriptionHelpFormatter)
+        family.add_arguments(command, CommandOptions)
+        command.set_defaults(convert=family)
+        _common(command)
 
     inspect = sub.add_parser("inspect", help="list the parameters of a tt-train msgpack file or checkpoint directory",
                              description="Say what a tt-train msgpack file (init file, -s dump, training save, "
@@ -233,7 +218,7 @@ def build_parser():
                                        "Python side (ttml), with or without the original. A LoRA checkpoint "
                                        "becomes a PEFT adapter folder (adapter_config.json, "
                                        "adapter_model.safetensors), or with --merge-lora the merged model.")
-    to_hf.add_argument("family", choices=FAMILIES)
+    to_hf.add_argument("family", choices=_family_choices())
     _tt_input(to_hf)
     to_hf.add_argument("--hf_model",
                        help="the original checkpoint (folder or hub id): config, tensor names and tokenizer come "
@@ -259,8 +244,7 @@ def build_parser():
     to_hf.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                        help="set KEY in the written config.json (VALUE read as JSON, e.g. --set rms_norm_eps=1e-6); "
                             "for a ttml checkpoint exported without --hf_model, what its header does not hold: "
-                            "rms_norm_eps (default 1e-5 for Llama, 1e-6 for Qwen3, as ttml), layer_norm_epsilon "
-                            "(GPT-2, default 1e-5), bos_token_id, eos_token_id; repeatable")
+                            f"{_epsilon_defaults()}, bos_token_id, eos_token_id; repeatable")
     to_hf.add_argument("--revision", help="hub revision when --hf_model is a hub id")
     _common(to_hf)
 
@@ -270,7 +254,7 @@ def build_parser():
                                        "Hugging Face checkpoint (as transformers computes it) on the same tokens, "
                                        "in jax on the CPU; compare their losses, logits and top-1 predictions. "
                                        "Exit 0 when they agree, 1 when not.")
-    check.add_argument("family", choices=FAMILIES)
+    check.add_argument("family", choices=_family_choices())
     _tt_input(check, "a ttconv output, an upstream output, or a file or checkpoint directory tt-train saved")
     check.add_argument("--hf_model", required=True, help="the checkpoint it came from: folder or hub id")
     check.add_argument("--revision", help="hub revision when --hf_model is a hub id")
@@ -286,13 +270,13 @@ def build_parser():
     config = sub.add_parser("config", help="write the tt-train YAML training config for a checkpoint",
                             description="Write the tt-train YAML (training_config with transformer_config) "
                                         "that matches a checkpoint's config.json and the file ttconv writes for it.")
-    config.add_argument("family", choices=FAMILIES)
+    config.add_argument("family", choices=_family_choices())
     config.add_argument("--hf_model", required=True, help="checkpoint folder or hub id")
     config.add_argument("--revision", help="hub revision when --hf_model is a hub id")
     config.add_argument("-o", "--output", metavar="FILE", help="YAML file to write (default: standard output)")
     config.add_argument("--model-path",
                         help="model_path in the YAML: the tt-train file or checkpoint directory "
-                             "(default: data/tt_model.msgpack; for qwen3 data/tt_model)")
+                             f"(default: {_model_path_defaults()})")
     config.add_argument("--tokenizer-path", default="data/tokenizer.json",
                         help="tokenizer_path in the YAML (default: data/tokenizer.json)")
     _state_choices(config)
@@ -308,12 +292,6 @@ def _setup_logging(quiet):
     log.propagate = False
 
 
-DEFAULT_INIT = "data/tinyllama_init.msgpack"
-DEFAULT_OUTPUT = "data/tinyllama_exported.msgpack"
-DEFAULT_OUTPUT_DIR = "data/tinyllama_exported"
-DEFAULT_QWEN3_OUTPUT = "data/qwen3_exported"
-
-
 def _output_format(args, init_path):
     """The format a conversion writes: --format, else the input's, else msgpack."""
     from .tt.ttdir import is_checkpoint_dir
@@ -325,62 +303,40 @@ def _output_format(args, init_path):
 
 def _paths(args, family):
     """(init file or None to build from config.json, output, tokenizer only?)"""
-    if family == "llama":
-        given_in, given_out = args.input_path, args.output_path
-        init_path = given_in or (DEFAULT_INIT if os.path.exists(DEFAULT_INIT) and args.format != "flatbuffer"
-                                 else None)
-        default_output = DEFAULT_OUTPUT_DIR if _output_format(args, init_path) == "flatbuffer" else DEFAULT_OUTPUT
-        output_path = given_out or default_output
-    elif family == "qwen3":
-        given_in, given_out = args.input_path, args.output_path
-        init_path, output_path = given_in, given_out or DEFAULT_QWEN3_OUTPUT
-    else:
-        for flag, positional, name in ((args.input_file, args.input_pos, "INPUT_FILE and -i"),
-                                       (args.output_file, args.output_pos, "OUTPUT_FILE and -o")):
-            if flag and positional and flag != positional:
-                raise TtconvError(f"{name} name different files; give one of them")
-        if args.input_pos and not args.output_pos and not args.input_file:
-            raise TtconvError(
-                f"gpt2 was given one file ({args.input_pos}); give INPUT_FILE OUTPUT_FILE to fill a tt-train "
-                "file, or -o OUTPUT_FILE alone to build it from config.json without an init file"
-            )
-        given_in, given_out = args.input_file or args.input_pos, args.output_file or args.output_pos
-        init_path, output_path = given_in, given_out
+    given_in, given_out = family.given_paths(args)
+    init_path, output_path = family.default_paths(args, given_in, given_out, lambda init: _output_format(args, init))
     if args.no_init:
         if given_in:
             raise TtconvError("--no-init builds the file from config.json; do not give an input file as well")
         init_path = None
-    # As with the upstream scripts, -t without explicit input and output writes only the tokenizer (Qwen3 has no
-    # upstream script: there -t is always in addition).
-    tokenizer_only = bool(args.dump_tokenizer_path) and family != "qwen3" and \
-        not (given_out and (given_in or args.no_init))
-    if family == "gpt2" and not tokenizer_only and not output_path:
-        raise TtconvError("gpt2 needs OUTPUT_FILE (or -o): with INPUT_FILE it fills that file, without it the file "
-                          "is built from config.json; or -t alone for the tokenizer only")
+    # As with the upstream scripts, -t without explicit input and output writes only the tokenizer (a family
+    # with no upstream script writes it in addition, always).
+    tokenizer_only = family.tokenizer_only(args, given_in, given_out)
+    if not tokenizer_only and not output_path:
+        raise TtconvError(family.output_required)
     return init_path, output_path, tokenizer_only
 
 
 def _conversion(args, family):
     from . import api, kernels
-    from .hf.tokenizer import export_tokenizer
 
     init_path, output_path, tokenizer_only = _paths(args, family)
     if args.dump_tokenizer_path and not args.dry_run:
-        export_tokenizer(family, args.hf_model, args.dump_tokenizer_path, args.revision)
+        api.export_tokenizer(family.name, args.hf_model, args.dump_tokenizer_path, args.revision)
         log.info("wrote tokenizer to %s", args.dump_tokenizer_path)
     if tokenizer_only:
-        if args.output_path if family == "llama" else (args.output_file or args.output_pos):
+        if family.given_paths(args)[1]:
             log.info("only the tokenizer was written: as with the upstream script, -t writes the model too only "
                      "with explicit input and output; add --no-init to build the model file from config.json")
         return 0
     if kernels.FALLBACK_REASON:
         log.info("using the slower jax.numpy fallback: %s", kernels.FALLBACK_REASON)
-    llama_only = dict(meta_style=args.meta_style, text_path=args.text) if family == "llama" else {}
-    report = api.convert(family, args.hf_model, output_path, init=init_path, format=args.format,
+    report = api.convert(family.name, args.hf_model, output_path, init=init_path, format=args.format,
                          layout=args.layout, scheduler=args.scheduler, learning_rate=args.learning_rate,
                          max_steps=args.max_steps, vocab_multiple=args.vocab_multiple,
                          keep_optimizer_state=args.keep_optimizer_state, prefix=args.prefix,
-                         revision=args.revision, dry_run=args.dry_run, quiet=args.quiet, **llama_only)
+                         revision=args.revision, dry_run=args.dry_run, quiet=args.quiet,
+                         **family.convert_options(args))
     if args.dry_run:
         from .inspection import print_plan
 
@@ -388,7 +344,7 @@ def _conversion(args, family):
         return 0
     print(f"ttconv: wrote {output_path}: {report.summary()}", file=sys.stderr)
     if args.dump_config:
-        api.write_config(family, args.hf_model, args.dump_config, model_path=output_path,
+        api.write_config(family.name, args.hf_model, args.dump_config, model_path=output_path,
                          tokenizer_path=args.dump_tokenizer_path or "data/tokenizer.json", scheduler=args.scheduler,
                          learning_rate=args.learning_rate, vocab_multiple=args.vocab_multiple, revision=args.revision,
                          max_steps=args.max_steps)
@@ -425,8 +381,8 @@ def _check(args):
 
 
 def _run(args):
-    if args.command in FAMILIES:
-        return _conversion(args, args.command)
+    if getattr(args, "convert", None):
+        return _conversion(args, args.convert)
     if args.command == "inspect":
         from .inspection import inspect_file
 
@@ -436,8 +392,7 @@ def _run(args):
     if args.command == "config":
         from .api import write_config
 
-        model_path = args.model_path or ("data/tt_model" if args.family in DIRECTORY_ONLY
-                                         else "data/tt_model.msgpack")
+        model_path = args.model_path or families.get(args.family).config_model_path
         text = write_config(args.family, args.hf_model, args.output, model_path=model_path,
                             tokenizer_path=args.tokenizer_path, scheduler=args.scheduler,
                             learning_rate=args.learning_rate, vocab_multiple=args.vocab_multiple,
@@ -465,15 +420,8 @@ def _one_line(exc):
 
 def _output_of(args):
     """The file a conversion command writes last, or None."""
-    if args.command == "llama":
-        if args.output_path:
-            return args.output_path
-        return DEFAULT_OUTPUT_DIR if _output_format(args, args.input_path) == "flatbuffer" else DEFAULT_OUTPUT
-    if args.command == "qwen3":
-        return args.output_path or DEFAULT_QWEN3_OUTPUT
-    if args.command == "gpt2":
-        return args.output_file or args.output_pos
-    return None
+    family = getattr(args, "convert", None)
+    return family.output_of(args, lambda init: _output_format(args, init)) if family else None
 
 
 def _interrupted(exc, output, args):

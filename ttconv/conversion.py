@@ -1,24 +1,26 @@
-"""Llama, Qwen3 and GPT-2 conversions: Hugging Face checkpoint + tt-train init file or directory -> the same format."""
+"""Conversions: Hugging Face checkpoint + tt-train init file or directory -> the same format, for any family.
+
+What is particular to a model family (its name tables, config, tensors) comes from its Family
+object (ttconv.families); this driver runs the same steps for all of them."""
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 
+from . import families
 from .errors import InputFileError
-from .families import DIRECTORY_ONLY, FAMILY_NAMES, ROPE_FAMILIES
 from .hf.checkpoint import Checkpoint
-from .hf.hfconfig import model_shape
 from .hf.hub import resolve_model
-from .mapping import build_plan, canonical_names
+from .mapping import build_plan
 from .progress import Progress
 from .tt.formats import check_output, conversion_output, output_size, value_bytes
-from .tt.training import LOAD_PREFIX, SAVE_PREFIX
 from .tt.ttbuild import BuiltDir, BuiltFile, build_dir, build_file
 from .tt.ttdir import TtDir, is_checkpoint_dir
 from .tt.ttfile import TtFile
 from .tt.ttml import is_ttml_file
 
 log = logging.getLogger("ttconv")
+
 
 @dataclass
 class Report:
@@ -45,13 +47,10 @@ class Report:
 
 def plan_conversion(family, tt, ckpt, meta_style=False, params=None):
     """Build the plan (which tt tensor comes from which checkpoint tensors) for the model's
-    parameters (params: another set of them, e.g. tt.weights())."""
-    shape = model_shape(family, ckpt)
-    layout = {"n_layers": shape.num_blocks}
-    if family in ROPE_FAMILIES:
-        layout.update(rope_q=shape.num_heads, rope_kv=shape.num_groups, head_dim=shape.head_dim)
-    tensors = canonical_names(family, ckpt.tensors, ckpt.directory)
-    return build_plan(family, tt, params or tt.parameters("model"), tensors, layout, meta_style)
+    parameters (params: another set of them, e.g. tt.weights()); family: a Family."""
+    layout = family.plan_layout(family.model_shape(ckpt))
+    tensors = family.canonical_names(ckpt.tensors, ckpt.directory)
+    return build_plan(family, tt, params or tt.parameters("model"), tensors, layout, meta_style, families.ALL)
 
 
 def _renamer(old_prefix, new_prefix):
@@ -102,10 +101,9 @@ def _open_source(family, init_path, ckpt, build, quiet, output_format):
             raise InputFileError(f"{init_path}: is a tt-train checkpoint directory, so the output is one too; "
                                  "--format msgpack fills a msgpack file (or builds one with --no-init)")
         return TtDir(init_path)
-    if family in DIRECTORY_ONLY:
-        raise InputFileError(f"{init_path}: is a msgpack file; {family} fills a checkpoint directory (-i DIR) or "
-                             "builds one from config.json (no tt-train that reads msgpack has "
-                             f"{FAMILY_NAMES[family]})")
+    if "msgpack" not in family.formats:
+        raise InputFileError(f"{init_path}: is a msgpack file; {family.name} fills a checkpoint directory (-i DIR) "
+                             f"or builds one from config.json (no tt-train that reads msgpack has {family.display})")
     if output_format == "flatbuffer":
         raise InputFileError(f"{init_path}: is a msgpack file; --format flatbuffer fills a checkpoint directory "
                              "(-i DIR) or builds one from config.json (--no-init)")
@@ -135,45 +133,41 @@ def _state_notices(family, tt, plan, prefix, build):
         fc = next(t for t in plan.targets.values() if t.param.name.endswith("/fc/weight"))
         notices.append(f"no init file: building {plan.prefix} from config.json: layout {build['layout']}{layout}, "
                        f"vocabulary {fc.param.rows} rows (a multiple of {build['vocab_multiple']})")
-    if tt.is_training_state() and family == "llama" and plan.prefix == SAVE_PREFIX["llama"] and not prefix:
-        notices.append(
-            f"{tt.path} is a training save: its model is under {plan.prefix}, where tt-train saves it, but "
-            f"tt-train's training mode loads {LOAD_PREFIX['llama']}; add --prefix {LOAD_PREFIX['llama']} "
-            "to resume training from the output"
-        )
-    return notices
+    saved = family.training_save_notice(tt, plan.prefix) if tt.is_training_state() and not prefix else None
+    return notices + ([saved] if saved else [])
 
 
-def run_conversion(family, init_path, ckpt, output_path, meta_style=False, dry_run=False, quiet=True,
-                   keep_optimizer_state=False, prefix=None, build=None, output_format=None):
-    """Convert (or plan, with dry_run) one checkpoint into the tt file or checkpoint directory at
-    init_path, or, when init_path is None, into one built from the config (build: options of
-    ttbuild.build_file / build_dir; output_format "msgpack", the default, or "flatbuffer"). The
-    output has the input's format; a training state's full-precision master weights are filled too.
+def run_conversion(ckpt, options):
+    """Convert (or plan, with options.dry_run) one checkpoint into the tt file or checkpoint directory
+    at options.init, or, when it is None, into one built from the config (options.build, in
+    options.format). The output has the input's format; a training state's full-precision master
+    weights are filled too. options.meta_style is decided (True or False) by then.
 
     A training save keeps its optimizer and scheduler entries; unless keep_optimizer_state, the
     moments are zeroed and the step counters set to 0, since they belonged to the old weights.
-    prefix moves the model's keys under another prefix."""
+    options.prefix moves the model's keys under another prefix."""
     started = time.perf_counter()
-    build = build or {}
-    tt = _open_source(family, init_path, ckpt, build, quiet, output_format)
+    family, init_path, output_path = options.family, options.init, options.output
+    prefix, build, meta_style = options.prefix, options.build, options.meta_style
+    tt = _open_source(family, init_path, ckpt, build, options.quiet, options.format)
     plan = plan_conversion(family, tt, ckpt, meta_style)
     _add_master_weights(family, tt, ckpt, plan, meta_style)
     report = Report(plan, output_path)
     report.tensors = len(plan.targets)
     report.values = sum(t.n_values for t in plan.targets.values())
     report.value_bytes = value_bytes(tt)
-    if dry_run:
+    if options.dry_run:
         return report
     inputs = ([init_path] if init_path else []) + sorted({t.path for t in ckpt.tensors.values()})
     check_output(tt, output_path, inputs)
     for notice in plan.notices + _state_notices(family, tt, plan, prefix, build):
         log.info(notice)
     with conversion_output(tt, output_path, inputs) as writer, \
-            Progress(report.values * report.value_bytes, "converting", quiet) as progress:
-        report.nonfinite, reset = write_converted(plan, tt, ckpt, writer, progress, not keep_optimizer_state, prefix)
+            Progress(report.values * report.value_bytes, "converting", options.quiet) as progress:
+        report.nonfinite, reset = write_converted(plan, tt, ckpt, writer, progress, not options.keep_optimizer_state,
+                                                  prefix)
     if tt.is_training_state() and init_path is not None:
-        report.state = ("optimizer and scheduler state kept as it was" if keep_optimizer_state else
+        report.state = ("optimizer and scheduler state kept as it was" if options.keep_optimizer_state else
                         f"optimizer and scheduler state reset ({reset['moments']} moment tensors zeroed, "
                         f"{reset['counters']} step counters set to 0)")
     if prefix and prefix != plan.prefix:

@@ -16,16 +16,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernels
+from . import families, kernels
 from .conversion import Report, plan_conversion
 from .errors import MappingError, OutputError, TtconvError
 from .export_lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, write_adapter
 from .hf.checkpoint import INDEX_NAME, ITEM_SIZES, SINGLE_NAME, Checkpoint
-from .hf.from_header import ConfigCheckpoint, apply_overrides, hf_config
+from .hf.from_header import ConfigCheckpoint, apply_overrides
 from .hf.hub import resolve_model
-from .hf.safetensors_out import DEFAULT_MAX_SHARD_SIZE, OutTensor, parse_size, write_weights
+from .hf.safetensors_out import OutTensor, parse_size, write_weights
 from .hf.tokenizer import char_tokenizer_json, tokenizer_files
-from .mapping import BLOCK_0, find_prefix, hf_order_key, rope_order
+from .mapping import find_prefix, rope_order
 from .output import atomic_directory
 from .progress import Progress
 from .tt.formats import open_tt, weights_in_bfloat16
@@ -98,7 +98,7 @@ def _exports(family, plan, ckpt, out_dtype):
             values = int(np.prod(info.shape, dtype=np.int64))
             exports[info.name] = Export(OutTensor(info.name, dtype, info.shape), info,
                                         [Part(0, values, 0, original=info)])
-    return [exports[name] for name in sorted(exports, key=lambda n: hf_order_key(family, n))]
+    return [exports[name] for name in sorted(exports, key=family.hf_order_key)]
 
 
 class _Streamer:
@@ -216,18 +216,15 @@ def _header_checkpoint(family, tt, tt_path):
         what = "its header has no model_config" if isinstance(tt, TtmlFile) else "only ttml checkpoints carry a model config"
         raise TtconvError(f"{tt_path}: {what}; give --hf_model, the checkpoint it was trained from")
     declared = fields.get("model_type")
-    if declared not in (None, family):
+    if declared not in (None, family.name):
         raise MappingError(f"{tt_path}: the header's model_type is {declared!r}; use 'ttconv to-hf {declared}'")
     params = without_adapters(tt.weights())
-    prefix = find_prefix(params, family, tt_path)
-    block = f"{prefix}/{BLOCK_0[family]}"
-    width = {"gpt2": "mlp/fc1/weight"}.get(family, "mlp/w1/weight")
+    prefix = find_prefix(params, family, tt_path, families.ALL)
     tok, fc = params.get(f"{prefix}/tok_emb/weight"), params[f"{prefix}/fc/weight"]
-    norm = params.get(block + "self_attn/q_norm/gamma")
-    sizes = {"intermediate": params[block + width].rows, "vocab_rows": fc.rows,
-             "head_dim": norm.cols if norm is not None else None}
+    sizes = dict(family.header_sizes(params, f"{prefix}/{family.block_0}"), vocab_rows=fc.rows)
     where = f"{tt_path} (header)"
-    return ConfigCheckpoint(family, hf_config(family, fields, tok is None or tok.data is fc.data, sizes, where), where)
+    config = family.hf_config(fields, tok is None or tok.data is fc.data, sizes, where)
+    return ConfigCheckpoint(config, family.hf_shapes(config), where)
 
 
 def _inputs(tt, tt_path, ckpt):
@@ -235,10 +232,11 @@ def _inputs(tt, tt_path, ckpt):
     return [getattr(tt, "directory", tt_path), tt_path] + ([ckpt.directory] if ckpt.directory else []) + originals
 
 
-def _export(family, tt, tt_path, ckpt, output_dir, dtype, meta_style, quiet, shard_bytes, overrides):
+def _export(options, tt, ckpt, shard_bytes):
     """The export itself: (plan, dtype written, exports, {file: tensors})."""
+    family, tt_path, dtype = options.family, options.tt_path, options.dtype
     params = without_adapters(tt.weights())
-    plan = plan_conversion(family, tt, ckpt, meta_style, params)
+    plan = plan_conversion(family, tt, ckpt, options.meta_style, params)
     if plan.unused and isinstance(getattr(tt, "reader", tt), TtmlFile):
         # the other formats are filled from a model the original matches; a ttml file is the whole model
         more = f" and {len(plan.unused) - 1} more" if len(plan.unused) > 1 else ""
@@ -248,11 +246,12 @@ def _export(family, tt, tt_path, ckpt, output_dir, dtype, meta_style, quiet, sha
         dtype = "bf16" if weights_in_bfloat16(tt, params) else "f32"
     exports = _exports(family, plan, ckpt, dtype)
     total = sum(e.out.nbytes for e in exports)
-    with atomic_directory(output_dir, _inputs(tt, tt_path, ckpt), is_hf_folder, "a Hugging Face checkpoint") as out, \
-            Progress(total, "writing safetensors", quiet) as progress:
+    with atomic_directory(options.output_dir, _inputs(tt, tt_path, ckpt), is_hf_folder,
+                          "a Hugging Face checkpoint") as out, \
+            Progress(total, "writing safetensors", options.quiet) as progress:
         files = _Streamer(tt, ckpt, dtype, progress).run(exports, out, shard_bytes)
         with out.file("config.json") as config:
-            config.write(_config(ckpt.config, dtype, overrides))
+            config.write(_config(ckpt.config, dtype, options.overrides))
         if ckpt.directory:
             for source, name in tokenizer_files(ckpt.directory):
                 out.copy(source, name)
@@ -262,14 +261,16 @@ def _export(family, tt, tt_path, ckpt, output_dir, dtype, meta_style, quiet, sha
     return plan, dtype, exports, files
 
 
-def _export_adapter(family, tt, tt_path, ckpt, output_dir, meta_style, lora, base_model, dtype, started):
+def _export_adapter(options, tt, ckpt, lora, started):
     """A PEFT adapter folder of a LoRA checkpoint; returns the Report."""
+    family, output_dir = options.family, options.output_dir
     adapters, alpha, rslora = lora
+    base_model = None if options.hf_model is None else str(options.hf_model)
     params = without_adapters(tt.weights())
-    plan = plan_conversion(family, tt, ckpt, meta_style, params)
-    with atomic_directory(output_dir, _inputs(tt, tt_path, ckpt), is_hf_folder, "a PEFT adapter") as out:
+    plan = plan_conversion(family, tt, ckpt, options.meta_style, params)
+    with atomic_directory(output_dir, _inputs(tt, options.tt_path, ckpt), is_hf_folder, "a PEFT adapter") as out:
         tensors, values, nbytes, dtype = write_adapter(out, family, tt, adapters, plan, alpha, rslora, base_model,
-                                                       list(ckpt.tensors), dtype)
+                                                       list(ckpt.tensors), options.dtype)
     ranks = sorted({a.rank for a in adapters.values()})
     state = (f"PEFT LoRA adapter for {tensors // 2} projections, rank "
              f"{', '.join(map(str, ranks))}, lora_alpha {alpha:g}{', rsLoRA' if rslora else ''}, {dtype}")
@@ -277,11 +278,10 @@ def _export_adapter(family, tt, tt_path, ckpt, output_dir, meta_style, lora, bas
                   seconds=time.perf_counter() - started, state=state)
 
 
-def export_hf(family, tt_path, hf_model, output_dir, dtype="auto", meta_style=False, revision=None, quiet=True,
-              max_shard_size=DEFAULT_MAX_SHARD_SIZE, tp=None, overrides=(), lora_alpha=None, rslora=False,
-              merge_lora=False):
+def export_hf(options):
     """Write a Hugging Face checkpoint folder (safetensors weights, config.json, tokenizer files and
-    generation config) for a tt-train file or checkpoint directory, atomically.
+    generation config) for a tt-train file or checkpoint directory, atomically (options: an
+    ExportOptions).
 
     The original checkpoint (hf_model, folder or hub id) supplies the config, the tensor names and
     layout, and any tensor the tt file does not hold. dtype "auto" writes the tt file's own precision
@@ -294,31 +294,29 @@ def export_hf(family, tt_path, hf_model, output_dir, dtype="auto", meta_style=Fa
     A LoRA checkpoint is written as a PEFT adapter folder (adapter_config.json with lora_alpha,
     use_rslora; adapter_model.safetensors), or, with merge_lora, as the full checkpoint with every
     adapted weight W + scale B A (scale lora_alpha / r, or / sqrt(r) with rslora). Returns a Report.
-
-    >>> export_hf("llama", "out/llama.msgpack", "examples/llama-mini", "out/hf")  # doctest: +SKIP
     """
     started = time.perf_counter()
-    if dtype not in DTYPE_CHOICES:
-        raise TtconvError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, not {dtype!r}")
-    shard_bytes = parse_size(max_shard_size)
-    apply_overrides({}, overrides)  # a malformed --set is refused before any work
+    tt_path, hf_model, output_dir = options.tt_path, options.hf_model, options.output_dir
+    if options.dtype not in DTYPE_CHOICES:
+        raise TtconvError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, not {options.dtype!r}")
+    shard_bytes = parse_size(options.max_shard_size)
+    apply_overrides({}, options.overrides)  # a malformed --set is refused before any work
     if hf_model is not None:
-        model_dir = resolve_model(hf_model, revision)
+        model_dir = resolve_model(hf_model, options.revision)
         if os.path.isdir(output_dir) and os.path.samefile(output_dir, model_dir):
             raise OutputError(f"{output_dir}: is the original checkpoint folder; choose another output folder")
-    tt = open_tt(tt_path, assume_float32=True, tp=tp)  # every value is checked as it is gathered
-    lora = lora_setup(tt, lora_alpha, rslora)
+    # every value is checked as it is gathered
+    tt = open_tt(tt_path, families.ttml_models(), assume_float32=True, tp=options.tp)
+    lora = lora_setup(tt, options.lora_alpha, options.rslora)
     if not lora[0]:
-        refuse_lora_options(tt_path, merge_lora, lora_alpha, rslora)
-    ckpt = Checkpoint(model_dir) if hf_model is not None else _header_checkpoint(family, tt, tt_path)
-    if lora[0] and merge_lora:
+        refuse_lora_options(tt_path, options.merge_lora, options.lora_alpha, options.rslora)
+    ckpt = Checkpoint(model_dir) if hf_model is not None else _header_checkpoint(options.family, tt, tt_path)
+    if lora[0] and options.merge_lora:
         tt = merged_reader(tt, *lora)
     try:
-        if lora[0] and not merge_lora:
-            return _export_adapter(family, tt, tt_path, ckpt, output_dir, meta_style, lora,
-                                   None if hf_model is None else str(hf_model), dtype, started)
-        plan, dtype, exports, files = _export(family, tt, tt_path, ckpt, output_dir, dtype, meta_style, quiet,
-                                              shard_bytes, overrides)
+        if lora[0] and not options.merge_lora:
+            return _export_adapter(options, tt, ckpt, lora, started)
+        plan, dtype, exports, files = _export(options, tt, ckpt, shard_bytes)
     finally:
         ckpt.close()
     where = f"{len(files)} safetensors shards" if len(files) > 1 else "one safetensors file"

@@ -20,18 +20,6 @@ from .tt.lora import matrices
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-HF_ROOT = {"llama": "model.", "qwen3": "model.", "gpt2": "transformer."}
-
-
-def peft_module(family, name):
-    """PEFT's module path (under base_model.model.) of a checkpoint weight's name."""
-    module = name[:-len(".weight")] if name.endswith(".weight") else name
-    root = HF_ROOT[family]
-    if module.startswith(root) or (family != "gpt2" and module.startswith("lm_head")):
-        return module
-    return root + module
-
-
 def adapter_tensors(family, tt, adapters, plan):
     """[(PEFT tensor name, float32 values)] and {module: rank}: one adapter per Hugging Face projection.
     A projection whose lora_B rows are all zero (a fused linear's part that was not adapted, e.g. the
@@ -49,7 +37,7 @@ def adapter_tensors(family, tt, adapters, plan):
             if piece.transform == "rope":
                 rows = rows[rope_order(0, piece.rows, piece.rows // piece.heads)]
             row += piece.rows
-            module = peft_module(family, piece.tensor.name)
+            module = family.peft_module(piece.tensor.name)
             if not np.any(rows):
                 zero.append(module)
             out.append((f"base_model.model.{module}.lora_A.weight", a))
@@ -85,8 +73,8 @@ def adapter_config(family, ranks, alpha, rslora, base_model, modules):
     r = max(counts, key=lambda k: (counts[k], -k))
     config = {
         "alpha_pattern": {}, "auto_mapping": None, "base_model_name_or_path": base_model, "bias": "none",
-        # PEFT's own value for GPT-2's Conv1D layers (it sets it so, with a warning, if given false)
-        "fan_in_fan_out": family == "gpt2", "inference_mode": True, "init_lora_weights": True,
+        # PEFT's own value for Conv1D layers [in, out] (it sets it so, with a warning, if given false)
+        "fan_in_fan_out": family.conv1d, "inference_mode": True, "init_lora_weights": True,
         "layers_pattern": None, "layers_to_transform": None, "lora_alpha": alpha, "lora_dropout": 0.0,
         "modules_to_save": None, "peft_type": "LORA", "r": r,
         "rank_pattern": {module: rank for module, rank in sorted(ranks.items()) if rank != r},
@@ -103,7 +91,7 @@ OUTPUT = {"f32": ("F32", lambda values: values.astype(np.float32), "float32"),
 
 def write_adapter(directory, family, tt, adapters, plan, alpha, rslora, base_model, weights, dtype="auto"):
     """Write adapter_config.json and adapter_model.safetensors into directory (an
-    output.DirectoryOutput); weights: the names of the model's checkpoint tensors; dtype "auto"
+    output.DirectoryOutput) for a family's model (a Family); weights: the names of the model's checkpoint tensors; dtype "auto"
     (the file's own precision), "f32", "bf16" or "f16" (round to nearest even). Returns (tensors,
     values, bytes, dtype name)."""
     tensors, ranks = adapter_tensors(family, tt, adapters, plan)
@@ -116,7 +104,7 @@ def write_adapter(directory, family, tt, adapters, plan, alpha, rslora, base_mod
         for _, values in tensors:
             out.write(np.ascontiguousarray(encode(values)).tobytes())
     with directory.file(ADAPTER_CONFIG) as out:
-        modules = {peft_module(family, name) for name in weights if name.endswith(".weight")}
+        modules = {family.peft_module(name) for name in weights if name.endswith(".weight")}
         out.write(adapter_config(family, ranks, alpha, rslora, base_model, modules))
     values = sum(int(np.prod(t.shape)) for t in described)
     return len(described), values, sum(t.nbytes for t in described), dtype_name

@@ -4,9 +4,7 @@ import os
 
 import numpy as np
 
-from .families import FAMILY_NAMES
-from .mapping import BLOCK_0
-from .tt.training import LOAD_PREFIX, SAVE_PREFIX
+from . import families
 from .tt.lora import find_adapters
 from .tt.ttdir import PARAMETER_FLAGS, TENSOR_FIELDS, TtDir, is_checkpoint_dir
 from .tt.ttfile import SCHEDULER_ROOT, TtFile, array_header, state_group
@@ -62,18 +60,16 @@ def _model_prefix(names):
 
 
 def _family(names, prefix):
-    """The model family whose blocks lie under prefix (None when none or several do)."""
-    found = [family for family, block in BLOCK_0.items()
-             if prefix and any(n.startswith(f"{prefix}/{block}") for n in names)]
-    return found[0] if len(found) == 1 else None
+    """The name of the model family whose blocks lie under prefix (None when none or several do)."""
+    family = families.owning(names, prefix)
+    return family.name if family else None
 
 
 def _kind(prefix, groups, scalars):
     if not groups["optimizer"] and not groups["scheduler"] and not scalars["optimizer"]:
         return f"model parameters under {prefix or '?'} (an init file, a -s dump or converted weights)"
     moments = sorted({row["name"].split("/")[1] for row in groups["optimizer"]})
-    where = {SAVE_PREFIX["llama"]: ", where tt-train saves a Llama", LOAD_PREFIX["llama"]:
-             ", where tt-train's training mode loads a Llama"}.get(prefix, "")
+    where = next(filter(None, (family.prefix_note(prefix) for family in families.ALL)), "")
     return (f"training state: model under {prefix or '?'}{where}; optimizer: {', '.join(moments) or 'no moments'}, "
             f"steps {scalars['optimizer'].get('adamw/steps', scalars['optimizer'].get('steps', '?'))}; scheduler: "
             f"{', '.join(f'{k[len(SCHEDULER_ROOT):]}={_value(v)}' for k, v in scalars['scheduler'].items()) or 'none'}")
@@ -104,7 +100,7 @@ def describe(path):
         reader = TtDir(path)
         info = _describe_dir(reader)
     elif is_ttml_file(path):
-        reader = TtmlFile(path)
+        reader = TtmlFile(path, families.ttml_models())
         info = _describe_ttml(reader)
     else:
         reader = TtFile(path)
@@ -231,13 +227,13 @@ def _describe_ttml(tt):
     rows = {group: [_ttml_row(r) for r in tt.records if r.group == group] for group in ("model", "optimizer")}
     optimizer = sorted({r.path[-1] for r in tt.records if r.group == "optimizer" and r.path})
     steps = tt.optimizer_scalars.get("steps", "?")
-    kind = (f"{tt.kind}: {FAMILY_NAMES[tt.family]} model under {tt.root}/ (step {tt.step if tt.step is not None else '?'})"
+    kind = (f"{tt.kind}: {tt.family.display} model under {tt.root}/ (step {tt.step if tt.step is not None else '?'})"
             + (f"; optimizer: {', '.join(optimizer) or 'no tensors'}, steps {steps}" if tt.is_training_state() else ""))
     everything = rows["model"] + rows["optimizer"]
     return {
         "file": os.fspath(path),
         "format": "ttml",
-        "family": tt.family,
+        "family": tt.family.name,
         "kind": kind,
         "training_state": tt.is_training_state(),
         "model_prefix": tt.root,
@@ -296,7 +292,7 @@ def inspect_file(path, as_json=False):
     width = max([len(r["name"]) for r in info["parameters"] + info["optimizer"]] + [4])
     print(f"kind: {info['kind']}")
     family = info["family"]
-    print(f"family: {FAMILY_NAMES[family]} (ttconv {family})" if family else "family: not recognised")
+    print(f"family: {families.get(family).display} (ttconv {family})" if family else "family: not recognised")
     lora = info["lora"]
     if lora:
         print(f"LoRA model: rank {', '.join(map(str, lora['ranks']))}, {lora['adapted_linears']} adapted linears "

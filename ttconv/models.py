@@ -1,15 +1,15 @@
-"""Forward passes of Llama, Qwen3 and GPT-2 in jax.numpy, one layer at a time, two ways.
+"""The building blocks of `ttconv check`'s forward passes, in jax.numpy, one layer at a time, two ways.
 
-`TtModel` computes what tt-train computes from a tt-train file: its parameter names and
-layouts (q_linear, Llama's kv_linear = [k; v] or Qwen3's k_linear and v_linear, Qwen3's
-q/k norms per head before RoPE, RoPE on adjacent pairs (2i, 2i+1), weights [out, in],
-padded vocabulary rows ignored, tied `fc`, positions cropped to the context). `HfModel`
-computes what transformers computes from a safetensors checkpoint: separate q/k/v, q/k
-norms where the checkpoint has them, RoPE on the pairs (i, i + D/2) ("rotate half"),
-GPT-2's Conv1D [in, out] weights and tanh GELU. The two are written apart on purpose:
-`ttconv check` compares them. Parameters are read one layer at a time, and of the embeddings
-and the output head only the tokens' rows and a vocabulary chunk at a time (LogitStats), so
-memory stays about one layer whatever the vocabulary; each layer runs as one jit-compiled function.
+`TtModel` reads a tt-train file as tt-train computes with it: its parameter names and layouts,
+weights [out, in], padded vocabulary rows ignored, tied `fc`. `HfModel` reads a safetensors
+checkpoint as transformers computes with it. Each family (ttconv.families) runs its layers on
+them from the pieces here: norms, causal attention, RoPE on adjacent pairs (2i, 2i+1) as tt-train
+applies it or on the pairs (i, i + D/2) ("rotate half") as transformers does, and the RoPE
+decoder blocks of both sides (kv_linear = [k; v] or separate k and v, q/k norms per head before
+RoPE when present). The two sides are written apart on purpose: `ttconv check` compares them.
+Parameters are read one layer at a time, and of the embeddings and the output head only the
+tokens' rows and a vocabulary chunk at a time (LogitStats), so memory stays about one layer
+whatever the vocabulary; each layer runs as one jit-compiled function.
 """
 import functools
 import math
@@ -18,9 +18,8 @@ import numpy as np
 
 from . import bf16
 from .errors import MappingError
-from .families import ROPE_FAMILIES
 from .interrupts import import_held
-from .mapping import BLOCK_0, count_tt_layers, find_prefix
+from .mapping import count_tt_layers, find_prefix
 from .tt.rows import RowGatherer, ScratchBuffer
 
 jax = import_held("jax")
@@ -52,7 +51,12 @@ def _angles(shape, length):
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-def _causal_attention(q, k, v):
+def jit(*static):
+    """jax.jit with the named arguments static (a family's layer functions)."""
+    return functools.partial(jax.jit, static_argnames=static)
+
+
+def causal_attention(q, k, v):
     """q: [heads, T, d]; k, v: [kv heads, T, d] (each shared by heads / kv heads query heads)."""
     group = q.shape[0] // k.shape[0]
     k, v = jnp.repeat(k, group, axis=0), jnp.repeat(v, group, axis=0)
@@ -62,26 +66,26 @@ def _causal_attention(q, k, v):
     return jax.nn.softmax(scores, axis=-1) @ v
 
 
-def _rms_norm(x, gamma, eps):
+def rms_norm(x, gamma, eps):
     return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps) * gamma
 
 
-def _layer_norm(x, gamma, beta, eps):
+def layer_norm(x, gamma, beta, eps):
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.mean((x - mean) ** 2, axis=-1, keepdims=True)
     return (x - mean) * jax.lax.rsqrt(var + eps) * gamma + beta
 
 
-def _gelu_tanh(x):
+def gelu_tanh(x):
     return 0.5 * x * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
-def _split_heads(x, heads):
+def split_heads(x, heads):
     length = x.shape[0]
     return x.reshape(length, heads, -1).transpose(1, 0, 2)
 
 
-def _merge_heads(x):
+def merge_heads(x):
     return x.transpose(1, 0, 2).reshape(x.shape[1], -1)
 
 
@@ -94,70 +98,50 @@ def _rope_adjacent(x, cos, sin):
     return turned.reshape(x.shape)
 
 
-# Qwen3's block names where the Llama block (which _tt_rope_block reads) has the same thing.
-QWEN3_AS_LLAMA = (("input_layernorm/", "attention_norm/"), ("post_attention_layernorm/", "mlp_norm/"),
-                  ("self_attn/", "attention/"))
-
-
-def _as_llama_names(name):
-    for qwen3, llama in QWEN3_AS_LLAMA:
-        if name.startswith(qwen3):
-            return llama + name[len(qwen3):]
-    return name
-
-
 @functools.partial(jax.jit, static_argnames=("heads", "kv_heads", "eps"))
 def _tt_rope_block(x, w, cos, sin, heads, kv_heads, eps):
-    """A Llama block, or a Qwen3 block under Llama's names (separate k/v, q/k norms)."""
-    a = _rms_norm(x, w["attention_norm/gamma"][0], eps)
-    q = _split_heads(a @ w["attention/q_linear/weight"].T, heads)
+    """A RoPE decoder block under tt-train's Llama names: kv_linear = [k; v], or k_linear and v_linear;
+    q/k norms per head before RoPE when the block has them."""
+    a = rms_norm(x, w["attention_norm/gamma"][0], eps)
+    q = split_heads(a @ w["attention/q_linear/weight"].T, heads)
     if "attention/kv_linear/weight" in w:
         k, v = jnp.split(a @ w["attention/kv_linear/weight"].T, 2, axis=-1)
     else:
         k, v = a @ w["attention/k_linear/weight"].T, a @ w["attention/v_linear/weight"].T
-    k, v = _split_heads(k, kv_heads), _split_heads(v, kv_heads)
+    k, v = split_heads(k, kv_heads), split_heads(v, kv_heads)
     if "attention/q_norm/gamma" in w:  # each head normalized before RoPE
-        q = _rms_norm(q, w["attention/q_norm/gamma"][0], eps)
-        k = _rms_norm(k, w["attention/k_norm/gamma"][0], eps)
-    attended = _causal_attention(_rope_adjacent(q, cos, sin), _rope_adjacent(k, cos, sin), v)
-    x = x + _merge_heads(attended) @ w["attention/out_linear/weight"].T
-    m = _rms_norm(x, w["mlp_norm/gamma"][0], eps)
+        q = rms_norm(q, w["attention/q_norm/gamma"][0], eps)
+        k = rms_norm(k, w["attention/k_norm/gamma"][0], eps)
+    attended = causal_attention(_rope_adjacent(q, cos, sin), _rope_adjacent(k, cos, sin), v)
+    x = x + merge_heads(attended) @ w["attention/out_linear/weight"].T
+    m = rms_norm(x, w["mlp_norm/gamma"][0], eps)
     return x + (jax.nn.silu(m @ w["mlp/w1/weight"].T) * (m @ w["mlp/w3/weight"].T)) @ w["mlp/w2/weight"].T
 
 
-@functools.partial(jax.jit, static_argnames=("heads", "eps"))
-def _tt_gpt2_block(x, w, heads, eps):
-    a = _layer_norm(x, w["ln1/gamma"][0], w["ln1/beta"][0], eps)
-    qkv = a @ w["attention/qkv_linear/weight"].T + w["attention/qkv_linear/bias"][0]
-    q, k, v = (_split_heads(part, heads) for part in jnp.split(qkv, 3, axis=-1))
-    x = x + _merge_heads(_causal_attention(q, k, v)) @ w["attention/out_linear/weight"].T \
-        + w["attention/out_linear/bias"][0]
-    m = _layer_norm(x, w["ln2/gamma"][0], w["ln2/beta"][0], eps)
-    hidden = _gelu_tanh(m @ w["mlp/fc1/weight"].T + w["mlp/fc1/bias"][0])
-    return x + hidden @ w["mlp/fc2/weight"].T + w["mlp/fc2/bias"][0]
-
-
 class TtModel:
-    """The model held in a tt-train file or checkpoint directory (formats.open_tt), run as tt-train runs it."""
+    """The model held in a tt-train file or checkpoint directory (formats.open_tt), run as tt-train runs it
+    by its family (a Family); others: the families find_prefix names when the file holds another."""
 
-    def __init__(self, tt, family, shape, eps):
+    def __init__(self, tt, family, shape, eps, others=()):
         self.tt, self.family, self.shape, self.eps = tt, family, shape, eps
         self.params = tt.weights()
-        self.prefix = find_prefix(self.params, family, tt.path)
+        self.prefix = find_prefix(self.params, family, tt.path, others)
         self._scratch = ScratchBuffer()
         self._check()
 
-    def _tensor(self, name):
+    def tensor(self, name):
+        """A tensor under the prefix, whole, as float32 [rows, cols]."""
         param = self.params.get(f"{self.prefix}/{name}")
         if param is None:
             raise MappingError(f"{self.tt.path}: no tensor {self.prefix}/{name}")
         return self.tt.read_values(param.data).reshape(param.rows, param.cols)
 
-    def _rows(self, name):
+    def rows(self, name):
+        """A tensor's row count, or None when the file has no such tensor."""
         param = self.params.get(f"{self.prefix}/{name}")
         return param.rows if param is not None else None
 
-    def _row_range(self, name, first, last):
+    def row_range(self, name, first, last):
         """Rows [first, last) of a tensor as float32, read through the reader's row source (only the
         stored rows they lie in)."""
         rows = RowGatherer(self.tt, self.params[f"{self.prefix}/{name}"], self._scratch)
@@ -169,36 +153,28 @@ class TtModel:
     def _picked_rows(self, name, ids):
         """The rows of a tensor that ids name, as float32 [len(ids), cols] (each stored row read once)."""
         unique, where = np.unique(ids, return_inverse=True)
-        return np.stack([self._row_range(name, int(i), int(i) + 1)[0] for i in unique])[where]
+        return np.stack([self.row_range(name, int(i), int(i) + 1)[0] for i in unique])[where]
+
+    def embedded(self, ids):
+        """The token embeddings of ids (tok_emb, or the tied fc)."""
+        embedding = "tok_emb/weight" if f"{self.prefix}/tok_emb/weight" in self.params else "fc/weight"
+        return jnp.asarray(self._picked_rows(embedding, ids))
 
     def head_rows(self, first, last):
         """Rows [first, last) of the output head (fc), float32."""
-        return self._row_range("fc/weight", first, last)
+        return self.row_range("fc/weight", first, last)
 
     @property
     def context(self):
-        """Positions the tt model can take (GPT-2's pos_emb may be cropped below the checkpoint's)."""
-        if self.family == "gpt2":
-            return min(self.shape.max_sequence_length, self._rows("pos_emb/weight") or 0)
-        return self.shape.max_sequence_length
+        """Positions the tt model can take."""
+        return self.family.tt_context(self)
 
     def _check(self):
         layers = count_tt_layers(self.params, self.prefix, self.family)
         fc = self.params.get(f"{self.prefix}/fc/weight")
-        shape = self.shape
-        if self.family == "llama":
-            expected = {"llama_block_0/attention/q_linear/weight": shape.num_heads * shape.head_dim,
-                        "llama_block_0/attention/kv_linear/weight": 2 * shape.num_groups * shape.head_dim,
-                        "llama_block_0/mlp/w1/weight": shape.intermediate_dim}
-        elif self.family == "qwen3":
-            expected = {"qwen3_block_0/self_attn/q_linear/weight": shape.num_heads * shape.head_dim,
-                        "qwen3_block_0/self_attn/k_linear/weight": shape.num_groups * shape.head_dim,
-                        "qwen3_block_0/mlp/w1/weight": shape.intermediate_dim}
-        else:
-            expected = {"gpt_block_0/attention/qkv_linear/weight": 3 * shape.embedding_dim,
-                        "gpt_block_0/mlp/fc1/weight": shape.intermediate_dim}
-        problems = [f"{name} has {self._rows(name)} rows in the tt file, the checkpoint's config says {rows}"
-                    for name, rows in expected.items() if layers and self._rows(name) != rows]
+        problems = [f"{name} has {self.rows(name)} rows in the tt file, the checkpoint's config says {rows}"
+                    for name, rows in self.family.tt_expected_rows(self.shape).items()
+                    if layers and self.rows(name) != rows]
         if layers != self.shape.num_blocks:
             problems.append(f"{layers} blocks in the tt file, {self.shape.num_blocks} layers in the checkpoint")
         if fc.cols != self.shape.embedding_dim:
@@ -208,34 +184,36 @@ class TtModel:
         if problems:
             raise MappingError(f"{self.tt.path} and the checkpoint describe different models: {'; '.join(problems)}")
 
+    def run_blocks(self, x, block, rename=None, progress=None):
+        """x through every block, block(x, weights) with the block's weights by name within it (renamed by
+        rename, when given), one layer in memory at a time."""
+        template = self.family.block_0.replace("_0/", "_{}/")
+        rename = rename or (lambda name: name)
+        for i in range(self.shape.num_blocks):
+            head = f"{self.prefix}/{template.format(i)}"
+            w = {rename(name[len(head):]): jnp.asarray(self.tensor(name[len(self.prefix) + 1:]))
+                 for name in self.params if name.startswith(head)}
+            x = block(x, w)
+            x.block_until_ready()
+            del w  # before the next layer is read
+            if progress is not None:
+                progress.advance(1)
+        return x
+
     def final_states(self, ids, progress=None):
         """The normed last hidden states [T, embedding] for token ids (numpy int array): logits are
         these times the head's rows (head_rows), taken a vocabulary chunk at a time."""
-        shape, prefix = self.shape, self.prefix
-        embedding = "tok_emb/weight" if f"{prefix}/tok_emb/weight" in self.params else "fc/weight"
-        x = jnp.asarray(self._picked_rows(embedding, ids))
-        if self.family == "gpt2":
-            x = x + self._row_range("pos_emb/weight", 0, len(ids))
-        else:
-            cos, sin = _angles(shape, len(ids))
-        block = BLOCK_0[self.family].replace("_0/", "_{}/")
-        for i in range(shape.num_blocks):
-            head = f"{prefix}/{block.format(i)}"
-            w = {_as_llama_names(name[len(head):]): jnp.asarray(self._tensor(name[len(prefix) + 1:]))
-                 for name in self.params if name.startswith(head)}
-            if self.family in ROPE_FAMILIES:
-                x = _tt_rope_block(x, w, cos, sin, shape.num_heads, shape.num_groups, self.eps)
-            else:
-                x = _tt_gpt2_block(x, w, shape.num_heads, self.eps)
-            x.block_until_ready()
-            del w  # before the next layer is read: one layer in memory at a time
-            if progress is not None:
-                progress.advance(1)
-        if self.family in ROPE_FAMILIES:
-            x = _rms_norm(x, self._tensor("ln_fc/gamma")[0], self.eps)
-        else:
-            x = _layer_norm(x, self._tensor("ln_fc/gamma")[0], self._tensor("ln_fc/beta")[0], self.eps)
-        return np.asarray(x)
+        return np.asarray(self.family.tt_forward(self, ids, progress))
+
+
+def tt_rope_forward(model, ids, progress=None, rename=None):
+    """A RoPE decoder's forward pass as tt-train computes it (rename: its block names to Llama's)."""
+    shape = model.shape
+    cos, sin = _angles(shape, len(ids))
+    x = model.run_blocks(model.embedded(ids), lambda x, w: _tt_rope_block(x, w, cos, sin, shape.num_heads,
+                                                                          shape.num_groups, model.eps),
+                         rename, progress)
+    return rms_norm(x, model.tensor("ln_fc/gamma")[0], model.eps)
 
 
 # ------------------------------------------------------------------ transformers' side
@@ -248,34 +226,23 @@ def _rotate_half(x):
 @functools.partial(jax.jit, static_argnames=("heads", "kv_heads", "eps", "adjacent_pairs"))
 def _hf_rope_layer(x, t, cos, sin, heads, kv_heads, eps, adjacent_pairs):
     """A Llama decoder layer, or a Qwen3 one (q/k norms per head before RoPE)."""
-    normed = _rms_norm(x, t["input_layernorm.weight"], eps)
-    q = _split_heads(normed @ t["self_attn.q_proj.weight"].T, heads)
-    k = _split_heads(normed @ t["self_attn.k_proj.weight"].T, kv_heads)
-    v = _split_heads(normed @ t["self_attn.v_proj.weight"].T, kv_heads)
+    normed = rms_norm(x, t["input_layernorm.weight"], eps)
+    q = split_heads(normed @ t["self_attn.q_proj.weight"].T, heads)
+    k = split_heads(normed @ t["self_attn.k_proj.weight"].T, kv_heads)
+    v = split_heads(normed @ t["self_attn.v_proj.weight"].T, kv_heads)
     if "self_attn.q_norm.weight" in t:
-        q = _rms_norm(q, t["self_attn.q_norm.weight"], eps)
-        k = _rms_norm(k, t["self_attn.k_norm.weight"], eps)
+        q = rms_norm(q, t["self_attn.q_norm.weight"], eps)
+        k = rms_norm(k, t["self_attn.k_norm.weight"], eps)
     if adjacent_pairs:  # q/k rows read as Meta-interleaved
         q, k = _rope_adjacent(q, cos, sin), _rope_adjacent(k, cos, sin)
     else:
         full_cos, full_sin = jnp.concatenate([cos, cos], -1), jnp.concatenate([sin, sin], -1)
         q = q * full_cos + _rotate_half(q) * full_sin
         k = k * full_cos + _rotate_half(k) * full_sin
-    x = x + _merge_heads(_causal_attention(q, k, v)) @ t["self_attn.o_proj.weight"].T
-    post = _rms_norm(x, t["post_attention_layernorm.weight"], eps)
+    x = x + merge_heads(causal_attention(q, k, v)) @ t["self_attn.o_proj.weight"].T
+    post = rms_norm(x, t["post_attention_layernorm.weight"], eps)
     gate = jax.nn.silu(post @ t["mlp.gate_proj.weight"].T)
     return x + (gate * (post @ t["mlp.up_proj.weight"].T)) @ t["mlp.down_proj.weight"].T
-
-
-@functools.partial(jax.jit, static_argnames=("heads", "eps"))
-def _hf_gpt2_layer(x, t, heads, eps):
-    normed = _layer_norm(x, t["ln_1.weight"], t["ln_1.bias"], eps)
-    q, k, v = (_split_heads(part, heads)
-               for part in jnp.split(normed @ t["attn.c_attn.weight"] + t["attn.c_attn.bias"], 3, axis=-1))
-    x = x + _merge_heads(_causal_attention(q, k, v)) @ t["attn.c_proj.weight"] + t["attn.c_proj.bias"]
-    normed = _layer_norm(x, t["ln_2.weight"], t["ln_2.bias"], eps)
-    return x + _gelu_tanh(normed @ t["mlp.c_fc.weight"] + t["mlp.c_fc.bias"]) @ t["mlp.c_proj.weight"] \
-        + t["mlp.c_proj.bias"]
 
 
 def _float32(ckpt, info, first=0, last=None):
@@ -288,61 +255,62 @@ def _float32(ckpt, info, first=0, last=None):
 
 
 class HfModel:
-    """The model of a Hugging Face checkpoint (checkpoint.Checkpoint), run as transformers runs it;
-    with bfloat16, its weights rounded to bfloat16 (nearest even) first, as a bfloat16 file holds them."""
+    """The model of a Hugging Face checkpoint (checkpoint.Checkpoint), run as transformers runs it by its
+    family (a Family); with bfloat16, its weights rounded to bfloat16 (nearest even) first, as a
+    bfloat16 file holds them. Tensors go by the family's canonical names."""
 
     def __init__(self, ckpt, family, shape, eps, bfloat16=False):
         self.ckpt, self.family, self.shape, self.eps = ckpt, family, shape, eps
         self.bfloat16 = bfloat16
-        strip = "transformer." if family == "gpt2" else ""
-        self.tensors = {name[len(strip):] if strip and name.startswith(strip) else name: info
-                        for name, info in ckpt.tensors.items()}
+        self.tensors = {family.canonical_name(name): info for name, info in ckpt.tensors.items()}
 
-    def _tensor(self, name, first=0, last=None):
+    def tensor(self, name, first=0, last=None):
+        """Rows [first, last) of a tensor (all of it by default) as float32."""
         if name not in self.tensors:
             raise MappingError(f"{self.ckpt.directory}: the checkpoint has no tensor {name}")
         values = _float32(self.ckpt, self.tensors[name], first, last)
         return bf16.rounded(values) if self.bfloat16 else values
 
-    def _picked_rows(self, name, ids):
+    def picked_rows(self, name, ids):
+        """The rows of a tensor that ids name, float32."""
         unique, where = np.unique(ids, return_inverse=True)
-        return np.concatenate([self._tensor(name, int(i), int(i) + 1) for i in unique])[where]
+        return np.concatenate([self.tensor(name, int(i), int(i) + 1) for i in unique])[where]
 
     def head_rows(self, first, last):
         """Rows [first, last) of the output head (lm_head, or the tied embedding), float32."""
-        rope = self.family in ROPE_FAMILIES
-        name = "lm_head.weight" if "lm_head.weight" in self.tensors else (
-            "model.embed_tokens.weight" if rope else "wte.weight")
-        return self._tensor(name, first, last)
+        return self.tensor(self.family.hf_head_name(self.tensors), first, last)
+
+    def run_layers(self, states, head, layer, progress=None):
+        """states through every layer: layer(states, tensors) with the tensors under head.format(i) (by
+        name within it, buffers left out), one layer in memory at a time."""
+        for i in range(self.shape.num_blocks):
+            prefix = head.format(i)
+            t = {name[len(prefix):]: jnp.asarray(self.tensor(name)) for name in self.tensors
+                 if name.startswith(prefix) and name[len(prefix):] not in BUFFERS and not name.endswith("inv_freq")}
+            states = layer(states, t)
+            jax.block_until_ready(states)
+            del t  # before the next layer is read
+            if progress is not None:
+                progress.advance(1)
+        return states
 
     def final_states(self, ids, progress=None, adjacent_pairs=(False,)):
         """The normed last hidden states [T, embedding] for token ids, one per entry of adjacent_pairs
-        (RoPE families: True reads the checkpoint's q/k rows as Meta-interleaved); all variants share
-        each layer read. Logits are these times head_rows, a vocabulary chunk at a time."""
-        shape = self.shape
-        rope = self.family in ROPE_FAMILIES
-        if rope:
-            states = [jnp.asarray(self._picked_rows("model.embed_tokens.weight", ids))] * len(adjacent_pairs)
-            cos, sin = _angles(shape, len(ids))
-        else:
-            states = [jnp.asarray(self._picked_rows("wte.weight", ids) + self._tensor("wpe.weight", 0, len(ids)))]
-        for i in range(shape.num_blocks):
-            head = f"model.layers.{i}." if rope else f"h.{i}."
-            t = {name[len(head):]: jnp.asarray(self._tensor(name)) for name in self.tensors
-                 if name.startswith(head) and name[len(head):] not in BUFFERS and not name.endswith("inv_freq")}
-            if rope:
-                states = [_hf_rope_layer(x, t, cos, sin, shape.num_heads, shape.num_groups, self.eps, pairs)
-                          for x, pairs in zip(states, adjacent_pairs)]
-            else:
-                states = [_hf_gpt2_layer(states[0], t, shape.num_heads, self.eps)]
-            jax.block_until_ready(states)
-            del t  # before the next layer is read: one layer in memory at a time
-            if progress is not None:
-                progress.advance(1)
-        if rope:
-            norm = self._tensor("model.norm.weight")
-            return [np.asarray(_rms_norm(x, norm, self.eps)) for x in states]
-        return [np.asarray(_layer_norm(states[0], self._tensor("ln_f.weight"), self._tensor("ln_f.bias"), self.eps))]
+        (True reads the checkpoint's q/k rows as Meta-interleaved); all variants share each layer read.
+        Logits are these times head_rows, a vocabulary chunk at a time."""
+        return [np.asarray(x) for x in self.family.hf_forward(self, ids, progress, adjacent_pairs)]
+
+
+def hf_rope_forward(model, ids, progress=None, adjacent_pairs=(False,)):
+    """A Llama-style decoder's forward pass as transformers computes it, once per q/k reading."""
+    shape = model.shape
+    states = [jnp.asarray(model.picked_rows("model.embed_tokens.weight", ids))] * len(adjacent_pairs)
+    cos, sin = _angles(shape, len(ids))
+    states = model.run_layers(states, "model.layers.{}.", lambda states, t: [
+        _hf_rope_layer(x, t, cos, sin, shape.num_heads, shape.num_groups, model.eps, pairs)
+        for x, pairs in zip(states, adjacent_pairs)], progress)
+    norm = model.tensor("model.norm.weight")
+    return [rms_norm(x, norm, model.eps) for x in states]
 
 
 HEAD_CHUNK_BYTES = 1 << 25  # float32 head rows read at a time: logits never exist for the whole vocabulary
@@ -384,10 +352,3 @@ def head_chunks(vocab_size, width):
     """(first, last) vocabulary row ranges of about HEAD_CHUNK_BYTES of float32 rows of width values."""
     step = max(32, HEAD_CHUNK_BYTES // (4 * width))
     return [(first, min(first + step, vocab_size)) for first in range(0, vocab_size, step)]
-
-
-def norm_epsilon(family, config):
-    """The norm epsilon of a config (rms_norm_eps or layer_norm_epsilon, transformers' defaults)."""
-    if family in ROPE_FAMILIES:
-        return float(config.get("rms_norm_eps", 1e-6))
-    return float(config.get("layer_norm_epsilon", 1e-5))

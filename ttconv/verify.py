@@ -2,9 +2,10 @@
 
 Both run on the same token ids: tt-train's computation on the tt file (models.TtModel)
 and transformers' on the checkpoint (models.HfModel). Their mean next-token losses must
-agree to TOLERANCE (relative) and their top-1 predictions everywhere. For Llama, the
-checkpoint's own numbers also tell its q/k layout (see decide_meta_style); tt-train's
-Qwen3 loader always permutes, so a Qwen3 is compared with the checkpoint as it is.
+agree to TOLERANCE (relative) and their top-1 predictions everywhere. For a family with
+--meta_style (Llama), the checkpoint's own numbers also tell its q/k layout (see
+decide_meta_style); the others (tt-train's Qwen3 loader always permutes) are compared with the
+checkpoint as it is.
 """
 import logging
 import os
@@ -13,9 +14,9 @@ from typing import Optional
 
 import numpy as np
 
+from . import families
 from .errors import MappingError, TtconvError
 from .hf.checkpoint import Checkpoint
-from .hf.hfconfig import model_shape
 from .hf.hub import resolve_model
 from .hf.tokenizer import sample_ids
 from .progress import Progress
@@ -89,10 +90,7 @@ def read_text(path):
 
 
 def _shape_and_epsilon(ckpt, family):
-    from .models import norm_epsilon
-
-    shape = model_shape(family, ckpt)
-    return shape, norm_epsilon(family, ckpt.config)
+    return family.model_shape(ckpt), family.norm_epsilon(ckpt.config)
 
 
 def _streamed(tt_model, hf_model, tt_states, hf_states, ids, vocab_size):
@@ -116,13 +114,14 @@ def _streamed(tt_model, hf_model, tt_states, hf_states, ids, vocab_size):
     return tt_stats, hf_stats, diffs
 
 
-def decide_meta_style(ckpt, text=None, tokens=128, quiet=True):
-    """LayoutDecision for a Llama checkpoint from its loss on the text (the built-in sample when None)."""
+def decide_meta_style(family, ckpt, text=None, tokens=128, quiet=True):
+    """LayoutDecision for a checkpoint of a family with --meta_style from its loss on the text (the
+    built-in sample when None)."""
     from .models import HfModel
 
-    shape, eps = _shape_and_epsilon(ckpt, "llama")
+    shape, eps = _shape_and_epsilon(ckpt, family)
     ids = np.array(sample_ids(ckpt.directory, text, tokens, shape.max_sequence_length, log.info))
-    model = HfModel(ckpt, "llama", shape, eps)
+    model = HfModel(ckpt, family, shape, eps)
     with Progress(shape.num_blocks, "deciding q/k layout", quiet, unit="layer") as progress:
         states = model.final_states(ids, progress, adjacent_pairs=(False, True))
     _, (as_is, meta), _ = _streamed(None, model, None, states, ids, shape.vocab_size)
@@ -142,50 +141,49 @@ def _compare(tt_stats, hf_stats, diff, ids, layout):
     return CheckResult(tt_loss, hf_loss, diff, top1, len(ids), not problems, "; ".join(problems), layout)
 
 
-def check(family, tt_path, hf_model, text_path=None, tokens=128, revision=None, quiet=True, tp=None, lora_alpha=None,
-          rslora=False):
-    """Run the tt-train file's model and the checkpoint's on the same ids; returns a CheckResult.
+def check(options):
+    """Run the tt-train file's model and the checkpoint's on the same ids (options: a CheckOptions);
+    returns a CheckResult.
 
-    text_path: a UTF-8 text file (the built-in English sample when None); tokens: how many of
-    its tokens (capped at the context). For Llama the result also holds the losses of the
-    checkpoint's q/k layouts. tp: the tensor-parallel degree a ttml checkpoint was gathered from.
-    A LoRA checkpoint is run with its adapters merged (scale lora_alpha / r, or / sqrt(r) with
-    rslora): compare it with the merged model.
-
-    >>> check("llama", "out/llama.msgpack", "examples/llama-mini").ok  # doctest: +SKIP
+    options.text_path: a UTF-8 text file (the built-in English sample when None); options.tokens: how
+    many of its tokens (capped at the context). For a family with --meta_style the result also
+    holds the losses of the checkpoint's q/k layouts. options.tp: the tensor-parallel degree a ttml
+    checkpoint was gathered from. A LoRA checkpoint is run with its adapters merged (scale
+    lora_alpha / r, or / sqrt(r) with rslora): compare it with the merged model.
     """
     from .models import HfModel, TtModel
 
+    family, tt_path, tokens = options.family, options.tt_path, options.tokens
     if tokens < 2:
         raise TtconvError(f"--tokens {tokens}: at least 2 tokens are needed to predict a next token")
-    text = read_text(text_path)
+    text = read_text(options.text_path)
     if not os.path.exists(tt_path):
         raise TtconvError(f"{tt_path}: no such file or directory")
-    ckpt = Checkpoint(resolve_model(hf_model, revision))
+    ckpt = Checkpoint(resolve_model(options.hf_model, options.revision))
     try:
         shape, eps = _shape_and_epsilon(ckpt, family)
-        tt = open_tt(tt_path, tp=tp)
-        adapters, lora_alpha, rslora = lora_setup(tt, lora_alpha, rslora)
+        tt = open_tt(tt_path, families.ttml_models(), tp=options.tp)
+        adapters, lora_alpha, rslora = lora_setup(tt, options.lora_alpha, options.rslora)
         if adapters:
             tt = merged_reader(tt, adapters, lora_alpha, rslora)
         else:
             refuse_lora_options(tt_path, False, lora_alpha, rslora)
-        tt_model = TtModel(tt, family, shape, eps)
+        tt_model = TtModel(tt, family, shape, eps, families.ALL)
         # A bfloat16 file is compared with the checkpoint rounded the same way: what is checked is
         # the mapping, not the rounding (which moves the loss far more than the tolerance).
         bfloat16 = weights_in_bfloat16(tt, tt_model.params)
         ids = np.array(sample_ids(ckpt.directory, text, tokens, tt_model.context, log.info))
         if int(ids.max()) >= shape.vocab_size:
             raise MappingError(f"the tokenizer gives id {int(ids.max())}, beyond the vocabulary of {shape.vocab_size}")
-        variants = (False, True) if family == "llama" else (False,)  # Llama: also read as Meta-interleaved
+        variants = family.qk_layouts()
         hf_model = HfModel(ckpt, family, shape, eps, bfloat16)
-        with Progress(shape.num_blocks * 2, "checking layers", quiet, unit="layer") as progress:
+        with Progress(shape.num_blocks * 2, "checking layers", options.quiet, unit="layer") as progress:
             tt_states = tt_model.final_states(ids, progress)
             hf_states = hf_model.final_states(ids, progress, adjacent_pairs=variants)
         tt_stats, hf_stats, diffs = _streamed(tt_model, hf_model, tt_states, hf_states, ids, shape.vocab_size)
     finally:
         ckpt.close()
-    if family != "llama":
+    if len(variants) == 1:
         result = _compare(tt_stats, hf_stats[0], diffs[0], ids, None)
     else:
         layout = LayoutDecision(hf_stats[0].loss(), hf_stats[1].loss())

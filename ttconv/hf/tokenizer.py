@@ -46,7 +46,8 @@ def tt_train_llama_tokenizer(tokenizer):
 
 
 def llama_tokenizer_text(model_dir):
-    """tokenizer.json text for tt-train from a Llama checkpoint folder."""
+    """tokenizer.json text for tt-train from a Llama-style checkpoint folder: the Strip decoder removed,
+    ignore_merges deleted, merges as "a b" strings."""
     path = os.path.join(model_dir, "tokenizer.json")
     if not os.path.isfile(path):
         raise TokenizerError(f"{model_dir}: no tokenizer.json (tt-train needs the fast tokenizer file)")
@@ -80,18 +81,11 @@ def gpt2_tokenizer_text(model_dir):
     return tokenizer.to_str()
 
 
-def export_tokenizer(family, hf_model, output_path, revision=None):
-    """Write the tokenizer of a checkpoint (folder or hub id) in the form tt-train reads.
-
-    family is "llama" or "qwen3" (Strip decoder removed, ignore_merges deleted, merges as
-    "a b" strings) or "gpt2" (tokenizer.json unchanged, or built from vocab.json + merges.txt).
-
-    >>> export_tokenizer("llama", "examples/llama-mini", "out/tokenizer.json")  # doctest: +SKIP
-    """
-    if family not in ("llama", "qwen3", "gpt2"):
-        raise ValueError(f"family must be 'llama', 'qwen3' or 'gpt2', not {family!r}")
+def write_tokenizer(family, hf_model, output_path, revision=None):
+    """Write the tokenizer of a checkpoint (folder or hub id) in the form tt-train reads, as the family
+    (a Family) makes it from the folder (llama_tokenizer_text or gpt2_tokenizer_text)."""
     model_dir = resolve_model(hf_model, revision)
-    text = gpt2_tokenizer_text(model_dir) if family == "gpt2" else llama_tokenizer_text(model_dir)
+    text = family.tokenizer_text(model_dir)
     with atomic_output(output_path, [os.path.join(model_dir, "tokenizer.json")]) as out:
         out.write(text.encode("utf-8"))
     return output_path

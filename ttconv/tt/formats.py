@@ -15,16 +15,17 @@ from .ttml import TtmlFile, is_ttml_file
 FORMATS = ("msgpack", "flatbuffer")
 
 
-def open_tt(path, on_bytes=None, assume_float32=False, tp=None):
+def open_tt(path, ttml_models, on_bytes=None, assume_float32=False, tp=None):
     """A reader for a tt-train msgpack file (TtFile), checkpoint directory (TtDir: the directory or
-    its metadata.flatbuffer) or ttml pickle (TtmlFile, told by its content); on_bytes(n) reports
-    progress while a msgpack file is indexed. assume_float32: see TtFile (for readers that check
-    every value they read, through row sources). tp: the tensor-parallel degree a ttml file was
-    gathered from (None: 1); other formats refuse it."""
+    its metadata.flatbuffer) or ttml pickle (TtmlFile, told by its content, holding one of
+    ttml_models: {root class name: Family}); on_bytes(n) reports progress while a msgpack file is
+    indexed. assume_float32: see TtFile (for readers that check every value they read, through row
+    sources). tp: the tensor-parallel degree a ttml file was gathered from (None: 1); other formats
+    refuse it."""
     if is_checkpoint_dir(path):
         reader = TtDir(path)
     elif is_ttml_file(path):
-        return TtmlFile(path, tp or 1)
+        return TtmlFile(path, ttml_models, tp or 1)
     else:
         reader = TtFile(path, on_bytes, assume_float32)
     if tp not in (None, 1):

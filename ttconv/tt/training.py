@@ -9,10 +9,6 @@ import re
 
 from .ttfile import pack_float32, pack_int
 
-# Where the model lies in each kind of file, by family: what training loads, what it saves.
-LOAD_PREFIX = {"llama": "llama/llama", "gpt2": "transformer/transformer"}
-SAVE_PREFIX = {"llama": "transformer/llama", "gpt2": "transformer/transformer"}
-
 DEFAULT_LEARNING_RATE = 3e-4
 DEFAULT_MAX_STEPS = 5000
 MOMENTS = ("first_moment", "second_moment")
@@ -38,7 +34,7 @@ STEP_KEYS = frozenset([OPTIMIZER_STEPS[0], "steps"] + [key for entries in SCHEDU
 
 
 def moment_prefix(moment, param_name):
-    """Key prefix of one AdamW moment of a parameter (param_name: bare, e.g. llama/fc/weight)."""
+    """Key prefix of one AdamW moment of a parameter (param_name: bare, <root>/<name>)."""
     return f"adamw/{moment}/{param_name}"
 
 
@@ -61,18 +57,11 @@ def reset_kind(entry):
 
 
 # Checkpoint directories (tt-train since late 2025): the model under the YAML's model_type, then the
-# parameter names of its root module; the optimizer under its get_name(), the scheduler under
-# "scheduler", with the key names and value types of tt-train's sources.
-MODEL_ROOT = {"llama": "llama", "qwen3": "qwen3", "gpt2": "transformer"}
+# parameter names of its root module (Family.dir_model_prefix); the optimizer under its get_name(),
+# the scheduler under "scheduler", with the key names and value types of tt-train's sources.
 DIR_OPTIMIZER = "AdamW"
 DIR_MOMENTS = ("exp_avg", "exp_avg_sq")
 WARMUP_FRACTION = 0.1
-
-
-def dir_model_prefix(family):
-    """Where a directory holds the model: <model_type>/<root module>, e.g. llama/llama, qwen3/qwen3 or
-    gpt2/transformer."""
-    return f"{family}/{MODEL_ROOT[family]}"
 
 
 def _linear_child(index, learning_rate, start, end, total):

@@ -3,7 +3,7 @@
 Entry for entry as tt-train (V3) writes a model: per parameter the seven keys
 `shape` (bin, rank-4 little-endian uint32), `data_type` (BFLOAT16), `layout` (TILE),
 `storage_type` (DEVICE), `data`, `requires_grads` and `has_grads`. The model lies under
-the prefix tt-train loads (`llama/llama`, `transformer/transformer`). The "training"
+the prefix tt-train loads (the family's load_prefix: `llama/llama`, `transformer/transformer`). The "training"
 layout adds what training mode loads too: zero AdamW moments for every parameter,
 `adamw/steps` 0 and a fresh scheduler. The result is a BuiltFile, which the conversion
 fills exactly like a TtFile read from disk.
@@ -16,9 +16,8 @@ Checkpoint directories are built the same way (BuiltDir, filled like a TtDir): t
 """
 import struct
 
-from ..hf.hfconfig import model_shape
-from .training import (DEFAULT_LEARNING_RATE, DEFAULT_MAX_STEPS, DIR_MOMENTS, DIR_OPTIMIZER, LOAD_PREFIX, MODEL_ROOT,
-                       MOMENTS, dir_fresh_state, dir_model_prefix, fresh_state, moment_prefix)
+from .training import (DEFAULT_LEARNING_RATE, DEFAULT_MAX_STEPS, DIR_MOMENTS, DIR_OPTIMIZER, MOMENTS, dir_fresh_state,
+                       fresh_state, moment_prefix)
 from .ttdir import DirEntry, TtDir, Value, shape_value, tensor_file_name
 from .ttfile import (DATA_SUFFIX, Entry, TtFile, array_header, map_header, pack_bin, pack_bool, pack_int,
                      pack_key, pair_prefix, write_int_zeros)
@@ -27,73 +26,11 @@ LAYOUTS = ("training", "model")
 BFLOAT16, TILE, DEVICE = 0, 1, 1
 
 
-def _rope_model_ends(shape, vocab_rows):
-    """The tensors of a Llama or Qwen3 outside its blocks: embedding (untied only), fc, final norm."""
+def rope_model_ends(shape, vocab_rows):
+    """The tensors of a RoPE decoder outside its blocks: embedding (untied only), fc, final norm."""
     e = shape.embedding_dim
     tensors = [] if shape.weight_tying else [("tok_emb/weight", vocab_rows, e)]
     return tensors + [("fc/weight", vocab_rows, e), ("ln_fc/gamma", 1, e)]
-
-
-def llama_tensors(shape, vocab_rows):
-    """(name under the llama root, rows, cols) of tt-train's Llama."""
-    e, d, inner = shape.embedding_dim, shape.head_dim, shape.intermediate_dim
-    tensors = _rope_model_ends(shape, vocab_rows)
-    for i in range(shape.num_blocks):
-        block = f"llama_block_{i}/"
-        tensors += [
-            (block + "attention_norm/gamma", 1, e),
-            (block + "mlp_norm/gamma", 1, e),
-            (block + "attention/q_linear/weight", shape.num_heads * d, e),
-            (block + "attention/kv_linear/weight", 2 * shape.num_groups * d, e),
-            (block + "attention/out_linear/weight", e, shape.num_heads * d),
-            (block + "mlp/w1/weight", inner, e),
-            (block + "mlp/w2/weight", e, inner),
-            (block + "mlp/w3/weight", inner, e),
-        ]
-    return tensors
-
-
-def qwen3_tensors(shape, vocab_rows):
-    """(name under the qwen3 root, rows, cols) of tt-train's Qwen3."""
-    e, d, inner = shape.embedding_dim, shape.head_dim, shape.intermediate_dim
-    tensors = _rope_model_ends(shape, vocab_rows)
-    for i in range(shape.num_blocks):
-        block = f"qwen3_block_{i}/"
-        tensors += [
-            (block + "input_layernorm/gamma", 1, e),
-            (block + "post_attention_layernorm/gamma", 1, e),
-            (block + "self_attn/q_linear/weight", shape.num_heads * d, e),
-            (block + "self_attn/k_linear/weight", shape.num_groups * d, e),
-            (block + "self_attn/v_linear/weight", shape.num_groups * d, e),
-            (block + "self_attn/out_linear/weight", e, shape.num_heads * d),
-            (block + "self_attn/q_norm/gamma", 1, d),
-            (block + "self_attn/k_norm/gamma", 1, d),
-            (block + "mlp/w1/weight", inner, e),
-            (block + "mlp/w2/weight", e, inner),
-            (block + "mlp/w3/weight", inner, e),
-        ]
-    return tensors
-
-
-def gpt2_tensors(shape, vocab_rows):
-    """(name under the transformer root, rows, cols) of tt-train's GPT-2 with trainable positions."""
-    e = shape.embedding_dim
-    tensors = [] if shape.weight_tying else [("tok_emb/weight", vocab_rows, e)]
-    tensors += [("fc/weight", vocab_rows, e), ("pos_emb/weight", shape.max_sequence_length, e),
-                ("ln_fc/gamma", 1, e), ("ln_fc/beta", 1, e)]
-    for i in range(shape.num_blocks):
-        block = f"gpt_block_{i}/"
-        for name, rows, cols in (("ln1/gamma", 1, e), ("ln1/beta", 1, e),
-                                 ("attention/qkv_linear/weight", 3 * e, e), ("attention/qkv_linear/bias", 1, 3 * e),
-                                 ("attention/out_linear/weight", e, e), ("attention/out_linear/bias", 1, e),
-                                 ("ln2/gamma", 1, e), ("ln2/beta", 1, e),
-                                 ("mlp/fc1/weight", 4 * e, e), ("mlp/fc1/bias", 1, 4 * e),
-                                 ("mlp/fc2/weight", e, 4 * e), ("mlp/fc2/bias", 1, e)):
-            tensors.append((block + name, rows, cols))
-    return tensors
-
-
-MODEL_TENSORS = {"llama": llama_tensors, "qwen3": qwen3_tensors, "gpt2": gpt2_tensors}
 
 
 class BuiltFile(TtFile):
@@ -159,12 +96,12 @@ class BuiltSource:
 
 def build_file(family, ckpt, layout="training", scheduler="identity", learning_rate=DEFAULT_LEARNING_RATE,
                vocab_multiple=32):
-    """A BuiltFile for the checkpoint's config: the model (zeros, to be filled) under the load prefix
-    and, for the "training" layout, a fresh AdamW and scheduler state."""
-    shape = model_shape(family, ckpt)
+    """A BuiltFile for the checkpoint's config (family: a Family): the model (zeros, to be filled) under
+    the load prefix and, for the "training" layout, a fresh AdamW and scheduler state."""
+    shape = family.model_shape(ckpt)
     vocab_rows = shape.tt_vocab(vocab_multiple)
-    tensors = MODEL_TENSORS[family](shape, vocab_rows)
-    prefix = LOAD_PREFIX[family]
+    tensors = family.tt_tensors(shape, vocab_rows)
+    prefix = family.load_prefix
     root = prefix.split("/")[-1]
     built = BuiltFile(f"{ckpt.directory}/config.json")
     for name, rows, cols in tensors:
@@ -205,18 +142,18 @@ class BuiltDir(TtDir):
 
 def build_dir(family, ckpt, layout="training", scheduler="identity", learning_rate=DEFAULT_LEARNING_RATE,
               vocab_multiple=32, max_steps=DEFAULT_MAX_STEPS):
-    """A BuiltDir for the checkpoint's config: the model under <model_type>/<root> and, for the
-    "training" layout, AdamW's zero moments and a fresh optimizer and scheduler state."""
-    shape = model_shape(family, ckpt)
-    tensors = MODEL_TENSORS[family](shape, shape.tt_vocab(vocab_multiple))
+    """A BuiltDir for the checkpoint's config (family: a Family): the model under <model_type>/<root>
+    and, for the "training" layout, AdamW's zero moments and a fresh optimizer and scheduler state."""
+    shape = family.model_shape(ckpt)
+    tensors = family.tt_tensors(shape, shape.tt_vocab(vocab_multiple))
     built = BuiltDir(f"{ckpt.directory}/config.json")
     for name, rows, cols in tensors:
-        built.add_parameter(f"{dir_model_prefix(family)}/{name}", rows, cols, trainable=True)
+        built.add_parameter(f"{family.dir_model_prefix}/{name}", rows, cols, trainable=True)
     if layout == "training":
         built.optimizer_roots.add(DIR_OPTIMIZER)
         for moment in DIR_MOMENTS:
             for name, rows, cols in tensors:
-                built.add_parameter(f"{DIR_OPTIMIZER}/{moment}/{MODEL_ROOT[family]}/{name}", rows, cols,
+                built.add_parameter(f"{DIR_OPTIMIZER}/{moment}/{family.model_root}/{name}", rows, cols,
                                     trainable=False)
         for key, value_type, value in dir_fresh_state(scheduler, learning_rate, max_steps):
             built.add_value(key, value_type, value)

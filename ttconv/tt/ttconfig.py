@@ -3,24 +3,19 @@
 `training_config` holds the keys tt-train requires (model_type, seed, model_save_interval,
 batch_size, num_epochs, max_steps, learning_rate, weight_decay) with ordinary defaults,
 the paths of the written files, `tokenizer_type: bpe` and the scheduler; and
-`transformer_config` is read off config.json (hfconfig.ModelShape), with the vocabulary
-rounded as in the tt file.
+`transformer_config` is read off config.json (hfconfig.ModelShape) by the family, with the
+vocabulary rounded as in the tt file.
 """
 import json
 
 from .training import DEFAULT_LEARNING_RATE, DEFAULT_MAX_STEPS
 
 
-def _transformer_config(shape, vocab_multiple):
-    """transformer_config: the keys tt-train's read_config for the family reads."""
-    if shape.family == "gpt2":
-        return {"num_heads": shape.num_heads, "embedding_dim": shape.embedding_dim, "dropout_prob": 0.0,
-                "num_blocks": shape.num_blocks, "vocab_size": shape.tt_vocab(vocab_multiple),
-                "max_sequence_length": shape.max_sequence_length,
-                "weight_tying": "enabled" if shape.weight_tying else "disabled", "runner_type": "default",
-                "positional_embedding_type": "trainable"}
+def rope_transformer_config(shape, vocab_multiple, head_dim=False, rms_norm_eps=False):
+    """transformer_config of a RoPE decoder, as tt-train's Llama reads it; head_dim and rms_norm_eps:
+    also write those keys (tt-train's Qwen3 reads them)."""
     transformer = {"num_heads": shape.num_heads, "num_groups": shape.num_groups, "embedding_dim": shape.embedding_dim}
-    if shape.family == "qwen3":
+    if head_dim:
         transformer["head_dim"] = shape.head_dim  # tt-train's default is 128, not embedding_dim / num_heads
     transformer.update({
         # intermediate_dim written out: tt-train's default is Llama's 8/3 * embedding_dim rounded to 256
@@ -33,17 +28,18 @@ def _transformer_config(shape, vocab_multiple):
         "runner_type": "default",
         "theta": shape.theta,
     })
-    if shape.family == "qwen3":
+    if rms_norm_eps:
         transformer["rms_norm_eps"] = shape.rms_norm_eps
     if shape.rope_scaling:
         transformer["rope_scaling"] = dict(shape.rope_scaling)
     return transformer
 
 
-def training_config(shape, model_path, tokenizer_path, scheduler="identity", learning_rate=DEFAULT_LEARNING_RATE,
-                    vocab_multiple=32, max_steps=DEFAULT_MAX_STEPS):
-    """The YAML document as nested dicts (insertion order is the order written)."""
-    transformer = _transformer_config(shape, vocab_multiple)
+def training_config(family, shape, model_path, tokenizer_path, scheduler="identity",
+                    learning_rate=DEFAULT_LEARNING_RATE, vocab_multiple=32, max_steps=DEFAULT_MAX_STEPS):
+    """The YAML document as nested dicts (insertion order is the order written); family: a Family,
+    which writes transformer_config."""
+    transformer = family.transformer_config(shape, vocab_multiple)
     return {
         "training_config": {
             "model_type": shape.family,

@@ -128,11 +128,13 @@ def _manifest_leaves(where, node, path):
 class TtmlFile:
     """A ttml checkpoint (format-1 stream or SFT pickle), indexed: every record's array located, none read.
 
-    tp: the tensor-parallel degree the file was gathered from (fused rows are rank-interleaved; the
-    file does not record it)."""
+    models: {root class name: Family} of the models it may hold (families.ttml_models()); tp: the
+    tensor-parallel degree the file was gathered from (fused rows are rank-interleaved; the file
+    does not record it)."""
 
-    def __init__(self, path, tp=1):
+    def __init__(self, path, models, tp=1):
         self.path = os.fspath(path)
+        self.models = models
         self.tp = tp
         self.weights_note = None
         try:
@@ -235,10 +237,11 @@ class TtmlFile:
         model = [r for r in self.records if r.group == "model"]
         if not model:
             raise TtFileError(f"{self.path}: holds no model parameters")
-        self.root, self.family, self._wrapper = ttml_names.model_root(self.path, [r.name for r in model])
+        self.root, self.family, self._wrapper = ttml_names.model_root(self.path, [r.name for r in model],
+                                                                         self.models)
         by_name = {self._local(r.name): r for r in model}
         self.fused_linears = sorted({n.split("/")[-2] for n in by_name if n == ttml_names.base_name(n)
-                                     and ttml_names.translate(self.path, self.root, n)[0]})
+                                     and ttml_names.translate(self.path, self.family, n)[0]})
         self._model = self._canonical(model, by_name)
         masters = [r for r in self.records if r.group == "optimizer" and r.path and r.path[-1] == MASTER_WEIGHTS]
         self._masters = self._canonical(masters, by_name) if masters else {}
@@ -261,7 +264,7 @@ class TtmlFile:
             name = self._local(record.name)
             base = ttml_names.base_name(name)
             adapter = name[len(base) - len("weight"):] if base != name else None
-            fused, targets = ttml_names.translate(self.path, self.root, base)
+            fused, targets = ttml_names.translate(self.path, self.family, base)
             weight = model_by_name.get(base, record)
             sizes = self._part_sizes(base, weight.rows, fused, model_by_name)
             for canonical, picked in targets:

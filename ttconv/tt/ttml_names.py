@@ -7,7 +7,8 @@ canonical name given several parts stacks them ([K; V] for kv_linear). Fusions: 
 [Q | K | V] (Q as many rows as the attention output projection has columns, K and V halves of
 the rest), "kv" rows [K | V], "gate_up" rows [gate | up]. Under N-way tensor parallelism each
 fused tensor is gathered rank-interleaved ([Q0 K0 V0 | Q1 K1 V1 | ...]), so a part is every
-rank's slice of it in turn. The three schemes of a model are told apart by the names present.
+rank's slice of it in turn. The schemes of a model are told apart by the names present. The tables
+are each family's (ttconv.families: Family.ttml_table); the reader is given them as {root: Family}.
 """
 import re
 
@@ -15,86 +16,13 @@ from ..errors import TtFileError
 
 FUSIONS = {"": ("all",), "qkv": ("q", "k", "v"), "kv": ("k", "v"), "gate_up": ("gate", "up")}
 
-LLAMA = (
-    # ttml name (under Llama/)                  fused      canonical name (under Llama/) = parts
-    ("tok_emb/weight",                          "",        "tok_emb/weight"),
-    ("fc/weight",                               "",        "fc/weight"),
-    ("ln_fc/gamma",                             "",        "ln_fc/gamma"),
-    ("blocks/{i}/attention_norm/gamma",         "",        "llama_block_{i}/attention_norm/gamma"),
-    ("blocks/{i}/mlp_norm/gamma",               "",        "llama_block_{i}/mlp_norm/gamma"),
-    ("blocks/{i}/attention/q_linear/weight",    "",        "llama_block_{i}/attention/q_linear/weight"),
-    ("blocks/{i}/attention/kv_linear/weight",   "kv",      "llama_block_{i}/attention/kv_linear/weight = k v"),
-    ("blocks/{i}/attention/qkv_linear/weight",  "qkv",     "llama_block_{i}/attention/q_linear/weight = q; "
-                                                           "llama_block_{i}/attention/kv_linear/weight = k v"),
-    ("blocks/{i}/attention/out_linear/weight",  "",        "llama_block_{i}/attention/out_linear/weight"),
-    ("blocks/{i}/mlp/w1/weight",                "",        "llama_block_{i}/mlp/w1/weight"),
-    ("blocks/{i}/mlp/w2/weight",                "",        "llama_block_{i}/mlp/w2/weight"),
-    ("blocks/{i}/mlp/w3/weight",                "",        "llama_block_{i}/mlp/w3/weight"),
-    ("blocks/{i}/mlp/w_gate_up/weight",         "gate_up", "llama_block_{i}/mlp/w1/weight = gate; "
-                                                           "llama_block_{i}/mlp/w3/weight = up"),
-)
-
-_QWEN3_BLOCK = (
-    # ttml name within a block (blocks/{i}/ or model/layers/{i}/)   fused   canonical name (under Qwen3/)
-    ("input_layernorm/weight",           "",   "qwen3_block_{i}/input_layernorm/gamma"),
-    ("post_attention_layernorm/weight",  "",   "qwen3_block_{i}/post_attention_layernorm/gamma"),
-    ("self_attn/q_proj/weight",          "",   "qwen3_block_{i}/self_attn/q_linear/weight"),
-    ("self_attn/k_proj/weight",          "",   "qwen3_block_{i}/self_attn/k_linear/weight"),
-    ("self_attn/v_proj/weight",          "",   "qwen3_block_{i}/self_attn/v_linear/weight"),
-    ("self_attn/kv_proj/weight",         "kv", "qwen3_block_{i}/self_attn/k_linear/weight = k; "
-                                               "qwen3_block_{i}/self_attn/v_linear/weight = v"),
-    ("self_attn/o_proj/weight",          "",   "qwen3_block_{i}/self_attn/out_linear/weight"),
-    ("self_attn/q_norm/weight",          "",   "qwen3_block_{i}/self_attn/q_norm/gamma"),
-    ("self_attn/k_norm/weight",          "",   "qwen3_block_{i}/self_attn/k_norm/gamma"),
-    ("mlp/gate_proj/weight",             "",   "qwen3_block_{i}/mlp/w1/weight"),
-    ("mlp/up_proj/weight",               "",   "qwen3_block_{i}/mlp/w3/weight"),
-    ("mlp/down_proj/weight",             "",   "qwen3_block_{i}/mlp/w2/weight"),
-)
-QWEN3 = (
-    ("tok_emb/weight",             "", "tok_emb/weight"),
-    ("fc/weight",                  "", "fc/weight"),
-    ("ln_fc/weight",               "", "ln_fc/gamma"),
-    # the older names that mirror Hugging Face's
-    ("model/embed_tokens/weight",  "", "tok_emb/weight"),
-    ("lm_head/weight",             "", "fc/weight"),
-    ("model/norm/weight",          "", "ln_fc/gamma"),
-) + tuple((f"{block}/{name}", fused, canonical) for block in ("blocks/{i}", "model/layers/{i}")
-          for name, fused, canonical in _QWEN3_BLOCK)
-
-NANOGPT = (
-    ("tok_emb/weight",                          "", "tok_emb/weight"),
-    ("pos_emb/weight",                          "", "pos_emb/weight"),
-    ("fc/weight",                               "", "fc/weight"),
-    ("ln_f_gamma",                              "", "ln_fc/gamma"),
-    ("ln_f_beta",                               "", "ln_fc/beta"),
-    ("ln_f/gamma",                              "", "ln_fc/gamma"),
-    ("ln_f/beta",                               "", "ln_fc/beta"),
-    # the first Python NanoGPT's names (wte, wpe; lm_head_weight is wte's weight, tied)
-    ("wte/weight",                              "", "tok_emb/weight"),
-    ("wpe/weight",                              "", "pos_emb/weight"),
-    ("lm_head_weight",                          "", "fc/weight"),
-    ("blocks/{i}/ln1/gamma",                    "", "gpt_block_{i}/ln1/gamma"),
-    ("blocks/{i}/ln1/beta",                     "", "gpt_block_{i}/ln1/beta"),
-    ("blocks/{i}/ln2/gamma",                    "", "gpt_block_{i}/ln2/gamma"),
-    ("blocks/{i}/ln2/beta",                     "", "gpt_block_{i}/ln2/beta"),
-    ("blocks/{i}/attention/qkv_linear/weight",  "", "gpt_block_{i}/attention/qkv_linear/weight"),
-    ("blocks/{i}/attention/qkv_linear/bias",    "", "gpt_block_{i}/attention/qkv_linear/bias"),
-    ("blocks/{i}/attention/out_linear/weight",  "", "gpt_block_{i}/attention/out_linear/weight"),
-    ("blocks/{i}/attention/out_linear/bias",    "", "gpt_block_{i}/attention/out_linear/bias"),
-    ("blocks/{i}/mlp/fc1/weight",               "", "gpt_block_{i}/mlp/fc1/weight"),
-    ("blocks/{i}/mlp/fc1/bias",                 "", "gpt_block_{i}/mlp/fc1/bias"),
-    ("blocks/{i}/mlp/fc2/weight",               "", "gpt_block_{i}/mlp/fc2/weight"),
-    ("blocks/{i}/mlp/fc2/bias",                 "", "gpt_block_{i}/mlp/fc2/bias"),
-)
-
-# model root (class name) -> (family, table)
-ROOTS = {"Llama": ("llama", LLAMA), "Qwen3": ("qwen3", QWEN3), "NanoGPT": ("gpt2", NANOGPT)}
 LORA_WRAPPER = "LoraModel/model/"
 LORA_SUFFIXES = ("/lora_A", "/lora_B")
 EMBEDDINGS = ("tok_emb/weight", "fc/weight")  # a tied embedding is saved under either
 
 
-def _compile(table):
+def compile_table(table):
+    """A ttml table's lines as (pattern, fused, [(canonical name, parts)])."""
     lines = []
     for name, fused, targets in table:
         pattern = re.compile(re.escape(name).replace(re.escape("{i}"), r"(?P<i>\d+)"))
@@ -110,13 +38,9 @@ def _compile(table):
     return lines
 
 
-COMPILED = {root: (family, _compile(table)) for root, (family, table) in ROOTS.items()}
-
-
-def _translates(root, name):
-    _, lines = COMPILED[root]
-    rest = name[len(root) + 1:]
-    return any(pattern.fullmatch(rest) for pattern, _, _ in lines)
+def _translates(family, name):
+    rest = name[len(family.ttml_root) + 1:]
+    return any(pattern.fullmatch(rest) for pattern, _, _ in family.ttml_lines())
 
 
 def base_name(name):
@@ -127,27 +51,29 @@ def base_name(name):
     return name
 
 
-def model_root(path, names):
-    """(root, family, wrapper) of a ttml model from its parameter names: wrapper is the prefix a
-    LoRA-wrapped model's names carry ("LoraModel/model/", then the model's own names, with or
-    without its class name) and is taken off by local_name; TtFileError naming what is not one."""
+def model_root(path, names, models):
+    """(root, family, wrapper) of a ttml model from its parameter names, models: {root class name:
+    Family}. wrapper is the prefix a LoRA-wrapped model's names carry ("LoraModel/model/", then the
+    model's own names, with or without its class name) and is taken off by local_name; TtFileError
+    naming what is not one."""
     wrapper = ""
     if names and all(name.startswith(LORA_WRAPPER) for name in names):
         wrapper = LORA_WRAPPER
         names = [name[len(wrapper):] for name in names]
         heads = {name.split("/", 1)[0] for name in names}
-        if len(heads) > 1 or not heads & set(ROOTS):  # the model's own names without its class name
-            fits = [root for root in ROOTS if all(_translates(root, f"{root}/{base_name(n)}") for n in names)]
+        if len(heads) > 1 or not heads & set(models):  # the model's own names without its class name
+            fits = [root for root, family in models.items()
+                    if all(_translates(family, f"{root}/{base_name(n)}") for n in names)]
             if len(fits) != 1:
                 raise TtFileError(f"{path}: a LoRA-wrapped model whose names fit {' and '.join(fits) or 'no model'} "
-                                  f"ttconv knows ({', '.join(ROOTS)})")
-            return fits[0], ROOTS[fits[0]][0], wrapper
+                                  f"ttconv knows ({', '.join(models)})")
+            return fits[0], models[fits[0]], wrapper
     roots = sorted({name.split("/", 1)[0] for name in names})
-    if len(roots) != 1 or roots[0] not in ROOTS:
-        known = ", ".join(ROOTS)
+    if len(roots) != 1 or roots[0] not in models:
+        known = ", ".join(models)
         raise TtFileError(f"{path}: model parameters under {', '.join(roots) or 'nothing'}; ttconv reads ttml "
                           f"models under {known}{' (or LoRA-wrapped: ' + LORA_WRAPPER + '...)' if not wrapper else ''}")
-    return roots[0], ROOTS[roots[0]][0], wrapper + roots[0] + "/"
+    return roots[0], models[roots[0]], wrapper + roots[0] + "/"
 
 
 def local_name(root, wrapper, name):
@@ -155,12 +81,12 @@ def local_name(root, wrapper, name):
     return f"{root}/{name[len(wrapper):]}"
 
 
-def translate(path, root, name):
-    """(fused, [(canonical name under root, parts)], layer or None) of a ttml parameter name;
+def translate(path, family, name):
+    """(fused, [(canonical name under the root, parts)]) of a ttml parameter name of a family's model;
     TtFileError naming a name no table line knows."""
-    family, lines = COMPILED[root]
+    root = family.ttml_root
     rest = name[len(root) + 1:]
-    for pattern, fused, parts in lines:
+    for pattern, fused, parts in family.ttml_lines():
         match = pattern.fullmatch(rest)
         if match:
             layer = match.groupdict().get("i")
