@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import support
-from ttconv import kernels
+from ttconv import interrupts, kernels
 
 LLAMA_MINI = os.path.join(support.FIXTURES, "llama-mini")
 GPT2_MINI = os.path.join(support.FIXTURES, "gpt2-mini")
@@ -44,6 +44,23 @@ def test_version_output(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])
     assert f"backend: {kernels.BACKEND}" in capsys.readouterr().out
+
+
+def test_the_fast_version_line_is_the_parsers(capsys, monkeypatch):
+    # `ttconv --version` alone is answered before the command line is built; it must say the same
+    from ttconv.__main__ import run
+    from ttconv.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    parsed = capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["ttconv", "--version"])
+    previous = {signum: signal.getsignal(signum) for signum in interrupts.SIGNALS}
+    try:
+        assert run() == 0
+    finally:
+        interrupts.restore(previous)
+    assert capsys.readouterr().out == parsed and parsed.startswith("ttconv ")
 
 
 @pytest.mark.parametrize("command,flags", [

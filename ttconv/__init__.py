@@ -22,6 +22,14 @@ _API = {
 }
 
 
+def version_text():
+    """What `ttconv --version` prints: the version and the backend that runs the hot loops."""
+    from . import kernels
+
+    reason = f"; {kernels.FALLBACK_REASON}" if kernels.FALLBACK_REASON else ""
+    return f"ttconv {__version__} (backend: {kernels.BACKEND}{reason})"
+
+
 def __getattr__(name):
     # Imported on first use so that `ttconv --help` and error reporting start fast.
     if name in _API:

@@ -12,17 +12,25 @@ from ttconv import interrupts
 
 def run():
     """Process entry point; returns the exit status."""
+    version_only = sys.argv[1:] == ["--version"]  # it needs the backend, not the whole command line
     try:
         interrupts.install()
         with interrupts.held():  # numpy turns an interrupt during its import into an ImportError
             import numpy  # noqa: F401
-            from ttconv.cli import run_command
+            if version_only:
+                from ttconv import version_text
+            else:
+                from ttconv.cli import run_command
         interrupts.check()
     except (KeyboardInterrupt, interrupts.Terminated) as exc:
         interrupts.finish()
         status, what = interrupts.outcome(exc)
         print(f"ttconv: {what}; no output was written", file=sys.stderr)
         return status
+    if version_only:
+        print(version_text())
+        interrupts.finish()
+        return 0
     return run_command()
 
 

@@ -8,14 +8,13 @@ import logging
 import os
 import sys
 
-from . import __version__, families, interrupts
+from . import families, interrupts, version_text
 from .errors import TtconvError
 from .tt.formats import FORMATS
 from .tt.training import DEFAULT_LEARNING_RATE, DEFAULT_MAX_STEPS, SCHEDULERS
 from .tt.ttbuild import LAYOUTS
-from .verify import TOLERANCE
-from .export_hf import DTYPE_CHOICES
 from .hf.safetensors_out import DEFAULT_MAX_SHARD_SIZE
+from .options import EXPORT_DTYPES
 
 log = logging.getLogger("ttconv")
 
@@ -173,13 +172,9 @@ class CommandOptions:
 
 
 def build_parser():
-    from . import kernels
-
     parser = argparse.ArgumentParser(prog="ttconv", description=_description(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    reason = f"; {kernels.FALLBACK_REASON}" if kernels.FALLBACK_REASON else ""
-    parser.add_argument("--version", action="version",
-                        version=f"ttconv {__version__} (backend: {kernels.BACKEND}{reason})")
+    parser.add_argument("--version", action="version", version=version_text())
     _common(parser, subcommand=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -226,7 +221,7 @@ def build_parser():
                             "model_config gives config.json (see --set)")
     to_hf.add_argument("-o", "--output_dir", required=True, metavar="OUT_DIR",
                        help="folder to write (a new path, or an earlier export, which is replaced whole)")
-    to_hf.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+    to_hf.add_argument("--dtype", choices=EXPORT_DTYPES, default="auto",
                        help="dtype of the written tensors: auto keeps the tt file's own precision (bf16 for a "
                             "directory as tt-train saves it, f32 for msgpack and full-precision master weights); "
                             "f32, bf16 and f16 round to nearest even (default: auto)")
@@ -356,6 +351,7 @@ def _check(args):
     import json
 
     from .api import check
+    from .verify import TOLERANCE
 
     tt_path = _tt_path(args)
     result = check(args.family, tt_path, args.hf_model, args.text, args.tokens, args.revision, args.quiet, args.tp,

@@ -26,6 +26,7 @@ from .hf.hub import resolve_model
 from .hf.safetensors_out import OutTensor, parse_size, write_weights
 from .hf.tokenizer import char_tokenizer_json, tokenizer_files
 from .mapping import find_prefix, rope_order
+from .options import EXPORT_DTYPES
 from .output import atomic_directory
 from .progress import Progress
 from .tt.formats import open_tt, weights_in_bfloat16
@@ -35,7 +36,6 @@ from .tt.ttml import TtmlFile
 
 OUTPUT_DTYPES = {"f32": "F32", "bf16": "BF16", "f16": "F16"}  # --dtype -> safetensors dtype
 CONFIG_DTYPES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
-DTYPE_CHOICES = ("auto",) + tuple(OUTPUT_DTYPES)
 # safetensors dtypes kernels.gather reads (others are copied as they are)
 GATHER_DTYPES = {"F32": ("f32", np.float32), "F16": ("f16", np.float16), "BF16": ("bf16", np.uint16)}
 TRANSPOSE_ROWS = 64  # a transpose's chunks are whole runs of 64 rows: the kernel's fast path
@@ -297,8 +297,8 @@ def export_hf(options):
     """
     started = time.perf_counter()
     tt_path, hf_model, output_dir = options.tt_path, options.hf_model, options.output_dir
-    if options.dtype not in DTYPE_CHOICES:
-        raise TtconvError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, not {options.dtype!r}")
+    if options.dtype not in EXPORT_DTYPES:
+        raise TtconvError(f"dtype must be one of {', '.join(EXPORT_DTYPES)}, not {options.dtype!r}")
     shard_bytes = parse_size(options.max_shard_size)
     apply_overrides({}, options.overrides)  # a malformed --set is refused before any work
     if hf_model is not None:

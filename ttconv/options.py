@@ -9,6 +9,7 @@ from typing import Optional
 
 from .tt.training import DEFAULT_LEARNING_RATE, DEFAULT_MAX_STEPS
 
+EXPORT_DTYPES = ("auto", "f32", "bf16", "f16")  # to-hf --dtype: the file's own precision, or one of these
 
 @dataclass(frozen=True, kw_only=True)
 class ConvertOptions:
