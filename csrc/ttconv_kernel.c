@@ -449,6 +449,67 @@ static size_t tile_row(const void *src, int dtype, size_t first, size_t col_stri
     return nonfinite;
 }
 
+#if defined(__SSE2__)
+/* Eight 8-value rows of 16-bit values (rows[t] at src + offsets[t]) transposed into eight output rows
+ * dst[t * stride ..]: three rounds of interleaves. */
+static inline void transpose8_u16(const uint16_t *src, const size_t *offsets, uint16_t *dst, size_t stride)
+{
+    __m128i a[8], t[8], u[8];
+    for (int i = 0; i < 8; i++)
+        a[i] = _mm_loadu_si128((const __m128i *)(src + offsets[i]));
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm_unpacklo_epi16(a[2 * i], a[2 * i + 1]);
+        t[2 * i + 1] = _mm_unpackhi_epi16(a[2 * i], a[2 * i + 1]);
+    }
+    u[0] = _mm_unpacklo_epi32(t[0], t[2]);
+    u[1] = _mm_unpackhi_epi32(t[0], t[2]);
+    u[2] = _mm_unpacklo_epi32(t[1], t[3]);
+    u[3] = _mm_unpackhi_epi32(t[1], t[3]);
+    u[4] = _mm_unpacklo_epi32(t[4], t[6]);
+    u[5] = _mm_unpackhi_epi32(t[4], t[6]);
+    u[6] = _mm_unpacklo_epi32(t[5], t[7]);
+    u[7] = _mm_unpackhi_epi32(t[5], t[7]);
+    for (int i = 0; i < 4; i++) {
+        _mm_storeu_si128((__m128i *)(dst + (2 * i) * stride), _mm_unpacklo_epi64(u[i], u[i + 4]));
+        _mm_storeu_si128((__m128i *)(dst + (2 * i + 1) * stride), _mm_unpackhi_epi64(u[i], u[i + 4]));
+    }
+}
+#endif
+
+/* The hot case of tile_transposed_rows: a 16x16 block of float32 or bfloat16 source values (16 source
+ * rows of 16 contiguous values from first on) to bfloat16. Each source run is rounded as it is read
+ * (one vectorizable pass), then the 16-bit block is transposed into the sixteen output rows' face rows.
+ * Returns the NaN/Inf count. */
+static size_t bf16_transposed_face_rows(const void *src, int dtype, size_t first, size_t src_row_len, size_t r,
+                                        size_t c0, uint8_t *tile_base)
+{
+    uint16_t rounded[16][16], block[16][16];
+    size_t nonfinite = 0;
+    for (size_t j = 0; j < 16; j++) {
+        if (dtype == TT_DTYPE_F32)
+            nonfinite += f32_to_bf16((const float *)src + first + j * src_row_len, 16, rounded[j]);
+        else
+            nonfinite += bf16_to_bf16((const uint16_t *)src + first + j * src_row_len, 16, rounded[j]);
+    }
+#if defined(__SSE2__)
+    static const size_t upper[8] = {0, 16, 32, 48, 64, 80, 96, 112};
+    static const size_t lower[8] = {128, 144, 160, 176, 192, 208, 224, 240};
+    transpose8_u16(&rounded[0][0], upper, &block[0][0], 16);
+    transpose8_u16(&rounded[0][8], upper, &block[8][0], 16);
+    transpose8_u16(&rounded[0][0], lower, &block[0][8], 16);
+    transpose8_u16(&rounded[0][8], lower, &block[8][8], 16);
+#else
+    for (size_t i = 0; i < 16; i++)
+        for (size_t j = 0; j < 16; j++)
+            block[i][j] = rounded[j][i];
+#endif
+    for (size_t i = 0; i < 16; i++) {
+        size_t face_row = (((r + i) & 16) << 5) + (((r + i) & 15) << 4);
+        memcpy(tile_base + tiled_offset(c0, face_row) * 2, block[i], sizeof block[i]);
+    }
+    return nonfinite;
+}
+
 /* Sixteen output rows r..r+15 (r a multiple of 16) of a transpose at once: output row r+i is
  * source column first_col+i, so each 16x16 block of output is read as 16 source row pieces of
  * 16 contiguous values (whole cache lines instead of one value per line) and written as one
@@ -460,7 +521,13 @@ static size_t tile_transposed_rows(const void *src, int dtype, size_t first_col,
     uint32_t block[16][16];
     uint16_t halves[16];
     size_t nonfinite = 0;
-    for (size_t c0 = 0; c0 < padded_cols; c0 += 16) {
+    size_t c0 = 0;
+    if (out_dtype == TT_OUT_BF16 && (dtype == TT_DTYPE_F32 || dtype == TT_DTYPE_BF16)) {
+        for (; c0 + 16 <= cols; c0 += 16)
+            nonfinite += bf16_transposed_face_rows(src, dtype, c0 * src_row_len + first_col, src_row_len, r, c0,
+                                                   tile_base);
+    }
+    for (; c0 < padded_cols; c0 += 16) {
         for (size_t j = 0; j < 16; j++) {
             size_t c = c0 + j;
             for (size_t i = 0; i < 16; i++) {
@@ -692,31 +759,6 @@ static int consecutive_columns(const uint32_t *row_index, size_t k, size_t n_row
 }
 
 #if defined(__SSE2__)
-/* Eight 8-value rows of 16-bit values (rows[t] at src + offsets[t]) transposed into eight output rows
- * dst[t * stride ..]: three rounds of interleaves. */
-static inline void transpose8_u16(const uint16_t *src, const size_t *offsets, uint16_t *dst, size_t stride)
-{
-    __m128i a[8], t[8], u[8];
-    for (int i = 0; i < 8; i++)
-        a[i] = _mm_loadu_si128((const __m128i *)(src + offsets[i]));
-    for (int i = 0; i < 4; i++) {
-        t[2 * i] = _mm_unpacklo_epi16(a[2 * i], a[2 * i + 1]);
-        t[2 * i + 1] = _mm_unpackhi_epi16(a[2 * i], a[2 * i + 1]);
-    }
-    u[0] = _mm_unpacklo_epi32(t[0], t[2]);
-    u[1] = _mm_unpackhi_epi32(t[0], t[2]);
-    u[2] = _mm_unpacklo_epi32(t[1], t[3]);
-    u[3] = _mm_unpackhi_epi32(t[1], t[3]);
-    u[4] = _mm_unpacklo_epi32(t[4], t[6]);
-    u[5] = _mm_unpackhi_epi32(t[4], t[6]);
-    u[6] = _mm_unpacklo_epi32(t[5], t[7]);
-    u[7] = _mm_unpackhi_epi32(t[5], t[7]);
-    for (int i = 0; i < 4; i++) {
-        _mm_storeu_si128((__m128i *)(dst + (2 * i) * stride), _mm_unpacklo_epi64(u[i], u[i + 4]));
-        _mm_storeu_si128((__m128i *)(dst + (2 * i + 1) * stride), _mm_unpackhi_epi64(u[i], u[i + 4]));
-    }
-}
-
 /* transpose_run for 16-bit values copied as they are, eight by eight with SSE2. */
 static void transpose_run_raw16(const uint16_t *src, int tiled, size_t src_cols, size_t j,
                                 const uint32_t *col_index, size_t cols, uint16_t *out)

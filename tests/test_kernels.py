@@ -279,13 +279,15 @@ def test_tile_picked_rows_at_an_offset_leave_the_others(backend):
     assert out.view(np.uint16).tobytes() == tiled.tobytes()
 
 
-@pytest.mark.parametrize("kind", ["f32", "f16"])
+@pytest.mark.parametrize("kind", ["f32", "f16", "bf16"])
 def test_tile_transposed(backend, kind):
     src = sources(50, 36, seed=5)[kind]  # a [in, out] Conv1D weight: output rows are its columns
     out = np.zeros(64 * 64 * 2, dtype=np.uint8)
-    kernels.tile(src, out, 64, transposed=True)
-    expected = tiled_reference(bf16_reference(f32_bits_reference(src).T.copy()), 64, 64, np.uint16)
+    nonfinite = kernels.tile(src, out, 64, transposed=True)
+    bits = f32_bits_reference(src)
+    expected = tiled_reference(bf16_reference(bits.T.copy()), 64, 64, np.uint16)
     assert out.view(np.uint16).tobytes() == expected.tobytes()
+    assert nonfinite == int(np.count_nonzero((bits & 0x7F800000) == 0x7F800000))
 
 
 def test_tile_checks_its_arguments_before_calling_c(backend):
