@@ -15,6 +15,7 @@ import contextlib
 import numpy as np
 
 from .. import kernels
+from ..hf.checkpoint import ITEM_SIZES
 from ..output import atomic_directory
 from . import tensorbin
 from .ttdir import METADATA_NAME, Value, metadata_bytes, tensor_file_name
@@ -54,6 +55,7 @@ class DirWriter:
         self._values = {}
         self._data_types = {}
         self._scratch = (_Scratch(), _Scratch())  # source rows of each half of a block
+        self._whole = _Scratch()  # the whole source matrix of a transpose
 
     def reset_kind(self, item):
         """"zeros" for an optimizer's moment tensor, "zero" for a step counter, None otherwise."""
@@ -105,7 +107,7 @@ class DirWriter:
         width = 2 if data_type == tensorbin.BFLOAT16 else 4
         with self._out.file(name) as out:
             out.write(header)
-            nonfinite = _TileWriter(target, ckpt, out, width, self._scratch).run(progress)
+            nonfinite = _TileWriter(target, ckpt, out, width, self._scratch, self._whole).run(progress)
         self._values[key] = Value("StringValue", name)
         self._data_types[key] = data_type
         return nonfinite
@@ -141,7 +143,7 @@ class _TileWriter:
     A block's two halves are read and tiled at once, by this thread and a helper (reading a file
     and the kernel both release the GIL)."""
 
-    def __init__(self, target, ckpt, out, width, scratch):
+    def __init__(self, target, ckpt, out, width, scratch, whole):
         self.target, self.ckpt, self.out, self.width = target, ckpt, out, width
         self.padded_cols = _tiled(target.param.cols)
         self.padded_rows = _tiled(target.param.rows)
@@ -153,8 +155,8 @@ class _TileWriter:
             first += piece.rows
         self.data_rows = first
         # a transposed piece needs its whole matrix: read once, before the halves share the work
-        self.transposed = {piece.tensor.name: ckpt.read_rows(piece.tensor)
-                           for piece in target.pieces if piece.transform == "transpose"}
+        self.transposed = {piece.tensor.name: _read_whole(ckpt, piece.tensor, whole if k == 0 else _Scratch())
+                           for k, piece in enumerate(p for p in target.pieces if p.transform == "transpose")}
 
     def run(self, progress):
         tile_row_bytes = TILE * self.padded_cols * self.width
@@ -212,6 +214,21 @@ class _TileWriter:
         source = self.ckpt.read_rows(info, start, stop, scratch.get((stop - start) * cols * itemsize))
         return kernels.tile(source, block, self.padded_cols, rows=rows, first_row=first_row,
                             out_dtype=self.out_dtype, columns=columns)
+
+
+def _read_whole(ckpt, info, scratch):
+    """A checkpoint tensor's whole matrix, into scratch: its two halves read at once, by this thread and
+    the kernel's helper (reading releases the GIL)."""
+    rows, cols = info.matrix_shape()
+    row_bytes = cols * ITEM_SIZES[info.dtype]
+    buffer = scratch.get(rows * row_bytes)
+    helper, middle = kernels.helper(), rows // 2
+    if helper is None or middle == 0:
+        return ckpt.read_rows(info, 0, rows, buffer)
+    lower = helper.submit(ckpt.read_rows, info, middle, rows, buffer[middle * row_bytes:])
+    upper = ckpt.read_rows(info, 0, middle, buffer[:middle * row_bytes])
+    lower.result()
+    return buffer[:rows * row_bytes].view(upper.dtype).reshape(rows, cols)
 
 
 @contextlib.contextmanager
