@@ -301,16 +301,19 @@ def export_hf(options):
         raise TtconvError(f"dtype must be one of {', '.join(EXPORT_DTYPES)}, not {options.dtype!r}")
     shard_bytes = parse_size(options.max_shard_size)
     apply_overrides({}, options.overrides)  # a malformed --set is refused before any work
+    original = None
     if hf_model is not None:
         model_dir = resolve_model(hf_model, options.revision)
         if os.path.isdir(output_dir) and os.path.samefile(output_dir, model_dir):
             raise OutputError(f"{output_dir}: is the original checkpoint folder; choose another output folder")
+        original = Checkpoint(model_dir)
     # every value is checked as it is gathered
-    tt = open_tt(tt_path, families.ttml_models(), assume_float32=True, tp=options.tp)
+    tt = open_tt(tt_path, families.ttml_models(), assume_float32=True, tp=options.tp,
+                 base=(lambda: options.family.model_tensors(original)) if original else None)
     lora = lora_setup(tt, options.lora_alpha, options.rslora)
     if not lora[0]:
         refuse_lora_options(tt_path, options.merge_lora, options.lora_alpha, options.rslora)
-    ckpt = Checkpoint(model_dir) if hf_model is not None else _header_checkpoint(options.family, tt, tt_path)
+    ckpt = original or _header_checkpoint(options.family, tt, tt_path)
     if lora[0] and options.merge_lora:
         tt = merged_reader(tt, *lora)
     try:

@@ -9,6 +9,7 @@ from .tt.lora import find_adapters
 from .tt.ttdir import PARAMETER_FLAGS, TENSOR_FIELDS, TtDir, is_checkpoint_dir
 from .tt.ttfile import SCHEDULER_ROOT, TtFile, array_header, state_group
 from .tt.ttml import TtmlFile, is_ttml_file, plain
+from .tt.ttml_adapters import TtmlAdapterFile, is_adapter_file
 
 # ttnn DataType values as tt-train writes them
 DATA_TYPES = {0: "BFLOAT16", 1: "FLOAT32", 2: "UINT32", 3: "BFLOAT8_B", 4: "BFLOAT4_B", 5: "UINT8",
@@ -102,11 +103,26 @@ def describe(path):
     elif is_ttml_file(path):
         reader = TtmlFile(path, families.ttml_models())
         info = _describe_ttml(reader)
+    elif is_adapter_file(path):
+        reader = TtmlAdapterFile(path, families.ttml_models(), base=None)
+        info = _describe_ttml(reader)
+        info["lora"] = _adapter_file_lora(reader)
+        return info
     else:
         reader = TtFile(path)
         info = _describe_msgpack(reader)
     info["lora"] = _lora(reader)
     return info
+
+
+def _adapter_file_lora(reader):
+    """What _lora says of a model, for a file of adapters alone (read from its records' names and shapes)."""
+    a = [r for r in reader.records if r.name.endswith("/lora_A")]
+    return {"ranks": sorted({r.array.shape[-2] for r in a}),
+            "targets": sorted({"/".join(r.name.split("/")[-3:-1]) for r in a}),
+            "adapted_linears": len(a),
+            "adapter_parameters": sum(int(np.prod(r.array.shape)) for r in reader.records),
+            "adapters_only": True}
 
 
 def _describe_msgpack(tt):
@@ -295,9 +311,11 @@ def inspect_file(path, as_json=False):
     print(f"family: {families.get(family).display} (ttconv {family})" if family else "family: not recognised")
     lora = info["lora"]
     if lora:
+        what = ("; to-hf writes a PEFT adapter (--hf_model, the model it was trained on, and --lora-alpha: the file "
+                "records neither)" if lora.get("adapters_only") else
+                "; to-hf writes a PEFT adapter (--lora-alpha), or the merged model with --merge-lora")
         print(f"LoRA model: rank {', '.join(map(str, lora['ranks']))}, {lora['adapted_linears']} adapted linears "
-              f"({', '.join(lora['targets'])}), {lora['adapter_parameters']:,} adapter parameters; to-hf writes a "
-              "PEFT adapter (--lora-alpha), or the merged model with --merge-lora")
+              f"({', '.join(lora['targets'])}), {lora['adapter_parameters']:,} adapter parameters{what}")
     if info["format"] == "ttml":
         config = info["model_config"] or {}
         print("model_config: " + (", ".join(f"{k}={_value(v)}" for k, v in config.items()) or "none in the header"))

@@ -162,7 +162,7 @@ def check(options):
     ckpt = Checkpoint(resolve_model(options.hf_model, options.revision))
     try:
         shape, eps = _shape_and_epsilon(ckpt, family)
-        tt = open_tt(tt_path, families.ttml_models(), tp=options.tp)
+        tt = open_tt(tt_path, families.ttml_models(), tp=options.tp, base=lambda: family.model_tensors(ckpt))
         adapters, lora_alpha, rslora = lora_setup(tt, options.lora_alpha, options.rslora)
         if adapters:
             tt = merged_reader(tt, adapters, lora_alpha, rslora)

@@ -149,6 +149,11 @@ class Family:
         """(name under the model prefix, rows, cols) of tt-train's model for a shape."""
         raise NotImplementedError
 
+    def model_tensors(self, ckpt, vocab_multiple=32):
+        """tt-train's tensors (tt_tensors) for a checkpoint's config."""
+        shape = self.model_shape(ckpt)
+        return self.tt_tensors(shape, shape.tt_vocab(vocab_multiple))
+
     @property
     def dir_model_prefix(self):
         """Where a checkpoint directory holds the model: <model_type>/<root module>."""

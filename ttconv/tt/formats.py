@@ -11,27 +11,34 @@ from .ttdir_out import DirWriter, directory_output
 from .ttfile import TtFile
 from .ttfile_out import MsgpackWriter, msgpack_output
 from .ttml import TtmlFile, is_ttml_file
+from .ttml_adapters import TtmlAdapterFile, is_adapter_file
 
 FORMATS = ("msgpack", "flatbuffer")
 
 
-def open_tt(path, ttml_models, on_bytes=None, assume_float32=False, tp=None):
+def open_tt(path, ttml_models, on_bytes=None, assume_float32=False, tp=None, base=None):
     """A reader for a tt-train msgpack file (TtFile), checkpoint directory (TtDir: the directory or
-    its metadata.flatbuffer) or ttml pickle (TtmlFile, told by its content, holding one of
-    ttml_models: {root class name: Family}); on_bytes(n) reports progress while a msgpack file is
-    indexed. assume_float32: see TtFile (for readers that check every value they read, through row
-    sources). tp: the tensor-parallel degree a ttml file was gathered from (None: 1); other formats
-    refuse it."""
+    its metadata.flatbuffer), ttml pickle (TtmlFile, told by its content, holding one of
+    ttml_models: {root class name: Family}) or adapter file (TtmlAdapterFile: its LoRA adapters
+    only; base() gives the model's tensors it stands for, None when the command has no original
+    model to take them from). on_bytes(n) reports progress while a msgpack file is indexed.
+    assume_float32: see TtFile (for readers that check every value they read, through row sources).
+    tp: the tensor-parallel degree a ttml file was gathered from (None: 1); other formats refuse it."""
     if is_checkpoint_dir(path):
         reader = TtDir(path)
     elif is_ttml_file(path):
         return TtmlFile(path, ttml_models, tp or 1)
+    elif is_adapter_file(path):
+        if base is None:
+            raise TtFileError(f"{path}: is a tt-train LoRA adapter file (adapters only); give --hf_model, the "
+                              "model it was trained on")
+        reader = TtmlAdapterFile(path, ttml_models, base())
     else:
         reader = TtFile(path, on_bytes, assume_float32)
     if tp not in (None, 1):
-        raise TtFileError(f"{path}: --tp applies to tt-train's Python-side (ttml) checkpoints; this is a "
-                          f"{'checkpoint directory' if isinstance(reader, TtDir) else 'msgpack file'}, whose "
-                          "tensors are stored whole")
+        kind = {TtDir: "checkpoint directory", TtmlAdapterFile: "LoRA adapter file"}.get(type(reader), "msgpack file")
+        raise TtFileError(f"{path}: --tp applies to tt-train's Python-side (ttml) checkpoints; this is a {kind}, "
+                          "whose tensors are stored whole")
     return reader
 
 

@@ -188,7 +188,12 @@ def lora_setup(tt, lora_alpha, rslora):
 
 
 def merged_reader(tt, adapters, alpha, rslora):
-    """The reader with every adapter merged (W + scale B A, scale from alpha and the adapter's rank)."""
+    """The reader with every adapter merged (W + scale B A, scale from alpha and the adapter's rank);
+    TtconvError for a file of adapters only, which has no W to merge them into."""
+    if getattr(tt, "adapters_only", False):
+        raise TtconvError(f"{tt.path}: holds only LoRA adapters, so there is nothing to merge them into (and "
+                          "nothing to run); export it as a PEFT adapter folder, the default of to-hf, and apply "
+                          "that to the original model")
     return LoraMerged(tt, adapters, alpha, rslora)
 
 
