@@ -96,7 +96,8 @@ def _state_choices(parser):
 
 def _tt_input(parser, what="tt-train msgpack file, checkpoint directory (or its metadata.flatbuffer), or a "
                                  "checkpoint tt-train's Python side (ttml) saved: a ttml.checkpointing stream or an "
-                                 "SFT trainer pickle (read without running anything in it)"):
+                                 "SFT trainer pickle (read without running anything in it), or its LoRA recipes' "
+                                 "adapter file lora_step_N.safetensors"):
     parser.add_argument("tt_path", nargs="?", metavar="TT_PATH", help=what)
     parser.add_argument("-i", "--input_path", metavar="TT_PATH", help="same as TT_PATH")
 
