@@ -53,6 +53,8 @@ class Family:
     def __init__(self):
         self._order = compile_hf_order(self.hf_order)
         self._ttml_lines = None
+        # the blocks' names under the prefix, with the layer as group 1
+        self.layer_pattern = re.compile(re.escape(self.block_0).replace("0/", r"(\d+)/"))
 
     def __repr__(self):
         return f"<family {self.name}>"
@@ -130,10 +132,6 @@ class Family:
         if self.rope:
             layout.update(rope_q=shape.num_heads, rope_kv=shape.num_groups, head_dim=shape.head_dim)
         return layout
-
-    @property
-    def layer_pattern(self):
-        return re.compile(re.escape(self.block_0).replace("0/", r"(\d+)/"))
 
     def ttml_lines(self):
         """The ttml table, compiled (tt.ttml_names)."""
