@@ -192,7 +192,8 @@ def test_ttml_random_opcodes(data):
 
 def test_seeds_are_valid():
     for data in SEED_TTML.values():
-        assert len(TtmlFile(write(data, "seed.pkl"), families.ttml_models()).weights()) == 5  # q, kv from the fused qkv; tied fc
+        # q, kv from the fused qkv; tied fc
+        assert len(TtmlFile(write(data, "seed.pkl"), families.ttml_models()).weights()) == 5
     assert len(TtDir(_seed_dir).parameters()) == 2
     assert len(TtFile(write(SEED_INIT, "seed.msgpack")).parameters()) == 2
     assert sorted(read_safetensors_header(write(SEED_SAFETENSORS, "seed.safetensors"))) == ["a", "b"]

@@ -102,8 +102,8 @@ def convert_gpt2(init_path, hf_model, output_path, revision=None, dry_run=False,
 
     >>> convert_gpt2("gpt2_init.msgpack", "gpt2", "out/gpt2.msgpack")  # doctest: +SKIP
     """
-    return convert(_gpt2.GPT2.name, hf_model, output_path, init=init_path, revision=revision, dry_run=dry_run, quiet=quiet,
-                   keep_optimizer_state=keep_optimizer_state, prefix=prefix, layout=layout, scheduler=scheduler,
+    return convert(_gpt2.GPT2.name, hf_model, output_path, init=init_path, revision=revision, dry_run=dry_run,
+                   quiet=quiet, keep_optimizer_state=keep_optimizer_state, prefix=prefix, layout=layout, scheduler=scheduler,
                    learning_rate=learning_rate, vocab_multiple=vocab_multiple)
 
 

@@ -36,6 +36,7 @@ def _description():
     return DESCRIPTION.format(names=", ".join(names[:-1]) + " and " + names[-1],
                               directory_only=", ".join(f.display for f in families.ALL if "msgpack" not in f.formats))
 
+
 def _common(parser, subcommand=True):
     # On subcommands the flags must not reset what was given before the subcommand.
     default = argparse.SUPPRESS if subcommand else False
