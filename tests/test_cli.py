@@ -179,6 +179,15 @@ def test_verbose_shows_traceback(tmp_path):
     assert result.returncode != 0 and "Traceback" in result.stderr and "TtFileError" in result.stderr
 
 
+@pytest.mark.parametrize("backend", ["bogus", "c-ish"])
+@pytest.mark.parametrize("argv", [["--version"], ["inspect", f"{LLAMA_MINI}/init.msgpack"]])
+def test_a_backend_that_does_not_exist_is_one_error_line(backend, argv):
+    result = subprocess.run([sys.executable, "-m", "ttconv", *argv], capture_output=True, text=True,
+                            env={**os.environ, "TTCONV_BACKEND": backend})
+    assert result.returncode == 1 and one_error_line(result.stderr), result.stderr
+    assert f"TTCONV_BACKEND must be 'c' or 'jax', not '{backend}'" in result.stderr and not result.stdout
+
+
 def test_existing_output_survives_a_failed_run(cli, tmp_path):
     out = tmp_path / "out.msgpack"
     out.write_bytes(b"precious")

@@ -8,6 +8,7 @@ done, signals are ignored.
 import sys
 
 from ttconv import interrupts
+from ttconv.errors import TtconvError
 
 
 def run():
@@ -19,6 +20,8 @@ def run():
             import numpy  # noqa: F401
             if version_only:
                 from ttconv import version_text
+
+                line = version_text()
             else:
                 from ttconv.cli import run_command
         interrupts.check()
@@ -27,8 +30,14 @@ def run():
         status, what = interrupts.outcome(exc)
         print(f"ttconv: {what}; no output was written", file=sys.stderr)
         return status
+    except TtconvError as exc:  # what loading refuses: a TTCONV_BACKEND that names no backend, or c without it
+        interrupts.finish()
+        if "--verbose" in sys.argv[1:]:
+            raise
+        print(f"ttconv: error: {exc}", file=sys.stderr)
+        return 1
     if version_only:
-        print(version_text())
+        print(line)
         interrupts.finish()
         return 0
     return run_command()
