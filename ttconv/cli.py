@@ -32,9 +32,9 @@ inspect, to-hf and check read both formats."""
 
 
 def _description():
-    names = [family.display for family in families.ALL]
+    names = [family.display for family in families.ALL if family.formats]
     return DESCRIPTION.format(names=", ".join(names[:-1]) + " and " + names[-1],
-                              directory_only=", ".join(f.display for f in families.ALL if "msgpack" not in f.formats))
+                              directory_only=", ".join(f.display for f in families.ALL if f.formats == ("flatbuffer",)))
 
 
 def _common(parser, subcommand=True):
@@ -149,7 +149,8 @@ def _epsilon_defaults():
 def _model_path_defaults():
     paths = {}
     for family in families.ALL:
-        paths.setdefault(family.config_model_path, []).append(family.name)
+        if family.config_model_path:
+            paths.setdefault(family.config_model_path, []).append(family.name)
     first, *others = paths
     return first + "".join(f"; for {', '.join(paths[path])} {path}" for path in others)
 
@@ -181,7 +182,7 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    for family in families.ALL:
+    for family in (f for f in families.ALL if f.formats):  # the families ttconv converts into tt-train files
         command = sub.add_parser(family.name, aliases=list(family.aliases), help=family.summary,
                                  description=family.description, formatter_class=argparse.RawDescriptionHelpFormatter)
         family.add_arguments(command, CommandOptions)

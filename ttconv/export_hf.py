@@ -44,8 +44,10 @@ TRANSPOSE_ROWS = 64  # a transpose's chunks are whole runs of 64 rows: the kerne
 @dataclass
 class Part:
     """Rows [row, row + rows) of an output tensor's matrix from rows first.. of a tt parameter
-    (transform: copy, rope, rope_columns or transpose), or, with original, the next `rows` values
-    of the output from values [first, first + rows) of the original checkpoint's tensor (flat)."""
+    (transform: copy, rope, rope_columns, transpose, or offset: the values minus one), or, with
+    original, the next `rows` values of the output from values [first, first + rows) of the original
+    checkpoint's tensor (flat); or (transform column) its column `column` from the tt parameter's one
+    row, all of an output's column parts written together."""
 
     row: int
     rows: int
@@ -54,6 +56,7 @@ class Part:
     transform: str = "copy"
     heads: int = 0
     original: object = None
+    column: int = 0
 
 
 @dataclass
@@ -82,9 +85,14 @@ def _exports(family, plan, ckpt, out_dtype):
         for piece in target.pieces:
             first, row = row, row + piece.rows
             info = piece.tensor
+            rows, cols = info.matrix_shape()
+            if piece.transform == "column":  # one column each of several tt tensors: gathered, then written whole
+                exports.setdefault(info.name, Export(OutTensor(info.name, OUTPUT_DTYPES[out_dtype], info.shape), info,
+                                                     [])).parts.append(Part(0, rows, 0, target.param, "column",
+                                                                            column=piece.column))
+                continue
             if info.name in exports:
                 continue  # tied: written once
-            rows, cols = info.matrix_shape()
             if piece.transform == "transpose":
                 parts = [Part(0, rows, first, target.param, "transpose")]
             else:
@@ -116,12 +124,36 @@ class _Streamer:
 
     def __call__(self, tensor, sink):
         export = self._by_name[tensor.name]
-        cols = export.matrix[1]
+        rows, cols = export.matrix
+        if export.parts[0].transform == "column":
+            matrix = np.zeros((rows, cols), dtype=np.float32)
+            for part in export.parts:
+                matrix[:, part.column] = self._float32(part.param)[0]
+            self._write_values(matrix, sink)
+            return
         for part in export.parts:
             if part.original is not None:
                 self._original(part, export.out, sink)
+            elif part.transform == "offset":  # a small vector: decoded, one taken off, written
+                self._write_values(self._float32(part.param)[part.first:part.first + part.rows] - np.float32(1), sink)
             else:
                 self._tt_part(part, cols, sink)
+
+    def _float32(self, param):
+        rows = RowGatherer(self._tt, param, self._input)
+        try:
+            return rows.float32_rows(0, param.rows)
+        finally:
+            rows.close()
+
+    def _write_values(self, matrix, sink):
+        """float32 [rows, cols] values in the output dtype (rounded as the kernel rounds)."""
+        rows, cols = matrix.shape
+        out = self._output.take(rows * cols * self._width)
+        kernels.gather(np.ascontiguousarray(matrix).reshape(-1), "f32", cols, np.arange(rows, dtype=np.uint32), out,
+                       self._out_dtype, cols=cols)
+        sink.write(out)
+        self._progress.advance(out.size)
 
     def run(self, exports, directory, max_shard_size):
         self._by_name = {e.out.name: e for e in exports}

@@ -4,7 +4,9 @@ Each table line: the tt name under the file's parameter prefix, its checkpoint
 source(s) and the row rule. Sources: "a | b" means a, or b when a is absent;
 "x + y" stacks the rows of x then y; a ":rope_q", ":rope_kv" or ":T" suffix applies
 the RoPE row permutation (with query or key/value heads) or a transpose, ":rope_norm" the
-same permutation to the columns of a q/k norm vector (one head_dim). Row rules:
+same permutation to the columns of a q/k norm vector (one head_dim); ":plus1" means tt-train holds the
+values plus one (a zero-centred norm's 1 + w folded in), ":tapJ" that the tt tensor is column J of
+the checkpoint's [rows, K] matrix as one row (a depthwise conv's tap). Row rules:
 "pad" zero-pads rows up to the tt row count, "crop" keeps the first tt rows. The tables themselves
 are each family's (ttconv.families); build_plan takes the Family.
 """
@@ -29,7 +31,9 @@ DECODER_HF_ORDER = (
      "mlp.down_proj.weight", "input_layernorm.weight", "post_attention_layernorm.weight"),
     ("norm.weight", "lm_head.weight"),
 )
-TRANSFORM_NAMES = {"": "copy", "rope_q": "rope", "rope_kv": "rope", "rope_norm": "rope_columns", "T": "transpose"}
+TRANSFORM_NAMES = {"": "copy", "rope_q": "rope", "rope_kv": "rope", "rope_norm": "rope_columns", "T": "transpose",
+                   "plus1": "offset"}
+TAP = re.compile(r"tap(\d+)")
 HINTS = {
     "tok_emb/weight": "vocab_size or hidden_size",
     "fc/weight": "vocab_size or hidden_size",
@@ -52,16 +56,20 @@ class Piece:
     transform: str
     heads: int = 0
     rows: int = 0
+    column: int = 0  # the column a "column" piece takes
 
     @property
     def shape(self):
         """Shape of the rows this tensor gives the tt tensor, before any crop."""
         rows, cols = self.tensor.matrix_shape()
+        if self.transform == "column":
+            return (1, rows)
         return (cols, rows) if self.transform == "transpose" else (rows, cols)
 
     def describe(self):
         how = {"copy": "", "rope": f" (RoPE interleave, {self.heads} heads)", "transpose": " (transposed)",
-               "rope_columns": " (RoPE interleave of its head_dim values)"}
+               "rope_columns": " (RoPE interleave of its head_dim values)", "offset": " (plus one)",
+               "column": f" (column {self.column})"}
         return f"{self.tensor.name}{how[self.transform]}"
 
 
@@ -151,6 +159,10 @@ def _resolve(spec, lookup, tt_key, heads):
         names, _, transform = part.partition(":")
         for name in (n.strip() for n in names.split("|")):
             if name in lookup:
+                tap = TAP.fullmatch(transform)
+                if tap:
+                    pieces.append(Piece(lookup[name], "column", column=int(tap.group(1))))
+                    break
                 kind = TRANSFORM_NAMES[transform]
                 if kind == "rope" and transform not in heads:
                     kind = "copy"  # --meta_style: rows are already interleaved
@@ -214,6 +226,9 @@ def build_plan(family, tt, params, tensors, layout, meta_style=False, others=())
         shapes = [piece.shape for piece in target.pieces]
         for piece, shape in zip(target.pieces, shapes):
             piece.rows = shape[0]
+            if piece.transform == "column" and piece.column >= piece.tensor.matrix_shape()[1]:
+                raise MappingError(f"{param.data.key}: {piece.tensor.name} has {piece.tensor.matrix_shape()[1]} "
+                                   f"columns, no column {piece.column}")
             if piece.transform in ("rope", "rope_columns"):
                 _check_heads(piece, param.data.key, layout["head_dim"])
         _fit_rows(target, rule, tt_name, shapes)

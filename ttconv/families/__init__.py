@@ -7,8 +7,9 @@ from ..errors import CheckpointError, TtconvError
 from .gpt2 import GPT2
 from .llama import LLAMA
 from .qwen3 import QWEN3
+from .qwen3_5 import QWEN3_5
 
-ALL = (LLAMA, QWEN3, GPT2)  # in the order commands and help list them
+ALL = (LLAMA, QWEN3, GPT2, QWEN3_5)  # in the order commands and help list them
 NAMES = tuple(family.name for family in ALL)
 _BY_NAME = {name: family for family in ALL for name in (family.name,) + family.aliases}
 

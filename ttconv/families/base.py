@@ -24,7 +24,7 @@ class Family:
     default_hf_model = None    # --hf_model's default, as the upstream scripts have it
     default_output = None      # the conversion's output without -o (None: required)
     config_model_path = "data/tt_model.msgpack"  # `ttconv config`'s model_path default
-    formats = ("msgpack", "flatbuffer")  # what a conversion can write, in tt-train's eras
+    formats = ("msgpack", "flatbuffer")  # what a conversion can write, in tt-train's eras (none: no command)
     default_format = "msgpack"
 
     # --- Hugging Face's side
@@ -47,6 +47,7 @@ class Family:
     model_root = None          # the root module's name in a checkpoint directory
     ttml_root = None           # the model's class name in a ttml checkpoint
     ttml_table = ()            # (ttml name under the root, fused, canonical name = parts), see tt.ttml_names
+    tensor_parallel_files = True  # ttml files gathered from tensor parallelism are read (--tp)
     meta_style = False         # --meta_style: q/k rows may come already interleaved
     rope = False               # q/k rows are permuted for tt-train's adjacent-pair RoPE
 

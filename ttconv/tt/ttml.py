@@ -239,6 +239,9 @@ class TtmlFile:
             raise TtFileError(f"{self.path}: holds no model parameters")
         self.root, self.family, self._wrapper = ttml_names.model_root(self.path, [r.name for r in model],
                                                                          self.models)
+        if self.tp > 1 and not self.family.tensor_parallel_files:
+            raise TtFileError(f"{self.path}: --tp: ttconv does not read {self.family.display} checkpoints gathered from "
+                              "tensor parallelism (tt-train reorders their rows for it)")
         by_name = {self._local(r.name): r for r in model}
         self.fused_linears = sorted({n.split("/")[-2] for n in by_name if n == ttml_names.base_name(n)
                                      and ttml_names.translate(self.path, self.family, n)[0]})
