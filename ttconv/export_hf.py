@@ -140,11 +140,7 @@ class _Streamer:
                 self._tt_part(part, cols, sink)
 
     def _float32(self, param):
-        rows = RowGatherer(self._tt, param, self._input)
-        try:
-            return rows.float32_rows(0, param.rows)
-        finally:
-            rows.close()
+        return self._tt.read_values(param.data).reshape(param.rows, param.cols)
 
     def _write_values(self, matrix, sink):
         """float32 [rows, cols] values in the output dtype (rounded as the kernel rounds)."""

@@ -1,6 +1,6 @@
 """What every model family module provides: the Family interface the drivers and formats ask.
 
-A family module (llama.py, qwen3.py, gpt2.py) makes one Family object holding everything
+A family module (llama.py, qwen3.py, gpt2.py, qwen3_5.py) makes one Family object holding everything
 particular to its models: names, config reading and writing, name tables for each tt-train
 format, tt-train's tensors, refusals, forward passes and command-line options. The drivers and
 the format modules receive that object and ask it; none of them knows a family by its name.
@@ -25,7 +25,6 @@ class Family:
     default_output = None      # the conversion's output without -o (None: required)
     config_model_path = "data/tt_model.msgpack"  # `ttconv config`'s model_path default
     formats = ("msgpack", "flatbuffer")  # what a conversion can write, in tt-train's eras (none: no command)
-    default_format = "msgpack"
 
     # --- Hugging Face's side
     model_types = ()           # config.json model_type values it reads

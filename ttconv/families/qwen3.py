@@ -87,7 +87,6 @@ class Qwen3Family(Family):
     default_output = "data/qwen3_exported"
     config_model_path = "data/tt_model"
     formats = ("flatbuffer",)
-    default_format = "flatbuffer"
     model_types = ("qwen3",)
     architecture_prefixes = ("Qwen3",)
     hf_order = DECODER_HF_ORDER
