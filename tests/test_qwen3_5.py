@@ -32,9 +32,24 @@ def zero_centred(name):
     return name.endswith(ZERO_CENTRED) or name == LM + "norm.weight"
 
 
-def ttml_model(t):
-    """{ttml name: 4-D float32} as tt-train's qwen38 loader fills its model from the checkpoint t."""
+def qkv_order(tp):
+    """in_proj_qkv's rows as tt-train's loader orders them for tp devices: each device's q heads, k
+    heads and v heads in turn (tiny model: 2 key heads of 16, 4 value heads of 16)."""
+    key_heads, value_heads, dim = 2, 4, 16
+    order = []
+    for device in range(tp):
+        for base, heads in ((0, key_heads), (key_heads * dim, key_heads), (2 * key_heads * dim, value_heads)):
+            per = heads // tp
+            for head in range(device * per, (device + 1) * per):
+                order.extend(range(base + head * dim, base + (head + 1) * dim))
+    return np.array(order)
+
+
+def ttml_model(t, tp=1):
+    """{ttml name: 4-D float32} as tt-train's qwen38 loader fills its model from the checkpoint t
+    (gathered from tp devices)."""
     out = {}
+    order = qkv_order(tp)
     for name, w in t.items():
         if not name.startswith(LM) and name != "lm_head.weight":
             continue  # the vision tower: not in the text model
@@ -52,7 +67,9 @@ def ttml_model(t):
         prefix = f"{ROOT}/layers/{layer}/"
         if tail == "linear_attn.conv1d.weight":
             for j in range(w.shape[2]):
-                out[f"{prefix}linear_attn/conv_tap_{j}"] = ts.four_d(w[:, 0, j].copy())
+                out[f"{prefix}linear_attn/conv_tap_{j}"] = ts.four_d(w[order, 0, j].copy())
+        elif tail == "linear_attn.in_proj_qkv.weight":
+            out[prefix + "linear_attn/in_proj_qkv/weight"] = ts.four_d(w[order])
         elif tail == "linear_attn.norm.weight":
             out[prefix + "linear_attn/norm_weight"] = ts.four_d(w)  # the gated norm takes its weight as it is
         elif tail in ("linear_attn.A_log", "linear_attn.dt_bias"):
@@ -87,7 +104,7 @@ def exported(folder):
 
 @pytest.mark.parametrize("bf16", [False, True])
 @pytest.mark.parametrize("command", ["qwen3.5", "qwen38"])
-def test_a_fine_tune_exports_to_the_originals_layout(cli, tmp_path, bf16, command):
+def test_a_fine_tune_exports_to_the_originals_layout(cli, tmp_path, bf16, command, backend):
     t = original()
     model = ttml_model(t)
     path = ts.write_stream(tmp_path / "run.pkl", ts.as_bf16(model) if bf16 else model, header={"step": 3})
@@ -163,10 +180,9 @@ def test_lora_adapters_become_a_peft_folder_under_the_originals_names(cli, tmp_p
 
 def test_what_is_not_read_is_refused_in_one_line(cli, tmp_path):
     path = ts.write_stream(tmp_path / "run.pkl", ttml_model(original()))
-    for command, says in ((["to-hf", "qwen3.5", path, "--hf_model", MODEL, "-o", tmp_path / "o", "--tp", "2"],
-                           "gathered from tensor parallelism"),
+    for command, says in ((["to-hf", "qwen3.5", path, "--hf_model", MODEL, "-o", tmp_path / "o", "--tp", "3"],
+                           "do not split 3 ways"),
                           (["to-hf", "qwen3.5", path, "-o", tmp_path / "o"], "give --hf_model"),
-                          (["check", "qwen3.5", path, "--hf_model", MODEL], "run check"),
                           (["config", "qwen3.5", "--hf_model", MODEL], "write a tt-train YAML")):
         status, _, err = cli(*command)
         assert status == 1 and one_error_line(err) and says in err, (command, err)
@@ -199,3 +215,113 @@ def test_tt_trains_own_adapter_file_of_it_becomes_a_peft_folder(cli, tmp_path):
            in raw_safetensors(os.path.join(tmp_path / "adapter", "adapter_model.safetensors")).items()}
     assert np.array_equal(got[f"base_model.model.{module}.lora_A.weight"], a)
     assert np.array_equal(got[f"base_model.model.{module}.lora_B.weight"], b) and len(got) == 2
+
+
+def expected_loss():
+    with open(os.path.join(MODEL, "expected", "loss.json")) as f:
+        return json.load(f)
+
+
+def run_check(cli, path, *extra, model=MODEL):
+    status, out, err = cli("check", "qwen3.5", path, "--hf_model", model, "--json", *extra)
+    return status, (json.loads(out) if out else None), err
+
+
+def test_hf_side_reproduces_transformers_logits():
+    from ttconv import families
+    from ttconv.hf.checkpoint import Checkpoint
+    from ttconv.models import HfModel
+
+    ids = np.load(os.path.join(MODEL, "expected", "ids.npy"))
+    want = np.load(os.path.join(MODEL, "expected", "hf_logits.npy"))
+    ckpt = Checkpoint(MODEL)
+    family = families.get("qwen3.5")
+    shape = family.model_shape(ckpt)
+    model = HfModel(ckpt, family, shape, family.norm_epsilon(ckpt.config))
+    logits = model.final_states(ids)[0] @ model.head_rows(0, shape.vocab_size).T
+    assert support.rel_error(logits, want) < 1e-5
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_check_reproduces_transformers_loss(cli, tmp_path, tp):
+    path = ts.write_stream(tmp_path / "run.pkl", ttml_model(original(), tp), header={"step": 3})
+    status, result, err = run_check(cli, path, *(["--tp", str(tp)] if tp > 1 else []))
+    assert status == 0, err
+    want = expected_loss()
+    assert result["ok"] and result["top1_agreement"] == 1.0 and result["tokens"] == want["sample_tokens"]
+    assert abs(result["hf_loss"] - want["sample_loss"]) < 1e-4
+    assert abs(result["tt_loss"] - want["sample_loss"]) < 1e-4
+    assert result["max_abs_logit_diff"] < 1e-4
+
+
+def test_check_of_a_bfloat16_file_compares_with_the_checkpoint_rounded(cli, tmp_path):
+    path = ts.write_stream(tmp_path / "run.pkl", ts.as_bf16(ttml_model(original())))
+    status, result, err = run_check(cli, path)
+    assert status == 0 and result["ok"] and result["hf_weights_rounded_to_bfloat16"], err
+
+
+def wrong(model, what):
+    """The model with one thing held as tt-train does not hold it."""
+    model = dict(model)
+    for name in list(model):
+        if what == "norms without the one" and name.endswith(("input_layernorm/weight", "q_norm/weight")):
+            model[name] = model[name] - np.float32(1)
+        elif what == "taps reversed" and "/conv_tap_" in name:
+            j = int(name.rsplit("_", 1)[1])
+            model[name] = model[name.rsplit("_", 1)[0] + f"_{3 - j}"]
+        elif what == "gated norm plus one" and name.endswith("linear_attn/norm_weight"):
+            model[name] = model[name] + np.float32(1)
+    return model
+
+
+@pytest.mark.parametrize("what", ["norms without the one", "taps reversed", "gated norm plus one"])
+def test_check_fails_on_a_file_that_holds_another_model(cli, tmp_path, what):
+    path = ts.write_stream(tmp_path / "run.pkl", wrong(ttml_model(original()), what))
+    status, result, err = run_check(cli, path)
+    assert status == 1 and not result["ok"] and one_error_line(err), err
+    assert result["max_abs_logit_diff"] > 1e-3
+
+
+def test_a_gathered_file_read_without_its_tp_is_told_apart(cli, tmp_path):
+    path = ts.write_stream(tmp_path / "run.pkl", ttml_model(original(), 2))
+    status, result, err = run_check(cli, path)
+    assert status == 1 and not result["ok"] and "try --tp N" in err
+
+
+def test_a_tensor_parallel_file_exports_as_the_single_device_one(cli, tmp_path, backend):
+    t = original()
+    one = ts.write_stream(tmp_path / "one.pkl", ttml_model(t))
+    two = ts.write_stream(tmp_path / "two.pkl", ttml_model(t, 2))
+    assert cli("to-hf", "qwen3.5", one, "--hf_model", MODEL, "-o", tmp_path / "hf1")[0] == 0
+    status, _, err = cli("to-hf", "qwen3.5", two, "--hf_model", MODEL, "-o", tmp_path / "hf2", "--tp", "2")
+    assert status == 0, err
+    got, want = exported(tmp_path / "hf2"), expected(t, False)
+    for name, values in want.items():
+        assert got[name].tobytes() == values.tobytes(), name
+    assert cli("to-hf", "qwen3.5", two, "--hf_model", MODEL, "-o", tmp_path / "hf3")[0] == 0
+    qkv = LM + "layers.0.linear_attn.in_proj_qkv.weight"
+    assert exported(tmp_path / "hf3")[qkv].tobytes() != want[qkv].tobytes()  # read without --tp: rows reordered
+
+
+def test_a_lora_file_is_checked_merged(cli, tmp_path):
+    t = original()
+    rng = np.random.default_rng(8)
+    wrapped = {"LoraModel/model/" + name: values for name, values in ttml_model(t, 2).items()}
+    merged = dict(t)
+    for ttml_name, module in (("layers/0/linear_attn/in_proj_qkv", LM + "layers.0.linear_attn.in_proj_qkv"),
+                              ("layers/1/self_attn/o_proj", LM + "layers.1.self_attn.o_proj")):
+        out, inner = t[module + ".weight"].shape
+        a = (rng.normal(size=(4, inner)) * 0.3).astype(np.float32)
+        b = (rng.normal(size=(out, 4)) * 0.3).astype(np.float32)
+        merged[module + ".weight"] = t[module + ".weight"] + np.float32(16 / 4) * (b @ a)
+        held_b = b[qkv_order(2)] if module.endswith("in_proj_qkv") else b  # the linear's own row order
+        wrapped[f"LoraModel/model/{ROOT}/{ttml_name}/lora_A"] = ts.four_d(a)
+        wrapped[f"LoraModel/model/{ROOT}/{ttml_name}/lora_B"] = ts.four_d(held_b)
+    folder = tmp_path / "merged"
+    shutil.copytree(MODEL, folder)
+    save_file({k: np.ascontiguousarray(v) for k, v in merged.items()}, str(folder / "model.safetensors"))
+    path = ts.write_stream(tmp_path / "lora.pkl", wrapped)
+    status, result, err = run_check(cli, path, "--tp", "2", "--lora-alpha", "16", model=folder)
+    assert status == 0 and result["ok"], err
+    status, result, err = run_check(cli, path, "--tp", "2", "--lora-alpha", "16")
+    assert status == 1 and not result["ok"]  # against the base model

@@ -162,8 +162,8 @@ def _family_choices():
 def _tp_option(parser):
     parser.add_argument("--tp", type=_positive, metavar="N",
                         help="a ttml (Python-side) checkpoint gathered from N-way tensor parallelism: its fused "
-                             "rows (qkv, kv, gate|up) are interleaved rank by rank; the file does not record N "
-                             "(default: 1)")
+                             "rows (qkv, kv, gate|up; a Gated DeltaNet's in_proj_qkv rows and conv tap channels) are "
+                             "interleaved rank by rank; the file does not record N (default: 1)")
 
 
 class CommandOptions:

@@ -46,7 +46,6 @@ class Family:
     model_root = None          # the root module's name in a checkpoint directory
     ttml_root = None           # the model's class name in a ttml checkpoint
     ttml_table = ()            # (ttml name under the root, fused, canonical name = parts), see tt.ttml_names
-    tensor_parallel_files = True  # ttml files gathered from tensor parallelism are read (--tp)
     meta_style = False         # --meta_style: q/k rows may come already interleaved
     rope = False               # q/k rows are permuted for tt-train's adjacent-pair RoPE
 
@@ -132,6 +131,12 @@ class Family:
         if self.rope:
             layout.update(rope_q=shape.num_heads, rope_kv=shape.num_groups, head_dim=shape.head_dim)
         return layout
+
+    def ttml_fused_sizes(self, path, name, fused, size, tensors):
+        """{part: rows (or columns of a one-row tensor)} of a fused ttml tensor whose parts the
+        family sizes itself, or None for the reader's rule (q as wide as the output projection,
+        halves otherwise); tensors: the file's records by name, for the sizes of its siblings."""
+        return None
 
     def ttml_lines(self):
         """The ttml table, compiled (tt.ttml_names)."""

@@ -28,6 +28,7 @@ class ModelShape:
     theta: Optional[float] = None
     rope_scaling: Optional[dict] = None
     rms_norm_eps: Optional[float] = None
+    details: Optional[dict] = None  # sizes only the family's own code reads (Qwen3.5's linear-attention heads)
 
     def tt_vocab(self, multiple=32):
         """Vocabulary rows in the tt file: vocab_size rounded up to a multiple (32, times the device

@@ -60,12 +60,15 @@ class TensorRecord:
 
 
 class TtmlTensor:
-    """Rows of a record as ttconv's mapping sees one tensor: runs (first stored row, count), in order."""
+    """Rows of a record as ttconv's mapping sees one tensor: runs (first stored row, count), in order;
+    columns: the stored columns in the tensor's order, for a one-row tensor of a fused linear's
+    channels gathered from tensor parallelism (None: as stored)."""
 
-    def __init__(self, key, record, runs):
+    def __init__(self, key, record, runs, columns=None):
         self.key = key
         self.record = record
         self.runs = runs
+        self.columns = columns
         self.rows = sum(count for _, count in runs)
         self.cols = record.cols
 
@@ -239,9 +242,6 @@ class TtmlFile:
             raise TtFileError(f"{self.path}: holds no model parameters")
         self.root, self.family, self._wrapper = ttml_names.model_root(self.path, [r.name for r in model],
                                                                          self.models)
-        if self.tp > 1 and not self.family.tensor_parallel_files:
-            raise TtFileError(f"{self.path}: --tp: ttconv does not read {self.family.display} checkpoints gathered from "
-                              "tensor parallelism (tt-train reorders their rows for it)")
         by_name = {self._local(r.name): r for r in model}
         self.fused_linears = sorted({n.split("/")[-2] for n in by_name if n == ttml_names.base_name(n)
                                      and ttml_names.translate(self.path, self.family, n)[0]})
@@ -269,14 +269,22 @@ class TtmlFile:
             adapter = name[len(base) - len("weight"):] if base != name else None
             fused, targets = ttml_names.translate(self.path, self.family, base)
             weight = model_by_name.get(base, record)
-            sizes = self._part_sizes(base, weight.rows, fused, model_by_name)
+            # a fused linear's per-channel vector (one row) holds its parts along the columns
+            along_columns = fused != "" and weight.rows == 1
+            sizes = self._part_sizes(base, weight.cols if along_columns else weight.rows, fused, model_by_name)
             for canonical, picked in targets:
                 label = record.label if record.group == "optimizer" else record.name
                 key = label if len(targets) == 1 else f"{label}[{'+'.join(picked)}]"
-                runs = [(0, record.rows)] if adapter == "lora_A" else self._runs(record, sizes, picked)
+                columns = None
+                if along_columns:
+                    runs = [(0, 1)]
+                    columns = np.concatenate([np.arange(first, first + count)
+                                              for first, count in self._runs(record, sizes, picked)])
+                else:
+                    runs = [(0, record.rows)] if adapter == "lora_A" else self._runs(record, sizes, picked)
                 if adapter:
                     canonical = canonical[:-len("weight")] + adapter
-                params[canonical] = DirParameter(canonical, TtmlTensor(key, record, runs))
+                params[canonical] = DirParameter(canonical, TtmlTensor(key, record, runs, columns))
         for one, other in (ttml_names.EMBEDDINGS, ttml_names.EMBEDDINGS[::-1]):
             one, other = f"{self.root}/{one}", f"{self.root}/{other}"
             if one in params and other not in params:  # tied: one parameter saved under either name
@@ -287,16 +295,12 @@ class TtmlFile:
         """{part: rows} of a fused tensor of that many rows (before tensor parallelism interleaves them)."""
         if fused == "":
             return {"all": rows}
-        if fused == "qkv":
-            out = name.rsplit("/", 2)[0] + "/out_linear/weight"
-            if out not in model_by_name:
-                raise TtFileError(f"{self.path}: {name} is a fused q|k|v linear but {out} is missing, "
-                                  "which tells its query rows")
-            q = model_by_name[out].cols
-            if q >= rows or (rows - q) % 2:
-                raise TtFileError(f"{self.path}: {name} has {rows} rows, which do not split into {q} query "
-                                  "rows and equal key and value rows")
-            return {"q": q, "k": (rows - q) // 2, "v": (rows - q) // 2}
+        sizes = self.family.ttml_fused_sizes(self.path, name, fused, rows, model_by_name)
+        if sizes is not None:
+            return sizes
+        if fused == "qkv":  # as many query rows as the output projection has columns
+            return ttml_names.qkv_sizes(self.path, name, rows, model_by_name,
+                                        name.rsplit("/", 2)[0] + "/out_linear/weight", "q", lambda r: r.cols)
         first, second = ttml_names.FUSIONS[fused]
         if rows % 2:
             raise TtFileError(f"{self.path}: {name} is a fused {first}|{second} linear of {rows} rows, "
@@ -371,7 +375,7 @@ class TtmlFile:
         return np.ascontiguousarray(values, dtype=np.float32).reshape(record.rows, record.cols)
 
     def read_values(self, data):
-        """A tensor's values (its runs of rows) as a flat float32 array."""
+        """A tensor's values (its runs of rows, its columns in order: row_source) as a flat float32 array."""
         rows = RowGatherer(self, DirParameter(data.key, data), ScratchBuffer())
         try:
             return rows.float32_rows(0, data.rows).reshape(-1)
@@ -380,10 +384,10 @@ class TtmlFile:
 
     def row_source(self, param, scratch):
         """Row access (tt.rows) to a parameter: its stored rows straight from the file where they are
-        raw float32 or bfloat16, else the record decoded whole."""
+        raw float32 or bfloat16 in their stored column order, else the record decoded whole."""
         data = param.data
         raw = self._raw(data.record)
-        if raw is None:
+        if raw is None or data.columns is not None:
             return self.decoded_rows(param)
         name, width = raw
         return RunRows(self.path, data.record.array.data.offset, data.runs, data.cols, width, name, scratch)
@@ -392,6 +396,8 @@ class TtmlFile:
         """The parameter's values decoded whole to float32, as a row source."""
         data = param.data
         decoded = self._decoded(data.record)
+        if data.columns is not None:
+            decoded = decoded[:, data.columns]
         return DecodedRows(np.concatenate([decoded[first:first + count] for first, count in data.runs]), data.cols)
 
     # ---------------------------------------------------------------- the header

@@ -92,3 +92,18 @@ def translate(path, family, name):
             layer = match.groupdict().get("i")
             return fused, [(f"{root}/{c.format(i=layer)}", picked) for c, picked in parts]
     raise TtFileError(f"{path}: unknown {root} parameter {name!r} (not a tensor of tt-train's {root})")
+
+
+def qkv_sizes(path, name, size, tensors, sibling, known, width):
+    """{"q", "k", "v": rows (or channels)} of a fused q|k|v tensor of `size`: the `known` part ("q" or
+    "v") as wide as width(record) of its sibling tensor, the other two equal; TtFileError when the
+    sibling is missing or the sizes do not split so."""
+    if sibling not in tensors:
+        raise TtFileError(f"{path}: {name} is a fused q|k|v tensor but {sibling} is missing, which tells its "
+                          f"{known} size")
+    part = width(tensors[sibling])
+    if part >= size or (size - part) % 2:
+        raise TtFileError(f"{path}: {name} has {size} q|k|v rows, which do not split into the {part} {known} rows "
+                          f"{sibling} tells and two equal parts")
+    other = (size - part) // 2
+    return {"q": part if known == "q" else other, "k": other, "v": part if known == "v" else other}
