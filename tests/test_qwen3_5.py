@@ -325,3 +325,10 @@ def test_a_lora_file_is_checked_merged(cli, tmp_path):
     assert status == 0 and result["ok"], err
     status, result, err = run_check(cli, path, "--tp", "2", "--lora-alpha", "16")
     assert status == 1 and not result["ok"]  # against the base model
+
+
+def test_inspect_names_the_tensors_tensor_parallelism_reorders(cli, tmp_path):
+    path = ts.write_stream(tmp_path / "run.pkl", ttml_model(original(), 2))
+    status, out, err = cli("inspect", path)
+    assert status == 0, err
+    assert "fused tensors: conv_tap_J, in_proj_qkv (rank-interleaved" in out

@@ -9,6 +9,7 @@ run); arrays stay in the file until their rows are asked for. Parameter names ar
 drivers see the same reader interface as for msgpack files and directories.
 """
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -243,7 +244,7 @@ class TtmlFile:
         self.root, self.family, self._wrapper = ttml_names.model_root(self.path, [r.name for r in model],
                                                                          self.models)
         by_name = {self._local(r.name): r for r in model}
-        self.fused_linears = sorted({n.split("/")[-2] for n in by_name if n == ttml_names.base_name(n)
+        self.fused_linears = sorted({_fused_label(n) for n in by_name if n == ttml_names.base_name(n)
                                      and ttml_names.translate(self.path, self.family, n)[0]})
         self._model = self._canonical(model, by_name)
         masters = [r for r in self.records if r.group == "optimizer" and r.path and r.path[-1] == MASTER_WEIGHTS]
@@ -279,7 +280,7 @@ class TtmlFile:
                 if along_columns:
                     runs = [(0, 1)]
                     columns = np.concatenate([np.arange(first, first + count)
-                                              for first, count in self._runs(record, sizes, picked)])
+                                              for first, count in self._runs(record, sizes, picked, "channels")])
                 else:
                     runs = [(0, record.rows)] if adapter == "lora_A" else self._runs(record, sizes, picked)
                 if adapter:
@@ -307,7 +308,7 @@ class TtmlFile:
                               "which do not split in halves")
         return {first: rows // 2, second: rows // 2}
 
-    def _runs(self, record, sizes, picked):
+    def _runs(self, record, sizes, picked, unit="rows"):
         """Stored row runs of the picked parts, every rank's slice of a part in turn."""
         parts = list(sizes)
         if parts == ["all"]:
@@ -315,7 +316,7 @@ class TtmlFile:
         tp = self.tp
         bad = [p for p in parts if sizes[p] % tp]
         if bad:
-            raise TtFileError(f"{self.path}: {record.name}: its {bad[0]} rows ({sizes[bad[0]]}) do not split "
+            raise TtFileError(f"{self.path}: {record.name}: its {bad[0]} {unit} ({sizes[bad[0]]}) do not split "
                               f"{tp} ways; is --tp {tp} right?")
         block = sum(sizes.values()) // tp
         offsets, at = {}, 0
@@ -419,6 +420,14 @@ class TtmlFile:
         fields = tok.fields if isinstance(tok, Record) else tok if isinstance(tok, dict) else None
         stoi = fields.get("stoi") if fields else None
         return stoi if isinstance(stoi, dict) else None
+
+
+def _fused_label(name):
+    """What inspect calls a fused tensor: its linear (…/qkv_linear/weight), or its own name with a
+    trailing index as J (…/conv_tap_0: conv_tap_J)."""
+    if name.endswith("/weight"):
+        return name.split("/")[-2]
+    return re.sub(r"\d+$", "J", name.rsplit("/", 1)[-1])
 
 
 def _enum_value(value):
