@@ -94,6 +94,15 @@ def test_header_classes_that_do_not_exist_become_records():
     assert got["tokenizer"].fields["stoi"] == {"<PAD>": 0, "a": 1, "b": 2, "<BEG>": 3, "<END>": 4}
 
 
+def test_private_header_classes_as_model_builders_names_them_are_records():
+    with ttml_support._Modules(ttml_support.HEADER_MODULES) as modules:
+        classes = ttml_support._header_classes(modules)
+        data = pickle.dumps({"spec": classes.DeepSeekSpec(n_routed_experts=16)}, protocol=4)
+    (got,), _ = load_all(data)
+    assert str(got["spec"].cls) == "model_builders._DeepSeekSpec"
+    assert got["spec"].fields["n_routed_experts"] == 16
+
+
 class _Payload:
     """Pickles as a call of target(*args): what a hostile checkpoint holds."""
 

@@ -213,6 +213,50 @@ def _header_classes(modules):
         use_composite_layernorm: bool = False
 
     @dataclass
+    class _DeepSeekSpec:
+        theta: float = 10000.0
+        inter_dim: int = None
+        moe_inter_dim: int = 256
+        n_dense_layers: int = 2
+        n_routed_experts: int = 8
+        n_shared_experts: int = 1
+        n_activated_experts: int = 2
+        n_expert_groups: int = 2
+        n_limited_groups: int = 1
+        score_func: str = "sigmoid"
+        route_scale: float = 2.5
+        q_lora_rank: int = 256
+        kv_lora_rank: int = 128
+        qk_nope_head_dim: int = 64
+        qk_rope_head_dim: int = 32
+        v_head_dim: int = 64
+
+    @dataclass
+    class MoEParams:
+        moe_inter_dim: int = 256
+        n_routed_experts: int = 8
+        n_shared_experts: int = 1
+        n_activated_experts: int = 2
+        n_expert_groups: int = 2
+        n_limited_groups: int = 1
+        score_func: str = "sigmoid"
+        route_scale: float = 2.5
+
+    @dataclass
+    class DeepSeekSpec:  # newer model_builders.py: the MoE fields in a MoEParams of their own
+        theta: float = 10000.0
+        inter_dim: int = None
+        n_dense_layers: int = 2
+        q_lora_rank: int = 256
+        kv_lora_rank: int = 128
+        qk_nope_head_dim: int = 64
+        qk_rope_head_dim: int = 32
+        v_head_dim: int = 64
+        moe_type: str = "sparse_ep"
+        moe_hyperparam: MoEParams = None
+        moe_axis_name: str = None
+
+    @dataclass
     class ModelConfig:
         model_type: str = "gpt2"
         model_path: str = ""
@@ -238,11 +282,12 @@ def _header_classes(modules):
 
     for cls in (RunnerType, WeightTyingType):
         place(cls, "_ttml.models")
-    for cls in (LlamaSpec, Qwen3Spec, GPT2Spec, ModelConfig):
+    for cls in (LlamaSpec, Qwen3Spec, GPT2Spec, _DeepSeekSpec, MoEParams, DeepSeekSpec, ModelConfig):
         place(cls, "model_builders")
     place(CharTokenizer, "ttml.common.data")
     return types.SimpleNamespace(RunnerType=RunnerType, WeightTyingType=WeightTyingType, LlamaSpec=LlamaSpec,
-                                 Qwen3Spec=Qwen3Spec, GPT2Spec=GPT2Spec, ModelConfig=ModelConfig,
+                                 Qwen3Spec=Qwen3Spec, GPT2Spec=GPT2Spec, DeepSeekSpec=_DeepSeekSpec,
+                                 MoEParams=MoEParams, NestedDeepSeekSpec=DeepSeekSpec, ModelConfig=ModelConfig,
                                  CharTokenizer=CharTokenizer)
 
 

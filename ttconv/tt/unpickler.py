@@ -30,7 +30,8 @@ HEADER_ROOTS = frozenset({"ttml", "_ttml", "model_builders", "__main__"})  # the
 REFUSED_ROOTS = frozenset(getattr(sys, "stdlib_module_names", ())) | {
     "builtins", "__builtin__", "numpy", "ml_dtypes", "jax", "jaxlib", "ttconv"} | {
     name.split(".", 1)[0] for name in _compat_pickle.IMPORT_MAPPING}
-_CLASS_NAME = re.compile(r"[A-Z][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+# a class name (model_builders' private spec classes, _LlamaSpec, _DeepSeekSpec, start with "_")
+_CLASS_NAME = re.compile(r"_?[A-Z][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _DTYPE_CODE = re.compile(r"[<>|=]?(f[248]|i[1248]|u[1248]|b1|\?)")
 
 
