@@ -24,14 +24,15 @@ def test_tables_follow_the_spec_names():
 
 
 def test_the_registry_finds_each_family_by_name_and_refuses_others():
-    assert [f.name for f in families.ALL] == list(families.NAMES) == ["llama", "qwen3", "gpt2", "qwen3.5"]
+    assert [f.name for f in families.ALL] == list(families.NAMES) == ["llama", "qwen3", "gpt2", "qwen3.5",
+                                                                             "deepseek"]
     for family in families.ALL:
         assert families.get(family.name) is family and families.get(family) is family
     assert families.get("qwen38") is families.get("qwen3.5")  # tt-train's name for it
     with pytest.raises(TtconvError, match="unknown model family 'mistral'; ttconv converts 'llama', 'qwen3', 'gpt2', "
-                                          "'qwen3.5'"):
+                                          "'qwen3.5', 'deepseek'"):
         families.get("mistral")
-    assert set(families.ttml_models()) == {"Llama", "Qwen3", "NanoGPT", "Qwen38Transformer"}
+    assert set(families.ttml_models()) == {"Llama", "Qwen3", "NanoGPT", "Qwen38Transformer", "DeepSeek"}
 
 
 def test_every_family_implements_the_whole_interface():

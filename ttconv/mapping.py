@@ -107,13 +107,16 @@ class Plan:
     notices: list
 
 
-def expand(table, n_layers):
-    """Expand {i} once per layer: {tt name: (source spec, row rule)}."""
+def expand(table, n_layers, n_experts=0):
+    """Expand {i} once per layer and {e} once per expert of a mixture-of-experts layer:
+    {tt name: (source spec, row rule)}."""
     rows = {}
     for tt_name, sources, rule in table:
         layers = range(n_layers) if "{i}" in tt_name else [None]
+        experts = range(n_experts) if "{e}" in tt_name else [None]
         for i in layers:
-            rows[tt_name.format(i=i)] = (sources.format(i=i), rule)
+            for e in experts:
+                rows[tt_name.format(i=i, e=e)] = (sources.format(i=i, e=e), rule)
     return rows
 
 
@@ -213,7 +216,7 @@ def build_plan(family, tt, params, tensors, layout, meta_style=False, others=())
             f"{tt.path} has {tt_layers} {family.name} blocks but the checkpoint has {layout['n_layers']} layers; "
             "dump the init file with this model's config"
         )
-    rows = expand(table, layout["n_layers"])
+    rows = expand(table, layout["n_layers"], layout.get("n_experts", 0))
     heads = {} if meta_style else {k: layout[k] for k in ("rope_q", "rope_kv") if k in layout}
     targets, untouched, used, notices = {}, [], set(), []
     for name, param in params.items():

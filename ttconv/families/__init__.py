@@ -4,12 +4,13 @@ Adding a family: write its module (a Family subclass and one instance of it, see
 that instance to ALL below, add its tests and its README section. Nothing else names it.
 """
 from ..errors import CheckpointError, TtconvError
+from .deepseek import DEEPSEEK
 from .gpt2 import GPT2
 from .llama import LLAMA
 from .qwen3 import QWEN3
 from .qwen3_5 import QWEN3_5
 
-ALL = (LLAMA, QWEN3, GPT2, QWEN3_5)  # in the order commands and help list them
+ALL = (LLAMA, QWEN3, GPT2, QWEN3_5, DEEPSEEK)  # in the order commands and help list them
 NAMES = tuple(family.name for family in ALL)
 _BY_NAME = {name: family for family in ALL for name in (family.name,) + family.aliases}
 

@@ -245,7 +245,7 @@ class TtmlFile:
                                                                          self.models)
         by_name = {self._local(r.name): r for r in model}
         self.fused_linears = sorted({_fused_label(n) for n in by_name if n == ttml_names.base_name(n)
-                                     and ttml_names.translate(self.path, self.family, n)[0]})
+                                     and ttml_names.translate(self.path, self.family, n)[0] not in ("", "stacked")})
         self._model = self._canonical(model, by_name)
         masters = [r for r in self.records if r.group == "optimizer" and r.path and r.path[-1] == MASTER_WEIGHTS]
         self._masters = self._canonical(masters, by_name) if masters else {}
@@ -269,6 +269,9 @@ class TtmlFile:
             base = ttml_names.base_name(name)
             adapter = name[len(base) - len("weight"):] if base != name else None
             fused, targets = ttml_names.translate(self.path, self.family, base)
+            if fused == "stacked":
+                params.update(self._experts(record, name, targets[0][0], model_by_name))
+                continue
             weight = model_by_name.get(base, record)
             # a fused linear's per-channel vector (one row) holds its parts along the columns
             along_columns = fused != "" and weight.rows == 1
@@ -291,6 +294,22 @@ class TtmlFile:
             if one in params and other not in params:  # tied: one parameter saved under either name
                 params[other] = DirParameter(other, params[one].data)
         return params
+
+    def _experts(self, record, name, template, model_by_name):
+        """The experts an expert-parallel record holds, by canonical name: slice r of its D is expert
+        r * E_local + j (j: its own index; E_local: how many records of its kind its layer has)."""
+        stem, _, j = name.rpartition("_")
+        local = sum(1 for other in model_by_name if other.rpartition("_")[0] == stem)
+        devices = record.array.shape[0] if len(record.array.shape) == 4 else 0
+        if devices < 1 or record.rows % devices or not j.isdigit() or int(j) >= local:
+            raise TtFileError(f"{self.path}: {record.name} of shape {list(record.array.shape)} is not an "
+                              f"expert-parallel stack (D, 1, rows, cols) of expert {j} of {local} per device")
+        rows = record.rows // devices
+        experts = {}
+        for r in range(devices):
+            canonical = template.format(e=r * local + int(j))
+            experts[canonical] = DirParameter(canonical, TtmlTensor(f"{record.name}[{r}]", record, [(r * rows, rows)]))
+        return experts
 
     def _part_sizes(self, name, rows, fused, model_by_name):
         """{part: rows} of a fused tensor of that many rows (before tensor parallelism interleaves them)."""
@@ -404,14 +423,18 @@ class TtmlFile:
     # ---------------------------------------------------------------- the header
 
     def model_config(self):
-        """The header's model_config as a flat dict (its spec's fields beside the common ones), or None."""
-        config = self.header.get("model_config")
-        if not isinstance(config, (Record, dict)):
+        """The header's model_config as a flat dict, or None: its spec's fields beside the common ones, and
+        those of a record within the spec (DeepSeek's moe_hyperparam: MoEParams) beside the spec's."""
+        fields = _record_fields(self.header.get("model_config"))
+        if fields is None:
             return None
-        fields = dict(config.fields if isinstance(config, Record) else config)
-        spec = fields.pop("spec", None)
-        if isinstance(spec, (Record, dict)):
-            fields.update(spec.fields if isinstance(spec, Record) else spec)
+        spec = _record_fields(fields.pop("spec", None)) or {}
+        for key, value in list(spec.items()):
+            inner = _record_fields(value)
+            if inner is not None:
+                del spec[key]
+                spec.update(inner)
+        fields.update(spec)
         return {key: _enum_value(value) for key, value in fields.items()}
 
     def tokenizer(self):
@@ -420,6 +443,13 @@ class TtmlFile:
         fields = tok.fields if isinstance(tok, Record) else tok if isinstance(tok, dict) else None
         stoi = fields.get("stoi") if fields else None
         return stoi if isinstance(stoi, dict) else None
+
+
+def _record_fields(value):
+    """A header record's (or a dict's) fields as a new dict, None for anything else."""
+    if isinstance(value, Record):
+        return dict(value.fields)
+    return dict(value) if isinstance(value, dict) else None
 
 
 def _fused_label(name):

@@ -7,14 +7,16 @@ canonical name given several parts stacks them ([K; V] for kv_linear). Fusions: 
 [Q | K | V] (Q as many rows as the attention output projection has columns, K and V halves of
 the rest), "kv" rows [K | V], "gate_up" rows [gate | up]. Under N-way tensor parallelism each
 fused tensor is gathered rank-interleaved ([Q0 K0 V0 | Q1 K1 V1 | ...]), so a part is every
-rank's slice of it in turn. The schemes of a model are told apart by the names present. The tables
+rank's slice of it in turn. "stacked": an expert-parallel record (D, 1, rows, cols) whose slice r holds
+expert r * E_local + j, j the record's own index ({j}) and E_local how many such records its layer
+has; its canonical name's {e} is that expert. The schemes of a model are told apart by the names present. The tables
 are each family's (ttconv.families: Family.ttml_table); the reader is given them as {root: Family}.
 """
 import re
 
 from ..errors import TtFileError
 
-FUSIONS = {"": ("all",), "qkv": ("q", "k", "v"), "kv": ("k", "v"), "gate_up": ("gate", "up")}
+FUSIONS = {"": ("all",), "qkv": ("q", "k", "v"), "kv": ("k", "v"), "gate_up": ("gate", "up"), "stacked": ("all",)}
 
 LORA_WRAPPER = "LoraModel/model/"
 LORA_SUFFIXES = ("/lora_A", "/lora_B")
@@ -25,7 +27,8 @@ def compile_table(table):
     """A ttml table's lines as (pattern, fused, [(canonical name, parts)])."""
     lines = []
     for name, fused, targets in table:
-        pattern = re.compile(re.escape(name).replace(re.escape("{i}"), r"(?P<i>\d+)"))
+        pattern = re.compile(re.escape(name).replace(re.escape("{i}"), r"(?P<i>\d+)")
+                             .replace(re.escape("{e}"), r"(?P<e>\d+)").replace(re.escape("{j}"), r"(?P<j>\d+)"))
         parts = []
         for target in targets.split(";"):
             canonical, _, picked = target.strip().partition(" = ")
@@ -89,8 +92,9 @@ def translate(path, family, name):
     for pattern, fused, parts in family.ttml_lines():
         match = pattern.fullmatch(rest)
         if match:
-            layer = match.groupdict().get("i")
-            return fused, [(f"{root}/{c.format(i=layer)}", picked) for c, picked in parts]
+            found = match.groupdict()
+            expert = "{e}" if fused == "stacked" else found.get("e")  # a stacked record's experts: the reader's
+            return fused, [(f"{root}/{c.format(i=found.get('i'), e=expert)}", picked) for c, picked in parts]
     raise TtFileError(f"{path}: unknown {root} parameter {name!r} (not a tensor of tt-train's {root})")
 
 

@@ -1,0 +1,224 @@
+"""DeepSeek-V2/V3 (MLA + mixture of experts) on tt-train's Python side: what ttconv knows of it.
+
+tt-train's ttml trains DeepSeek (ttml/models/deepseek/) under its root `DeepSeek`: `tok_emb`,
+`blocks/{i}/` (attn: `wq` or `wq_a`/`q_norm`/`wq_b`, `wkv_a`, `kv_norm`, `wkv_b`, `wo`; norms
+`attn_norm`, `ffn_norm`; ffn: a dense SwiGLU `w1`/`w3`/`w2` in the first n_dense_layers, else the
+router `gate`, `experts/{e}/w1|w3|w2` and `shared_experts/w1|w3|w2`), `norm`, `head`; linears
+[1, 1, out, in] in Hugging Face's row order (its RoPE pairs are already adjacent), the
+vocabulary padded to a multiple of 32. Under expert parallelism over D devices each layer holds
+`ffn/w_gate_{j}`, `w_up_{j}` (D, 1, I, H) and `w_down_{j}` (D, 1, H, I), slice r being expert
+r * (E / D) + j. ttconv's direction here is out: `to-hf deepseek` writes the checkpoint in
+transformers' per-expert layout (the router's load-balancing bias, which ttml's checkpoints never
+hold, comes from --hf_model). What ttml cannot represent is refused naming the field.
+"""
+from ..errors import CheckpointError, TtconvError
+from ..hf.from_header import common_fields
+from ..hf.hfconfig import ModelShape, refuse, rope_settings
+from ..hf.tokenizer import llama_tokenizer_text
+from .base import Family
+
+EPSILON = 1e-5  # every RMSNorm of ttml's DeepSeek (transformer.py's RMSNormLayer)
+L = "model.layers.{i}."
+EXPERT_LINEARS = (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj"))
+
+# the block's tensors: the name within the block (ttml's and the canonical one) and the Hugging Face
+# name within the layer
+_BLOCK = (
+    ("attn_norm/gamma",          "input_layernorm.weight"),
+    ("ffn_norm/gamma",           "post_attention_layernorm.weight"),
+    ("attn/wq/weight",           "self_attn.q_proj.weight"),
+    ("attn/wq_a/weight",         "self_attn.q_a_proj.weight"),
+    ("attn/q_norm/gamma",        "self_attn.q_a_layernorm.weight"),
+    ("attn/wq_b/weight",         "self_attn.q_b_proj.weight"),
+    ("attn/wkv_a/weight",        "self_attn.kv_a_proj_with_mqa.weight"),
+    ("attn/kv_norm/gamma",       "self_attn.kv_a_layernorm.weight"),
+    ("attn/wkv_b/weight",        "self_attn.kv_b_proj.weight"),
+    ("attn/wo/weight",           "self_attn.o_proj.weight"),
+    ("ffn/gate/weight",          "mlp.gate.weight"),
+) + tuple((f"ffn/{tt}/weight", f"mlp.{hf}.weight") for tt, hf in EXPERT_LINEARS) \
+  + tuple((f"ffn/experts/{{e}}/{tt}/weight", f"mlp.experts.{{e}}.{hf}.weight") for tt, hf in EXPERT_LINEARS) \
+  + tuple((f"ffn/shared_experts/{tt}/weight", f"mlp.shared_experts.{hf}.weight") for tt, hf in EXPERT_LINEARS)
+
+TABLE = (
+    # tt name                     checkpoint source(s)                                rows
+    ("tok_emb/weight",            "model.embed_tokens.weight",                        "pad"),
+    ("fc/weight",                 "lm_head.weight | model.embed_tokens.weight",       "pad"),
+    ("ln_fc/gamma",               "model.norm.weight",                                ""),
+) + tuple((f"deepseek_block_{{i}}/{name}", L + source, "") for name, source in _BLOCK)
+
+# expert parallelism: (ttml name, the expert linear each slice is)
+_STACKED = (("w_gate", "w1"), ("w_up", "w3"), ("w_down", "w2"))
+
+TTML_TABLE = (
+    # ttml name (under DeepSeek/)      fused      canonical name
+    ("tok_emb/weight",                 "",        "tok_emb/weight"),
+    ("head/weight",                    "",        "fc/weight"),
+    ("norm/gamma",                     "",        "ln_fc/gamma"),
+) + tuple((f"blocks/{{i}}/{name}", "", f"deepseek_block_{{i}}/{name}") for name, _ in _BLOCK) \
+  + tuple((f"blocks/{{i}}/ffn/{stacked}_{{j}}", "stacked", f"deepseek_block_{{i}}/ffn/experts/{{e}}/{tt}/weight")
+          for stacked, tt in _STACKED)
+
+HF_ORDER = (
+    ("embed_tokens.weight",),
+    tuple(source for _, source in _BLOCK if "{e}" not in source),
+    ("norm.weight", "lm_head.weight"),
+)
+
+
+def _positive(config, key, where, default=None):
+    value = config.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise CheckpointError(f"{where}: {key} is {value!r}, expected a positive integer")
+    return value
+
+
+class DeepSeekFamily(Family):
+    name = "deepseek"
+    display = "DeepSeek"
+    formats = ()  # ttconv writes no DeepSeek file for tt-train yet: the direction is out
+    config_model_path = None
+    model_types = ("deepseek_v2", "deepseek_v3")
+    architecture_prefixes = ("DeepseekV2", "DeepseekV3")
+    hf_order = HF_ORDER
+    header_epsilon = ("rms_norm_eps", EPSILON)
+    table = TABLE
+    ignored = (r"model\.layers\.\d+\.mlp\.gate\.e_score_correction_bias",)
+    block_0 = "deepseek_block_0/"
+    model_root = "deepseek"
+    ttml_root = "DeepSeek"
+    ttml_table = TTML_TABLE
+
+    def read_shape(self, ckpt, where):
+        """The config's sizes, refusing what ttml's DeepSeek computes otherwise (moe.py, transformer.py)."""
+        config = ckpt.config
+        heads = _positive(config, "num_attention_heads", where)
+        theta, scaling = rope_settings(config, where)  # refuses YaRN and every scaling but Llama 3's
+        if scaling:
+            refuse(where, "RoPE scaling (ttml's DeepSeek has none)")
+        eps = float(config.get("rms_norm_eps", 1e-6))
+        if abs(eps - EPSILON) > 1e-12:
+            refuse(where, f"rms_norm_eps {eps:g} (every RMSNorm of ttml's DeepSeek uses {EPSILON:g})")
+        sigmoid = config.get("model_type") == "deepseek_v3" or config.get("scoring_func") == "sigmoid"
+        groups = int(config.get("n_group") or 1)
+        if sigmoid and not config.get("norm_topk_prob", True):
+            refuse(where, "norm_topk_prob false (ttml's sigmoid router always normalizes its top-k weights)")
+        if not sigmoid and groups > 1 and config.get("topk_method") == "group_limited_greedy":
+            refuse(where, "topk_method group_limited_greedy (ttml scores an expert group by the sum of its top 2, "
+                          "not its best expert)")
+        experts = int(config.get("n_routed_experts") or 0)
+        nope, rope = _positive(config, "qk_nope_head_dim", where), _positive(config, "qk_rope_head_dim", where)
+        return ModelShape(
+            family=self.name, embedding_dim=_positive(config, "hidden_size", where),
+            num_blocks=_positive(config, "num_hidden_layers", where), num_heads=heads, num_groups=heads,
+            head_dim=nope + rope, intermediate_dim=_positive(config, "intermediate_size", where),
+            vocab_size=_positive(config, "vocab_size", where),
+            max_sequence_length=_positive(config, "max_position_embeddings", where, 2048),
+            weight_tying=bool(config.get("tie_word_embeddings", False)), theta=theta, rms_norm_eps=eps,
+            details={"experts": experts, "sigmoid": sigmoid})
+
+    def plan_layout(self, shape):
+        return {"n_layers": shape.num_blocks, "n_experts": shape.details["experts"]}
+
+    def norm_epsilon(self, config):
+        return float(config.get("rms_norm_eps", 1e-6))
+
+    def hf_config(self, fields, tied, sizes, where):
+        """DeepSeek-V3's config for sigmoid routing, V2's for softmax, from the header's _DeepSeekSpec."""
+        embedding, layers, heads, context, vocab = common_fields(fields, sizes, where)
+        sigmoid = str(fields.get("score_func", "sigmoid")) == "sigmoid"
+        q_rank = int(fields.get("q_lora_rank") or 0)
+        version = "V3" if sigmoid else "V2"
+        config = {
+            "architectures": [f"Deepseek{version}ForCausalLM"], "model_type": f"deepseek_{version.lower()}",
+            "vocab_size": vocab, "hidden_size": embedding, "num_hidden_layers": layers,
+            "num_attention_heads": heads, "num_key_value_heads": heads, "max_position_embeddings": context,
+            "intermediate_size": sizes["intermediate"] or int(fields.get("inter_dim") or 0) or None,
+            "moe_intermediate_size": sizes["moe_intermediate"] or int(fields["moe_inter_dim"]),
+            "first_k_dense_replace": int(fields.get("n_dense_layers", 0)),
+            "n_routed_experts": int(fields["n_routed_experts"]), "n_shared_experts": int(fields["n_shared_experts"]),
+            "num_experts_per_tok": int(fields["n_activated_experts"]),
+            "n_group": int(fields.get("n_expert_groups") or 1), "topk_group": int(fields.get("n_limited_groups") or 1),
+            "routed_scaling_factor": float(fields.get("route_scale", 1.0)),
+            "q_lora_rank": q_rank or None, "kv_lora_rank": int(fields["kv_lora_rank"]),
+            "qk_nope_head_dim": int(fields["qk_nope_head_dim"]), "qk_rope_head_dim": int(fields["qk_rope_head_dim"]),
+            "v_head_dim": int(fields["v_head_dim"]), "rms_norm_eps": EPSILON, "hidden_act": "silu",
+            "rope_theta": float(fields.get("theta") or 10000.0), "rope_scaling": None,
+            "attention_bias": False, "tie_word_embeddings": tied,
+        }
+        if config["intermediate_size"] is None:
+            raise CheckpointError(f"{where}: no dense layer and no inter_dim: give the intermediate size with --set "
+                                  "intermediate_size=N")
+        if sigmoid:
+            config.update(norm_topk_prob=True, topk_method="noaux_tc", scoring_func="sigmoid", rope_interleave=True)
+        else:
+            if config["n_group"] > 1:
+                refuse(where, "softmax routing over expert groups (ttml scores a group by the sum of its top 2; "
+                              "DeepSeek-V2's group_limited_greedy by its best expert)")
+            config.update(norm_topk_prob=False, topk_method="greedy", scoring_func="softmax")
+        return config
+
+    def hf_shapes(self, config):
+        e, heads = config["hidden_size"], config["num_attention_heads"]
+        qk = config["qk_nope_head_dim"] + config["qk_rope_head_dim"]
+        kv_rank, q_rank = config["kv_lora_rank"], config.get("q_lora_rank")
+        inner, moe = config["intermediate_size"], config["moe_intermediate_size"]
+        shapes = {"model.embed_tokens.weight": (config["vocab_size"], e), "model.norm.weight": (e,)}
+        if not config.get("tie_word_embeddings"):
+            shapes["lm_head.weight"] = (config["vocab_size"], e)
+        for i in range(config["num_hidden_layers"]):
+            layer = L.format(i=i)
+            shapes.update({layer + "input_layernorm.weight": (e,), layer + "post_attention_layernorm.weight": (e,),
+                           layer + "self_attn.kv_a_proj_with_mqa.weight": (kv_rank + config["qk_rope_head_dim"], e),
+                           layer + "self_attn.kv_a_layernorm.weight": (kv_rank,),
+                           layer + "self_attn.kv_b_proj.weight":
+                               (heads * (config["qk_nope_head_dim"] + config["v_head_dim"]), kv_rank),
+                           layer + "self_attn.o_proj.weight": (e, heads * config["v_head_dim"])})
+            if q_rank:
+                shapes.update({layer + "self_attn.q_a_proj.weight": (q_rank, e),
+                               layer + "self_attn.q_a_layernorm.weight": (q_rank,),
+                               layer + "self_attn.q_b_proj.weight": (heads * qk, q_rank)})
+            else:
+                shapes[layer + "self_attn.q_proj.weight"] = (heads * qk, e)
+            if i < config["first_k_dense_replace"]:
+                mlps = [("mlp.", inner)]
+            else:
+                shapes[layer + "mlp.gate.weight"] = (config["n_routed_experts"], e)
+                mlps = [(f"mlp.experts.{x}.", moe) for x in range(config["n_routed_experts"])]
+                if config["n_shared_experts"]:
+                    mlps.append(("mlp.shared_experts.", moe * config["n_shared_experts"]))
+            for module, width in mlps:
+                shapes.update({layer + module + "gate_proj.weight": (width, e), layer + module + "up_proj.weight": (width, e),
+                               layer + module + "down_proj.weight": (e, width)})
+        return shapes
+
+    def header_sizes(self, params, block):
+        """The dense layers' and the experts' inner sizes, where the file has such layers."""
+        prefix = block[:-len(self.block_0)]
+        dense = [p for n, p in params.items() if n.startswith(prefix) and n.endswith("/ffn/w1/weight")]
+        expert = [p for n, p in params.items() if n.startswith(prefix) and n.endswith("/w1/weight") and "/experts/" in n]
+        return {"intermediate": dense[0].rows if dense else None,
+                "moe_intermediate": expert[0].rows if expert else None, "head_dim": None}
+
+    def tokenizer_text(self, model_dir):
+        return llama_tokenizer_text(model_dir)
+
+    def _not_read(self, what):
+        raise TtconvError(f"ttconv does not {what} for {self.display} models yet")
+
+    def tt_tensors(self, shape, vocab_rows):
+        self._not_read("read tt-train's own adapter files or build tt-train files")
+
+    def transformer_config(self, shape, vocab_multiple):
+        self._not_read("write a tt-train YAML")
+
+    def tt_expected_rows(self, shape):
+        self._not_read("run check (the MLA and mixture-of-experts forward pass)")
+
+    def tt_forward(self, model, ids, progress=None):
+        self._not_read("run check (the MLA and mixture-of-experts forward pass)")
+
+    def hf_forward(self, model, ids, progress=None, adjacent_pairs=(False,)):
+        self._not_read("run check (the MLA and mixture-of-experts forward pass)")
+
+
+DEEPSEEK = DeepSeekFamily()
