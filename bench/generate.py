@@ -2,7 +2,8 @@
 sharded or not, F32/BF16) and, for the families msgpack has, a matching tt-train init file
 (msgpack-c style: weights as float32, gammas and biases as ints, keys shuffled), both
 written streaming. Qwen3 cases get the checkpoint only (Qwen3 is written as directories), and so
-do llama3.2-3b-bf16 and gpt2-xl (export cases: their tt side is a directory built from config.json).
+do llama3.2-3b-bf16 and gpt2-xl (export cases: their tt side is a directory built from config.json)
+and DeepSeek (written as ttml checkpoints).
 
     python bench/generate.py llama-155m --out bench/out
 """
@@ -31,6 +32,11 @@ CASES = {
                     dtype="F32", tied=True, shards=2, init=False),
     "gpt2-medium": dict(family="gpt2", hidden=1024, layers=24, heads=16, vocab=50257, positions=1024,
                         dtype="F32", tied=True, shards=1),
+    # DeepSeek-V2-Lite's layer shapes (MLA without q LoRA, 64 experts of 1408, 2 shared), its dense first
+    # layer and one mixture-of-experts layer
+    "deepseek-v2-lite-bf16": dict(family="deepseek", hidden=2048, layers=2, heads=16, inter=10944, moe_inter=1408,
+                                  experts=64, shared=2, kv_rank=512, nope=128, rope=64, v_dim=128, vocab=102400,
+                                  dtype="BF16", tied=False, shards=2, init=False),
 }
 BLOCK = 1 << 20
 
@@ -106,6 +112,29 @@ def gpt2_tensors(c):
     return hf, tt, "transformer/transformer"
 
 
+def deepseek_tensors(c):
+    """The checkpoint's tensors (DeepSeek is written as ttml checkpoints built from config.json)."""
+    e, h = c["hidden"], c["heads"]
+    hf = [("model.embed_tokens.weight", (c["vocab"], e)), ("lm_head.weight", (c["vocab"], e)), ("model.norm.weight", (e,))]
+    for i in range(c["layers"]):
+        p = f"model.layers.{i}."
+        hf += [(p + "input_layernorm.weight", (e,)), (p + "post_attention_layernorm.weight", (e,)),
+               (p + "self_attn.q_proj.weight", (h * (c["nope"] + c["rope"]), e)),
+               (p + "self_attn.kv_a_proj_with_mqa.weight", (c["kv_rank"] + c["rope"], e)),
+               (p + "self_attn.kv_a_layernorm.weight", (c["kv_rank"],)),
+               (p + "self_attn.kv_b_proj.weight", (h * (c["nope"] + c["v_dim"]), c["kv_rank"])),
+               (p + "self_attn.o_proj.weight", (e, h * c["v_dim"]))]
+        modules = [("mlp.", c["inter"])] if i == 0 else (
+            [(f"mlp.experts.{x}.", c["moe_inter"]) for x in range(c["experts"])]
+            + [("mlp.shared_experts.", c["moe_inter"] * c["shared"])])
+        if i:
+            hf.append((p + "mlp.gate.weight", (c["experts"], e)))
+        for module, width in modules:
+            hf += [(p + module + "gate_proj.weight", (width, e)), (p + module + "up_proj.weight", (width, e)),
+                   (p + module + "down_proj.weight", (e, width))]
+    return hf, None, None
+
+
 def values(base, n, offset):
     """n float32 values cycled from a fixed random block, starting at offset."""
     return np.resize(np.roll(base, -offset), n)
@@ -174,8 +203,20 @@ def generate(case, out_dir):
         return folder
     os.makedirs(os.path.join(folder, "checkpoint"), exist_ok=True)
     base = (np.random.default_rng(1234).standard_normal(BLOCK) * 0.02).astype(np.float32)
-    hf, tt, prefix = {"llama": llama_tensors, "qwen3": qwen3_tensors, "gpt2": gpt2_tensors}[c["family"]](c)
-    if c["family"] == "qwen3":
+    hf, tt, prefix = {"llama": llama_tensors, "qwen3": qwen3_tensors, "gpt2": gpt2_tensors,
+                      "deepseek": deepseek_tensors}[c["family"]](c)
+    if c["family"] == "deepseek":
+        config = {"model_type": "deepseek_v2", "architectures": ["DeepseekV2ForCausalLM"], "hidden_size": c["hidden"],
+                  "num_hidden_layers": c["layers"], "num_attention_heads": c["heads"],
+                  "num_key_value_heads": c["heads"], "intermediate_size": c["inter"],
+                  "moe_intermediate_size": c["moe_inter"], "n_routed_experts": c["experts"],
+                  "n_shared_experts": c["shared"], "num_experts_per_tok": 6, "first_k_dense_replace": 1,
+                  "moe_layer_freq": 1, "n_group": 1, "topk_group": 1, "topk_method": "greedy",
+                  "routed_scaling_factor": 1.0, "q_lora_rank": None, "kv_lora_rank": c["kv_rank"],
+                  "qk_nope_head_dim": c["nope"], "qk_rope_head_dim": c["rope"], "v_head_dim": c["v_dim"],
+                  "vocab_size": c["vocab"], "tie_word_embeddings": False, "rms_norm_eps": 1e-5,
+                  "rope_theta": 10000.0, "max_position_embeddings": 4096}
+    elif c["family"] == "qwen3":
         config = {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "hidden_size": c["hidden"],
                   "num_hidden_layers": c["layers"], "num_attention_heads": c["heads"],
                   "num_key_value_heads": c["kv_heads"], "head_dim": c["head_dim"], "intermediate_size": c["inter"],

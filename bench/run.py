@@ -14,13 +14,15 @@ kernel micro-benchmark: RoPE permutation + msgpack encode, C vs jax fallback vs 
 numpy, beside numpy's memcpy bandwidth. With --export: ttconv to-hf from each format instead,
 against reading the tt-train input and writing the output; --format ttml (export only) starts
 from a ttml.checkpointing stream written from the checkpoint as tt-train's Python side holds it
-(bf16, fused qkv/gate_up for Llama, fused kv for Qwen3, NanoGPT for GPT-2).
+(bf16, fused qkv/gate_up for Llama, fused kv for Qwen3, NanoGPT for GPT-2). DeepSeek is written as
+ttml checkpoints: its case runs `ttconv deepseek` (and with --export to-hf from that file).
 
     python bench/run.py                     # every case, both formats (needs ~45 GB of disk)
     python bench/run.py llama-155m --repeat 3
     python bench/run.py tinyllama-1.1b --format flatbuffer --backend c --backend jax
     python bench/run.py llama3.2-3b-bf16 --export --format flatbuffer --repeat 5
     python bench/run.py tinyllama-1.1b --export --format ttml --repeat 5
+    python bench/run.py deepseek-v2-lite-bf16 --repeat 3; python bench/run.py deepseek-v2-lite-bf16 --export
 """
 import argparse
 import json
@@ -39,7 +41,7 @@ from generate import CASES, generate  # noqa: E402
 UPSTREAM = {"llama-155m": "46 s, 10 GB peak RSS (published measurement of llama_export.py)"}
 
 
-FORMATS = ("msgpack", "flatbuffer", "ttml")  # ttml: --export only
+FORMATS = ("msgpack", "flatbuffer", "ttml")  # ttml: --export only, but DeepSeek's both ways
 TESTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
 
 
@@ -115,6 +117,8 @@ def run_command(args, backend):
 
 def run_ttconv(case, folder, output, backend, fmt, layout):
     family = CASES[case]["family"]
+    if fmt == "ttml":  # DeepSeek: a ttml checkpoint built from config.json, the model only
+        return run_command([family, "-o", output, "--hf_model", os.path.join(folder, "checkpoint")], backend)
     source = (["-i", os.path.join(folder, "init.msgpack")] if fmt == "msgpack"
               else ["--no-init", "--format", fmt, "--layout", layout])
     return run_command([family, *source, "-o", output, "--hf_model", os.path.join(folder, "checkpoint")], backend)
@@ -123,7 +127,7 @@ def run_ttconv(case, folder, output, backend, fmt, layout):
 def bench_case(case, out_dir, repeat, backend, fmt, layout):
     folder = generate(case, out_dir)
     inputs = inputs_of(folder, fmt)
-    output = os.path.join(out_dir, f"{case}.out" + (".msgpack" if fmt == "msgpack" else ""))
+    output = os.path.join(out_dir, f"{case}.out" + {"msgpack": ".msgpack", "ttml": ".pkl"}.get(fmt, ""))
     # untimed warm-up, so that both sides read the inputs from the same (warm) page cache
     subprocess.run(["cat", *inputs], stdout=subprocess.DEVNULL, check=True)
     best_tt, best_read, best_write, rss = float("inf"), float("inf"), float("inf"), 0
@@ -132,13 +136,14 @@ def bench_case(case, out_dir, repeat, backend, fmt, layout):
         elapsed, peak = run_ttconv(case, folder, output, backend, fmt, layout)
         out_bytes = size_of(output)
         init = os.path.join(folder, "init.msgpack")
-        read, write = io_floor(inputs, out_bytes, output + ".floor", init if os.path.exists(init) else inputs[0])
+        read, write = io_floor(inputs, out_bytes, output + ".floor",
+                               init if os.path.exists(init) else max(inputs, key=os.path.getsize))
         best_tt, best_read, best_write = min(best_tt, elapsed), min(best_read, read), min(best_write, write)
         rss = max(rss, peak)
     remove(output)
     sequential, overlapped = best_read + best_write, max(best_read, best_write)
     return {
-        "case": case, "format": fmt if fmt == "msgpack" else f"{fmt} ({layout})", "backend": backend,
+        "case": case, "format": fmt if fmt in ("msgpack", "ttml") else f"{fmt} ({layout})", "backend": backend,
         "seconds": best_tt, "read_seconds": best_read,
         "write_seconds": best_write, "sequential_floor": sequential, "ratio": best_tt / sequential,
         "overlapped_floor": overlapped, "overlapped_ratio": best_tt / overlapped,
@@ -188,6 +193,10 @@ def export_input(case, folder, out_dir, fmt):
     ttml stream (ttml_input)."""
     path = os.path.join(out_dir, f"{case}.tt" + {"msgpack": ".msgpack", "flatbuffer": "", "ttml": ".pkl"}[fmt])
     if os.path.exists(path):
+        return path
+    if fmt == "ttml" and CASES[case]["family"] == "deepseek":  # ttconv's own ttml checkpoint of it
+        subprocess.run([sys.executable, "-m", "ttconv", "deepseek", "-o", path, "--hf_model",
+                        os.path.join(folder, "checkpoint"), "--quiet"], check=True)
         return path
     if fmt == "ttml":
         ttml_input(case, folder, path)
@@ -316,11 +325,16 @@ def main():
     def has_msgpack(case):  # no msgpack has Qwen3; the 3B case has no init file
         return CASES[case]["family"] != "qwen3" and CASES[case].get("init", True)
 
+    def measured(case, fmt):  # DeepSeek is ttml only, both ways; the others are read from ttml only
+        if CASES[case]["family"] == "deepseek":
+            return fmt == "ttml"
+        return (fmt != "msgpack" or has_msgpack(case)) and (fmt != "ttml" or args.export)
+
     measure = bench_export if args.export else bench_case
     options = () if args.export else (args.layout,)
     rows = [measure(case, args.out, args.repeat, backend, fmt, *options)
             for case in args.cases or CASES for fmt in args.formats for backend in args.backend
-            if (fmt != "msgpack" or has_msgpack(case)) and (fmt != "ttml" or args.export)]
+            if measured(case, fmt)]
     print("| case | format | backend | input MB | output MB | ttconv s | read s | write+fsync s | "
           "ratio to read+write | ratio to max(read, write) | peak RSS MB |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")

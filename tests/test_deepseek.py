@@ -226,3 +226,186 @@ def test_what_is_not_built_yet_is_refused_in_one_line(cli, tmp_path):
                           (["config", "deepseek", "--hf_model", MODELS["v2"]], "write a tt-train YAML")):
         status, _, err = cli(*command)
         assert status == 1 and one_error_line(err) and says in err, (command, err)
+
+
+# ---------------------------------------------------------------- the way in: ttconv deepseek
+
+
+def converted(path):
+    """{name: array} and record 0 of a file ttconv wrote, as ttml.checkpointing reads it (pickle.load)."""
+    first, arrays = ts.load_stream(path)
+    names = [(group, path, name) for group, path, name in manifest_leaves(first["manifest"])]
+    assert len(names) == len(arrays)
+    return first, {(group, path, name): array for (group, path, name), array in zip(names, arrays)}
+
+
+def manifest_leaves(manifest, path=()):
+    """(group, path, name) of every tensor a manifest lists, in stream order."""
+    for key, node in manifest.items():
+        if not isinstance(node, dict):
+            continue
+        if "named_parameters" in node:
+            yield from ((path[0] if path else key, path[1:] + (key,) if path else (), name)
+                        for name in node["named_parameters"])
+        else:
+            yield from manifest_leaves(node, path + (key,))
+
+
+@pytest.mark.parametrize("ep", [None, 2, 4])
+@pytest.mark.parametrize("version", ["v2", "v3"])
+def test_a_checkpoint_converts_into_ttmls_layout(cli, tmp_path, version, ep, backend):
+    expected = ttml_model(original(version), ep)
+    status, _, err = cli("deepseek", "--hf_model", MODELS[version], "-o", tmp_path / "run.pkl", "--dtype", "f32",
+                         *(["--ep", ep] if ep else []))
+    assert status == 0, err
+    first, got = converted(tmp_path / "run.pkl")
+    assert first["format"] == 1 and set(first["manifest"]) == {"model"}
+    model = {name: array for (group, _, name), array in got.items() if group == "model"}
+    assert set(model) == set(expected)
+    for name, values in expected.items():
+        assert model[name].dtype == np.float32 and model[name].shape == values.shape, name
+        assert model[name].tobytes() == values.tobytes(), name
+    meta = first["manifest"]["model"]["named_parameters"]
+    assert all(m == {"layout": "TILE", "dtype": "FLOAT32"} for m in meta.values())
+
+
+def test_bfloat16_by_default_and_back_exactly(cli, tmp_path, backend):
+    t = original("v3")
+    assert cli("deepseek", "--hf_model", MODELS["v3"], "-o", tmp_path / "run.pkl", "--ep", 2)[0] == 0
+    first, got = converted(tmp_path / "run.pkl")
+    for (_, _, name), array in got.items():
+        assert array.dtype == ml_dtypes.bfloat16, name
+        assert first["manifest"]["model"]["named_parameters"][name]["dtype"] == "BFLOAT16"
+    expected = ttml_model(t, 2)
+    for (_, _, name), array in got.items():
+        assert array.tobytes() == expected[name].astype(ml_dtypes.bfloat16).tobytes(), name
+    # and out again, from the header alone: the original's tensors rounded to bfloat16
+    status, _, err = cli("to-hf", "deepseek", tmp_path / "run.pkl", "-o", tmp_path / "hf")
+    assert status == 0, err
+    back = exported(tmp_path / "hf")
+    assert set(back) == {n for n in t if not n.endswith("e_score_correction_bias")}
+    for name, values in back.items():
+        assert values.tobytes() == t[name].astype(ml_dtypes.bfloat16).tobytes(), name
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f32"])
+def test_a_bfloat16_checkpoint_keeps_its_values(cli, tmp_path, dtype, backend):
+    folder = tmp_path / "original"
+    shutil.copytree(MODELS["v2"], folder)
+    t = {k: v.astype(ml_dtypes.bfloat16) for k, v in original("v2").items()}
+    save_file(t, str(folder / "model.safetensors"))
+    status, _, err = cli("deepseek", "--hf_model", folder, "-o", tmp_path / "run.pkl", "--dtype", dtype)
+    assert status == 0, err
+    got = {name: a for (_, _, name), a in converted(tmp_path / "run.pkl")[1].items()}
+    want = ttml_model({k: v.astype(np.float32) for k, v in t.items()})  # bfloat16 widens exactly
+    for name, values in want.items():
+        expected = values.astype(ml_dtypes.bfloat16) if dtype == "bf16" else values
+        assert got[name].dtype == expected.dtype and got[name].tobytes() == expected.tobytes(), name
+
+
+@pytest.mark.parametrize("ep", [None, 4])
+@pytest.mark.parametrize("version", ["v2", "v3"])
+def test_the_header_is_model_builders_config_from_config_json(cli, tmp_path, version, ep):
+    cfg = config(version)
+    assert cli("deepseek", "--hf_model", MODELS[version], "-o", tmp_path / "run.pkl",
+               *(["--ep", ep] if ep else []))[0] == 0
+    header = converted(tmp_path / "run.pkl")[0]["header"]
+    assert header["step"] == 0 and header["tokenizer"] is None
+    model = header["model_config"]
+    assert type(model).__module__ == "model_builders" and type(model).__name__ == "ModelConfig"
+    assert (model.model_type, model.vocab_size, model.embedding_dim, model.num_blocks, model.num_heads,
+            model.max_sequence_length) == ("deepseek", cfg["vocab_size"], cfg["hidden_size"], cfg["num_hidden_layers"],
+                                           cfg["num_attention_heads"], cfg["max_position_embeddings"])
+    spec = model.spec
+    assert type(spec).__name__ == "_DeepSeekSpec"
+    assert (spec.theta, spec.inter_dim, spec.n_dense_layers, spec.q_lora_rank, spec.kv_lora_rank,
+            spec.qk_nope_head_dim, spec.qk_rope_head_dim, spec.v_head_dim) == (
+        cfg["rope_parameters"]["rope_theta"], cfg["intermediate_size"], cfg["first_k_dense_replace"],
+        cfg["q_lora_rank"] or 0, cfg["kv_lora_rank"], cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"],
+        cfg["v_head_dim"])
+    assert spec.moe_type == ("sparse_ep" if ep else "dense") and spec.moe_axis_name is None
+    moe = spec.moe_hyperparam
+    assert type(moe).__name__ == "MoEParams"
+    assert (moe.moe_inter_dim, moe.n_routed_experts, moe.n_shared_experts, moe.n_activated_experts,
+            moe.n_expert_groups, moe.n_limited_groups, moe.route_scale) == (
+        cfg["moe_intermediate_size"], cfg["n_routed_experts"], cfg["n_shared_experts"], cfg["num_experts_per_tok"],
+        cfg["n_group"], cfg["topk_group"], cfg["routed_scaling_factor"])
+    assert moe.score_func == {"v2": "softmax", "v3": "sigmoid"}[version]
+
+
+def test_a_training_layout_adds_adamws_fresh_state(cli, tmp_path):
+    status, _, err = cli("deepseek", "--hf_model", MODELS["v2"], "-o", tmp_path / "run.pkl", "--layout", "training",
+                         "--learning-rate", "2e-4", "--ep", 2)
+    assert status == 0, err
+    first, got = converted(tmp_path / "run.pkl")
+    optimizer = first["manifest"]["optimizer"]
+    assert (optimizer["steps"], optimizer["lr"], optimizer["amsgrad"]) == (0, 2e-4, False)
+    model = {name: a for (group, _, name), a in got.items() if group == "model"}
+    for moment in ("exp_avg", "exp_avg_sq"):
+        moments = {name: a for (group, path, name), a in got.items() if group == "optimizer" and path == (moment,)}
+        assert set(moments) == set(model), moment
+        for name, array in moments.items():
+            assert array.dtype == ml_dtypes.bfloat16 and array.shape == model[name].shape and not array.any()
+
+
+def test_tensor_parallelism_pads_the_vocabulary_to_lcm_32_tp(cli, tmp_path):
+    assert cli("deepseek", "--hf_model", MODELS["v2"], "-o", tmp_path / "run.pkl", "--tp", 3, "--max-seq-len", 64)[0] == 0
+    first, got = converted(tmp_path / "run.pkl")
+    arrays = {name: a for (_, _, name), a in got.items()}
+    t = original("v2")
+    for name, hf in ((f"{ROOT}/tok_emb/weight", "model.embed_tokens.weight"), (f"{ROOT}/head/weight", "lm_head.weight")):
+        assert arrays[name].shape == (1, 1, 192, 64)  # 100 rows padded to a multiple of 96
+        assert arrays[name][0, 0, :100].tobytes() == t[hf].astype(ml_dtypes.bfloat16).tobytes()
+        assert not arrays[name][0, 0, 100:].any()
+    assert first["header"]["model_config"].max_sequence_length == 64
+
+
+def test_a_nonzero_router_bias_is_refused_and_nothing_is_written(cli, tmp_path):
+    folder = tmp_path / "original"
+    shutil.copytree(MODELS["v3"], folder)
+    t = dict(original("v3"))
+    bias = "model.layers.2.mlp.gate.e_score_correction_bias"
+    t[bias] = np.where(np.arange(t[bias].size) == 3, 0.25, 0.0).astype(np.float32)
+    save_file({k: np.ascontiguousarray(v) for k, v in t.items()}, str(folder / "model.safetensors"))
+    status, _, err = cli("deepseek", "--hf_model", folder, "-o", tmp_path / "run.pkl")
+    assert status == 1 and one_error_line(err) and "nonzero e_score_correction_bias" in err and bias in err, err
+    assert [p for p in os.listdir(tmp_path) if p != "original"] == []
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"rms_norm_eps": 1e-6}, "rms_norm_eps 1e-06"),
+    ({"norm_topk_prob": False}, "norm_topk_prob false"),
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}}, "'yarn'"),
+    ({"moe_layer_freq": 2}, "moe_layer_freq 2"),
+])
+def test_the_way_in_refuses_what_ttml_computes_otherwise(cli, tmp_path, change, says):
+    folder = tmp_path / "original"
+    shutil.copytree(MODELS["v3"], folder)
+    with open(folder / "config.json", "w") as f:
+        json.dump(dict(config("v3"), **change), f)
+    status, _, err = cli("deepseek", "--hf_model", folder, "-o", tmp_path / "run.pkl")
+    assert status == 1 and one_error_line(err) and says in err, err
+    assert not (tmp_path / "run.pkl").exists()
+
+
+def test_experts_that_do_not_split_are_refused(cli, tmp_path):
+    status, _, err = cli("deepseek", "--hf_model", MODELS["v2"], "-o", tmp_path / "run.pkl", "--ep", 3)
+    assert status == 1 and one_error_line(err) and "do not split 3 ways" in err, err
+
+
+def test_a_dry_run_plans_and_writes_nothing(cli, tmp_path):
+    status, out, err = cli("deepseek", "--hf_model", MODELS["v3"], "-o", tmp_path / "run.pkl", "--dry-run", "--ep", 2)
+    assert status == 0, err
+    assert "DeepSeek/deepseek_block_1/ffn/experts/5/w1/weight [32, 64] <- model.layers.1.mlp.experts.5.gate_proj.weight" \
+        in out
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_truncated_checkpoint_ends_in_one_line_and_no_file(cli, tmp_path):
+    folder = tmp_path / "original"
+    shutil.copytree(MODELS["v2"], folder)
+    weights = folder / "model.safetensors"
+    os.truncate(weights, os.path.getsize(weights) - 1000)
+    status, _, err = cli("deepseek", "--hf_model", folder, "-o", tmp_path / "out" / "run.pkl")
+    assert status == 1 and one_error_line(err), err
+    assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []

@@ -101,3 +101,8 @@ def test_no_family_name_is_a_literal_outside_the_family_modules():
             if words - ALLOWED:
                 found.append(f"{path.relative_to(PACKAGE)}:{line}: {text[:80]!r}")
     assert not found, "\n".join(found)
+
+
+def test_a_family_without_ttml_checkpoints_refuses_to_write_one():
+    with pytest.raises(TtconvError, match="ttconv writes Llama as msgpack or flatbuffer, not as ttml checkpoints"):
+        families.get("llama").ttml_records(None, 32, None)

@@ -375,6 +375,18 @@ def write_stream(path, model, optimizer=None, header=None, protocol=4, numpy1=Fa
     return path
 
 
+def load_stream(path):
+    """(record 0, [arrays]) of a format-1 file, read as ttml.checkpointing reads it: pickle.load again and
+    again, with stand-ins of the header's classes importable (their instances keep the pickled fields)."""
+    records = []
+    with _Modules(HEADER_MODULES) as modules, open(path, "rb") as handle:
+        _header_classes(modules)
+        first = pickle.load(handle)
+        while handle.peek(1):
+            records.append(pickle.load(handle))
+    return first, records
+
+
 def write_sft(path, model, step=7, protocol=4, numpy1=False):
     """The SFT trainer's checkpoint: one pickle {"step", "model_state": {name: float32 array}}."""
     with open(path, "wb") as handle:

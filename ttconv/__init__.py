@@ -1,5 +1,6 @@
 """ttconv: convert Hugging Face Llama, Qwen3 and GPT-2 checkpoints into tt-train msgpack weight files
-and checkpoint directories (Qwen3: directories only), and back.
+and checkpoint directories (Qwen3: directories only), DeepSeek into ttml (tt-train Python-side)
+checkpoints, and back.
 
 Python API (the command line uses the same functions):
 
@@ -9,15 +10,16 @@ Python API (the command line uses the same functions):
 >>> ttconv.convert_llama("examples/llama-mini/init.msgpack", "examples/llama-mini",
 ...                      "out/llama.msgpack")                       # doctest: +SKIP
 >>> ttconv.convert_gpt2("init.msgpack", "gpt2", "out/gpt2.msgpack")  # doctest: +SKIP
+>>> ttconv.convert_ttml("deepseek", "deepseek-ai/DeepSeek-V2-Lite", "out/v2lite.pkl", ep=8)  # doctest: +SKIP
 >>> ttconv.export_tokenizer("llama", "examples/llama-mini", "out/tokenizer.json")  # doctest: +SKIP
 >>> ttconv.to_hf("llama", "out/llama.msgpack", "examples/llama-mini", "out/hf")     # doctest: +SKIP
 """
 __version__ = "0.1.0"
 
-__all__ = ["convert", "convert_llama", "convert_gpt2", "export_tokenizer", "to_hf", "write_config", "check", "TtconvError", "__version__"]
+__all__ = ["convert", "convert_ttml", "convert_llama", "convert_gpt2", "export_tokenizer", "to_hf", "write_config", "check", "TtconvError", "__version__"]
 
 _API = {
-    "convert": "api", "convert_llama": "api", "convert_gpt2": "api", "to_hf": "api", "write_config": "api", "check": "api",
+    "convert": "api", "convert_ttml": "api", "convert_llama": "api", "convert_gpt2": "api", "to_hf": "api", "write_config": "api", "check": "api",
     "export_tokenizer": "api", "TtconvError": "errors",
 }
 

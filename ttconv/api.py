@@ -7,10 +7,10 @@ import dataclasses
 import logging
 
 from . import families
-from .conversion import open_checkpoint, run_conversion
+from .conversion import open_checkpoint, run_conversion, run_ttml_conversion
 from .errors import TtconvError
 from .families import gpt2 as _gpt2, llama as _llama
-from .options import CheckOptions, ConvertOptions, ExportOptions
+from .options import CheckOptions, ConvertOptions, ExportOptions, TtmlConvertOptions
 from .tt.formats import FORMATS
 from .tt.training import DEFAULT_LEARNING_RATE, DEFAULT_MAX_STEPS
 
@@ -61,6 +61,29 @@ def convert(family, hf_model, output, *, init=None, format=None, layout="trainin
         if meta_style == "auto":
             options = dataclasses.replace(options, meta_style=_decide_meta_style(family, ckpt, text_path, quiet))
         return run_conversion(ckpt, options)
+    finally:
+        ckpt.close()
+
+
+def convert_ttml(family, hf_model, output, *, dtype="bf16", layout="model", tp=1, ep=None,
+                 learning_rate=DEFAULT_LEARNING_RATE, max_sequence_length=None, revision=None, dry_run=False,
+                 quiet=True):
+    """Convert a Hugging Face checkpoint (a local folder or a hub id) of a family tt-train has only on its
+    Python side ("deepseek") into a ttml checkpoint at output, as ttml.checkpointing saves one; returns a
+    Report. dtype "bf16" or "f32"; layout "model" or "training" (AdamW's zero moments at learning_rate
+    too); the vocabulary padded to lcm(32, tp); ep: the experts as ep-way expert-parallel stacks (None: a
+    module per expert); max_sequence_length: the header's context (None: max_position_embeddings).
+
+    >>> report = ttconv.convert_ttml("deepseek", "deepseek-ai/DeepSeek-V2-Lite", "v2lite.pkl",
+    ...                              ep=8)                         # doctest: +SKIP
+    """
+    family = families.get(family)
+    options = TtmlConvertOptions(family=family, hf_model=hf_model, output=output, dtype=dtype, layout=layout, tp=tp,
+                                 ep=ep, learning_rate=learning_rate, max_sequence_length=max_sequence_length,
+                                 revision=revision, dry_run=dry_run, quiet=quiet)
+    ckpt = open_checkpoint(hf_model, revision)
+    try:
+        return run_ttml_conversion(ckpt, options)
     finally:
         ckpt.close()
 

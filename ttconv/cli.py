@@ -26,15 +26,22 @@ loads, without torch: msgpack weight files (the upstream scripts' format, older 
 the checkpoint directories today's tt-train saves and loads (--format flatbuffer:
 metadata.flatbuffer + one bfloat16 .tensorbin per tensor; {directory_only} only as directories). The
 output has exactly the entries of the init file or directory you give, in its order, or is
-built from config.json.
+built from config.json. {ttml_only} is written as the checkpoints tt-train's Python side (ttml)
+saves and loads: tt-train's C++ side does not have it.
 
-inspect, to-hf and check read both formats."""
+inspect and to-hf read all three; check reads msgpack files, directories and
+the ttml checkpoints of the families it runs."""
+
+
+def _joined(names):
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
 
 
 def _description():
-    names = [family.display for family in families.ALL if family.formats]
-    return DESCRIPTION.format(names=", ".join(names[:-1]) + " and " + names[-1],
-                              directory_only=", ".join(f.display for f in families.ALL if f.formats == ("flatbuffer",)))
+    converted = [f for f in families.ALL if f.formats]
+    return DESCRIPTION.format(names=_joined([f.display for f in converted if "ttml" not in f.formats]),
+                              directory_only=", ".join(f.display for f in converted if f.formats == ("flatbuffer",)),
+                              ttml_only=_joined([f.display for f in converted if f.formats == ("ttml",)]))
 
 
 def _common(parser, subcommand=True):
@@ -166,11 +173,36 @@ def _tp_option(parser):
                              "interleaved rank by rank; the file does not record N (default: 1)")
 
 
+def _ttml_options(parser):
+    parser.add_argument("--revision", help="hub revision (branch, tag or commit) when --hf_model is a hub id")
+    parser.add_argument("--dtype", choices=("bf16", "f32"), default="bf16",
+                        help="the tensors' precision in the file (default bf16, as ttml trains; f32 keeps float32)")
+    parser.add_argument("--ep", type=_positive, metavar="D",
+                        help="write the experts as ttml's expert-parallel stacks over D devices (moe_type "
+                             "sparse_ep: per layer ffn/w_gate_J, w_up_J [D, 1, I, H] and w_down_J [D, 1, H, I], "
+                             "slice r expert r*E/D+J); default: one module per expert (moe_type dense)")
+    parser.add_argument("--tp", type=_positive, default=1, metavar="N",
+                        help="the tensor-parallel degree the run will use: the vocabulary is padded to a "
+                             "multiple of lcm(32, N) rows (default 1: 32)")
+    parser.add_argument("--layout", choices=("model", "training"), default="model",
+                        help="model: the model only (what ttml.checkpointing.load_checkpoint restores into a "
+                             "model); training: also AdamW's optimizer group, zero moments and steps 0 "
+                             "(default model)")
+    parser.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE, metavar="LR",
+                        help=f"AdamW's lr in a training layout (default {DEFAULT_LEARNING_RATE:g})")
+    parser.add_argument("--max-seq-len", type=_positive, metavar="N",
+                        help="the header's max_sequence_length, the context ttml trains with (default: "
+                             "config.json's max_position_embeddings)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan (ttml tensor <- checkpoint tensors) and write nothing")
+
+
 class CommandOptions:
     """The argument groups every conversion command shares, for Family.add_arguments."""
 
     hf = staticmethod(_hf_options)
     files = staticmethod(_file_options)
+    ttml = staticmethod(_ttml_options)
     auto_only = staticmethod(_auto_only)
 
 
@@ -315,9 +347,29 @@ def _paths(args, family):
     return init_path, output_path, tokenizer_only
 
 
+def _ttml_conversion(args, family):
+    from . import api, kernels
+
+    if kernels.FALLBACK_REASON:
+        log.info("using the slower jax.numpy fallback: %s", kernels.FALLBACK_REASON)
+    report = api.convert_ttml(family.name, args.hf_model, args.output_path, dtype=args.dtype, layout=args.layout,
+                              tp=args.tp, ep=args.ep, learning_rate=args.learning_rate,
+                              max_sequence_length=args.max_seq_len, revision=args.revision, dry_run=args.dry_run,
+                              quiet=args.quiet)
+    if args.dry_run:
+        from .inspection import print_plan
+
+        print_plan(report)
+        return 0
+    print(f"ttconv: wrote {args.output_path}: {report.summary()}", file=sys.stderr)
+    return 0
+
+
 def _conversion(args, family):
     from . import api, kernels
 
+    if "ttml" in family.formats:
+        return _ttml_conversion(args, family)
     init_path, output_path, tokenizer_only = _paths(args, family)
     if args.dump_tokenizer_path and not args.dry_run:
         api.export_tokenizer(family.name, args.hf_model, args.dump_tokenizer_path, args.revision)

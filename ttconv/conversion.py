@@ -186,6 +186,40 @@ def run_conversion(ckpt, options):
     return report
 
 
+def run_ttml_conversion(ckpt, options):
+    """Convert (or plan, with options.dry_run) one checkpoint into a ttml checkpoint at options.output,
+    built from its config (tt.ttml_out.build_ttml with options.dtype, layout, tp, ep, learning_rate and
+    max_sequence_length): for a family whose only tt-train format is ttml's."""
+    from .tt.ttml_out import build_ttml, ttml_output, value_bytes as ttml_value_bytes
+
+    started = time.perf_counter()
+    family = options.family
+    built = build_ttml(family, ckpt, options.dtype, options.layout, options.tp, options.ep, options.learning_rate,
+                       options.max_sequence_length)
+    family.check_tensors(ckpt)
+    plan = plan_conversion(family, built, ckpt)
+    report = Report(plan, options.output, tensors=len(plan.targets),
+                    values=sum(t.n_values for t in plan.targets.values()), value_bytes=ttml_value_bytes(built))
+    if options.dry_run:
+        return report
+    inputs = sorted({t.path for t in ckpt.tensors.values()})
+    for notice in plan.notices:
+        log.info(notice)
+    with ttml_output(built, options.output, inputs) as writer, \
+            Progress(report.values * report.value_bytes, "converting", options.quiet) as progress:
+        report.nonfinite, _ = write_converted(plan, built, ckpt, writer, progress)
+    if built.is_training_state():
+        report.state = f"AdamW state: zero moments, steps 0, learning rate {options.learning_rate:g}"
+    report.bytes_written = output_size(options.output)
+    report.seconds = time.perf_counter() - started
+    if plan.unused:
+        log.warning("checkpoint tensors not used: %s", ", ".join(plan.unused))
+    if report.nonfinite:
+        log.warning("NaN or Inf values copied as they are in: %s",
+                    ", ".join(f"{k} ({n})" for k, n in report.nonfinite.items()))
+    return report
+
+
 def open_checkpoint(hf_model, revision=None):
     """A Checkpoint for a local directory or a Hugging Face hub id."""
     return Checkpoint(resolve_model(hf_model, revision))

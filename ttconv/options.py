@@ -41,6 +41,24 @@ class ConvertOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TtmlConvertOptions:
+    """A Hugging Face checkpoint -> ttml checkpoint conversion (ttconv.convert_ttml)."""
+
+    family: object
+    hf_model: str
+    output: str
+    dtype: str = "bf16"
+    layout: str = "model"
+    tp: int = 1
+    ep: Optional[int] = None
+    learning_rate: float = DEFAULT_LEARNING_RATE
+    max_sequence_length: Optional[int] = None  # None: config.json's max_position_embeddings
+    revision: Optional[str] = None
+    dry_run: bool = False
+    quiet: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
 class ExportOptions:
     """A tt-train file -> Hugging Face checkpoint or PEFT adapter export (ttconv.to_hf)."""
 

@@ -7,7 +7,7 @@ the format modules receive that object and ask it; none of them knows a family b
 """
 import re
 
-from ..errors import MappingError
+from ..errors import MappingError, TtconvError
 from ..mapping import compile_hf_order
 
 
@@ -156,6 +156,22 @@ class Family:
         """tt-train's tensors (tt_tensors) for a checkpoint's config."""
         shape = self.model_shape(ckpt)
         return self.tt_tensors(shape, shape.tt_vocab(vocab_multiple))
+
+    def ttml_records(self, shape, vocab_rows, ep):
+        """(ttml name under the root, 4-D shape, canonical names of its parts) of the ttml checkpoint a
+        conversion writes (a family whose formats include "ttml"); ep: expert-parallel degree or None."""
+        self._no_ttml()
+
+    def ttml_model_config(self, ckpt, shape, ep, max_sequence_length=None):
+        """The header's model_config of that checkpoint, as pickle_out Instances."""
+        self._no_ttml()
+
+    def _no_ttml(self):
+        raise TtconvError(f"ttconv writes {self.display} as {' or '.join(self.formats) or 'nothing'}, not as ttml "
+                          "checkpoints")
+
+    def check_tensors(self, ckpt):
+        """Refuse (CheckpointError) checkpoint values tt-train's model cannot hold; most families have none."""
 
     @property
     def dir_model_prefix(self):

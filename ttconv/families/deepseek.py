@@ -7,14 +7,18 @@ router `gate`, `experts/{e}/w1|w3|w2` and `shared_experts/w1|w3|w2`), `norm`, `h
 [1, 1, out, in] in Hugging Face's row order (its RoPE pairs are already adjacent), the
 vocabulary padded to a multiple of 32. Under expert parallelism over D devices each layer holds
 `ffn/w_gate_{j}`, `w_up_{j}` (D, 1, I, H) and `w_down_{j}` (D, 1, H, I), slice r being expert
-r * (E / D) + j. ttconv's direction here is out: `to-hf deepseek` writes the checkpoint in
-transformers' per-expert layout (the router's load-balancing bias, which ttml's checkpoints never
+r * (E / D) + j. tt-train has no Hugging Face loader for it, so ttconv is both ways: `ttconv deepseek`
+writes a ttml checkpoint (tt.ttml_out) with model_builders' header, `to-hf deepseek` the checkpoint
+in transformers' per-expert layout (the router's load-balancing bias, which ttml's checkpoints never
 hold, comes from --hf_model). What ttml cannot represent is refused naming the field.
 """
+import numpy as np
+
 from ..errors import CheckpointError, TtconvError
 from ..hf.from_header import common_fields
 from ..hf.hfconfig import ModelShape, refuse, rope_settings
 from ..hf.tokenizer import llama_tokenizer_text
+from ..tt.pickle_out import Instance
 from .base import Family
 
 EPSILON = 1e-5  # every RMSNorm of ttml's DeepSeek (transformer.py's RMSNormLayer)
@@ -65,6 +69,11 @@ HF_ORDER = (
 )
 
 
+def _four_d(dims):
+    """ttml's 4-D shape of a Hugging Face tensor: [1, 1, out, in] for a linear, [1, 1, 1, N] for a vector."""
+    return (1, 1) + tuple(dims) if len(dims) == 2 else (1, 1, 1) + tuple(dims)
+
+
 def _positive(config, key, where, default=None):
     value = config.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -75,7 +84,19 @@ def _positive(config, key, where, default=None):
 class DeepSeekFamily(Family):
     name = "deepseek"
     display = "DeepSeek"
-    formats = ()  # ttconv writes no DeepSeek file for tt-train yet: the direction is out
+    formats = ("ttml",)  # tt-train's Python side only: its C++ side has no DeepSeek
+    summary = "convert a Hugging Face DeepSeek-V2/V3 checkpoint into a ttml (tt-train Python-side) checkpoint"
+    description = """\
+Write a Hugging Face DeepseekV2ForCausalLM or DeepseekV3ForCausalLM checkpoint (folder or hub id,
+sharded or not, bf16/f16/f32) as the checkpoint tt-train's Python side (ttml) saves and loads:
+ttml.checkpointing's format 1, record 0 the header (step 0, no tokenizer, model_builders'
+ModelConfig with model_type "deepseek" and its _DeepSeekSpec and MoEParams, every field from
+config.json) and manifest, then one tensor per record under ttml's names (DeepSeek/blocks/{i}/attn/
+wq_a/weight, ...), linears [1, 1, out, in], norms [1, 1, 1, N], the vocabulary padded to a multiple
+of 32. Experts are one module each (moe_type "dense"), or with --ep D the expert-parallel stacks
+of moe_type "sparse_ep". Streaming, one chunk of rows at a time; the file appears whole or not at
+all. What ttml's DeepSeek computes otherwise (a nonzero e_score_correction_bias, YaRN, another
+rms_norm_eps, norm_topk_prob false for sigmoid routing) is refused naming the field."""
     config_model_path = None
     model_types = ("deepseek_v2", "deepseek_v3")
     architecture_prefixes = ("DeepseekV2", "DeepseekV3")
@@ -105,6 +126,9 @@ class DeepSeekFamily(Family):
         if not sigmoid and groups > 1 and config.get("topk_method") == "group_limited_greedy":
             refuse(where, "topk_method group_limited_greedy (ttml scores an expert group by the sum of its top 2, "
                           "not its best expert)")
+        if config.get("moe_layer_freq", 1) != 1:
+            refuse(where, f"moe_layer_freq {config['moe_layer_freq']} (ttml's DeepSeek has mixture-of-experts "
+                          "in every layer after its dense ones)")
         experts = int(config.get("n_routed_experts") or 0)
         nope, rope = _positive(config, "qk_nope_head_dim", where), _positive(config, "qk_rope_head_dim", where)
         return ModelShape(
@@ -114,7 +138,7 @@ class DeepSeekFamily(Family):
             vocab_size=_positive(config, "vocab_size", where),
             max_sequence_length=_positive(config, "max_position_embeddings", where, 2048),
             weight_tying=bool(config.get("tie_word_embeddings", False)), theta=theta, rms_norm_eps=eps,
-            details={"experts": experts, "sigmoid": sigmoid})
+            details={"experts": experts, "sigmoid": sigmoid, "config": config})
 
     def plan_layout(self, shape):
         return {"n_layers": shape.num_blocks, "n_experts": shape.details["experts"]}
@@ -198,6 +222,91 @@ class DeepSeekFamily(Family):
         expert = [p for n, p in params.items() if n.startswith(prefix) and n.endswith("/w1/weight") and "/experts/" in n]
         return {"intermediate": dense[0].rows if dense else None,
                 "moe_intermediate": expert[0].rows if expert else None, "head_dim": None}
+
+    # ------------------------------------------------------------ the way in: a ttml checkpoint
+
+    def ttml_records(self, shape, vocab_rows, ep):
+        """(ttml name under the root, 4-D shape, canonical names of its parts) of ttml's DeepSeek, in its
+        modules' order; ep: the experts as ep-way expert-parallel stacks (None: a module per expert)."""
+        config = shape.details["config"]
+        hf = self.hf_shapes(dict(config, tie_word_embeddings=False))
+        experts = config["n_routed_experts"]
+        if ep and experts % ep:
+            raise TtconvError(f"--ep {ep}: the {experts} routed experts of each layer do not split {ep} ways")
+        embedding = (1, 1, vocab_rows, shape.embedding_dim)
+        records = [("tok_emb/weight", embedding, ["tok_emb/weight"])]
+        for i in range(shape.num_blocks):
+            layer, block = L.format(i=i), f"deepseek_block_{i}/"
+            for name, source in _BLOCK:
+                if "{e}" not in name:
+                    if layer + source in hf:
+                        records.append((f"blocks/{i}/{name}", _four_d(hf[layer + source]), [block + name]))
+                elif name.endswith("/w1/weight") and layer + source.format(e=0) in hf:
+                    records.extend(self._expert_records(i, hf, experts, ep))
+        return records + [("norm/gamma", (1, 1, 1, shape.embedding_dim), ["ln_fc/gamma"]),
+                          ("head/weight", embedding, ["fc/weight"])]
+
+    def _expert_records(self, i, hf, experts, ep):
+        layer, block = L.format(i=i), f"deepseek_block_{i}/ffn/experts/"
+        if not ep:
+            return [(f"blocks/{i}/ffn/experts/{x}/{tt}/weight", _four_d(hf[f"{layer}mlp.experts.{x}.{name}.weight"]),
+                     [f"{block}{x}/{tt}/weight"]) for x in range(experts) for tt, name in EXPERT_LINEARS]
+        local = experts // ep
+        records = []
+        for j in range(local):
+            for stacked, tt in _STACKED:
+                name = dict(EXPERT_LINEARS)[tt]
+                rows, cols = hf[f"{layer}mlp.experts.0.{name}.weight"]
+                records.append((f"blocks/{i}/ffn/{stacked}_{j}", (ep, 1, rows, cols),
+                                [f"{block}{r * local + j}/{tt}/weight" for r in range(ep)]))
+        return records
+
+    def ttml_model_config(self, ckpt, shape, ep, max_sequence_length=None):
+        """model_builders.ModelConfig as train.py pickles it, every field from config.json: a _DeepSeekSpec
+        holding its MoEParams (moe_type "sparse_ep" with ep, else "dense"). runner_type and weight_tying
+        are left to the class's defaults (Default, Disabled: ttml's DeepSeek ties nothing), whose enums
+        live in a module whose name depends on how ttml was installed."""
+        config = shape.details["config"]
+        moe = Instance("model_builders", "MoEParams", (
+            ("moe_inter_dim", int(config["moe_intermediate_size"])), ("n_routed_experts", int(config["n_routed_experts"])),
+            ("n_shared_experts", int(config.get("n_shared_experts") or 0)),
+            ("n_activated_experts", int(config["num_experts_per_tok"])),
+            ("n_expert_groups", int(config.get("n_group") or 1)), ("n_limited_groups", int(config.get("topk_group") or 1)),
+            ("score_func", "sigmoid" if shape.details["sigmoid"] else "softmax"),
+            ("route_scale", float(config.get("routed_scaling_factor", 1.0)))))
+        spec = Instance("model_builders", "_DeepSeekSpec", (
+            ("theta", float(shape.theta)), ("inter_dim", int(config["intermediate_size"])),
+            ("n_dense_layers", int(config.get("first_k_dense_replace", 0))),
+            ("q_lora_rank", int(config.get("q_lora_rank") or 0)), ("kv_lora_rank", int(config["kv_lora_rank"])),
+            ("qk_nope_head_dim", int(config["qk_nope_head_dim"])), ("qk_rope_head_dim", int(config["qk_rope_head_dim"])),
+            ("v_head_dim", int(config["v_head_dim"])), ("moe_type", "sparse_ep" if ep else "dense"),
+            ("moe_hyperparam", moe), ("moe_axis_name", None)))
+        return Instance("model_builders", "ModelConfig", (
+            ("model_type", self.name), ("model_path", ""), ("vocab_size", shape.vocab_size),
+            ("embedding_dim", shape.embedding_dim), ("num_blocks", shape.num_blocks), ("num_heads", shape.num_heads),
+            ("dropout_prob", float(config.get("attention_dropout") or 0.0)),
+            ("max_sequence_length", int(max_sequence_length or shape.max_sequence_length)), ("spec", spec)))
+
+    def check_tensors(self, ckpt):
+        """Refuse a nonzero router bias: ttml's is a buffer its model starts at zero and its checkpoints
+        never hold, so the converted model would route differently."""
+        for name, info in ckpt.tensors.items():
+            if name.endswith(".mlp.gate.e_score_correction_bias"):
+                values = ckpt.read_rows(info)
+                nonzero = (values & 0x7FFF) != 0 if info.dtype == "BF16" else values != 0  # bf16 as its bits
+                if np.any(nonzero):
+                    refuse(f"{info.path}", f"a nonzero e_score_correction_bias ({name}: ttml's router bias is a "
+                                           "buffer that starts at zero and that its checkpoints never hold)")
+
+    def add_arguments(self, parser, options):
+        parser.add_argument("--hf_model", required=True,
+                            help="the DeepseekV2/V3ForCausalLM checkpoint: folder or Hugging Face hub id")
+        parser.add_argument("-o", "--output_path", required=True, metavar="OUT.pkl",
+                            help="the ttml checkpoint to write")
+        options.ttml(parser)
+
+    def given_paths(self, args):
+        return None, args.output_path
 
     def tokenizer_text(self, model_dir):
         return llama_tokenizer_text(model_dir)
