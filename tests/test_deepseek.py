@@ -218,6 +218,13 @@ def test_inspect_names_the_family(cli, tmp_path):
     assert status == 0, err
     assert "DeepSeek model under DeepSeek/" in out and "family: DeepSeek (ttconv deepseek)" in out
     assert "blocks/1/ffn/w_gate_0" in out and "2x1x32x64" in out
+    cfg = config("v3")
+    assert (f"mixture of experts: {cfg['num_hidden_layers'] - cfg['first_k_dense_replace']} layers of "
+            f"{cfg['n_routed_experts']} routed experts (inner size {cfg['moe_intermediate_size']}), shared experts' "
+            f"inner size {cfg['moe_intermediate_size'] * cfg['n_shared_experts']}, 1 dense layer; expert-parallel "
+            "stacks over 2 devices") in out
+    path = ts.write_stream(tmp_path / "dense.pkl", ttml_model(original("v3")))
+    assert "; one module per expert (ffn/experts/E)" in cli("inspect", path)[1]
 
 
 def test_what_is_not_built_yet_is_refused_in_one_line(cli, tmp_path):

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 
 import support
@@ -368,3 +369,37 @@ def test_signals_while_exporting_leave_nothing_or_the_whole_folder(sizeable_conv
             assert os.listdir(folder) == [], context
             interrupted += 1
     assert interrupted >= EXPORT_RUNS // 2, interrupted
+
+
+# ---------------------------------------------------------------- ttml checkpoints (DeepSeek)
+
+def test_signals_while_a_ttml_checkpoint_is_written_leave_nothing_or_the_whole_file(tmp_path):
+    import json
+
+    from safetensors.numpy import save_file
+
+    from ttconv.families.deepseek import DEEPSEEK
+
+    with open(os.path.join(support.FIXTURES, "deepseek_v3-mini", "config.json")) as f:
+        cfg = dict(json.load(f), hidden_size=512, moe_intermediate_size=256, intermediate_size=1024, vocab_size=4000,
+                   n_routed_experts=16)
+    rng = np.random.default_rng(3)
+    tensors = {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in DEEPSEEK.hf_shapes(cfg).items()}
+    (tmp_path / "ckpt").mkdir()
+    save_file(tensors, str(tmp_path / "ckpt" / "model.safetensors"))
+    with open(tmp_path / "ckpt" / "config.json", "w") as f:
+        json.dump(cfg, f)
+    args = ["deepseek", "--hf_model", str(tmp_path / "ckpt"), "--ep", "4"]
+    reference = tmp_path / "reference.pkl"
+    status, _, whole_run = run_ttconv(args, reference)
+    assert status == 0
+    expected = reference.read_bytes()
+    interrupted = 0
+    for context, signum, status, err, folder in signalled_runs(args, tmp_path, "out.pkl", whole_run, 20):
+        assert leftovers(folder) == [], context
+        if status == 0:
+            assert (folder / "out.pkl").read_bytes() == expected, context
+        else:
+            assert status == SIGNAL_STATUS[signum] and os.listdir(folder) == [], context
+            interrupted += 1
+    assert interrupted >= 10

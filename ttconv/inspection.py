@@ -257,6 +257,7 @@ def _describe_ttml(tt):
         "model_config": plain(tt.model_config()),
         "header": plain({k: v for k, v in tt.header.items() if k != "model_config"}),
         "fused_tensors": tt.fused_linears,
+        "model_summary": tt.family.ttml_summary(tt),
         "bytes": tt.size,
         "entries": len(tt.records),
         "parameters": rows["model"],
@@ -319,6 +320,8 @@ def inspect_file(path, as_json=False):
     if info["format"] == "ttml":
         config = info["model_config"] or {}
         print("model_config: " + (", ".join(f"{k}={_value(v)}" for k, v in config.items()) or "none in the header"))
+        if info["model_summary"]:
+            print(info["model_summary"])
         if info["fused_tensors"]:
             print(f"fused tensors: {', '.join(info['fused_tensors'])} (rank-interleaved if saved from tensor "
                   "parallelism: give --tp N to to-hf and check)")

@@ -170,6 +170,10 @@ class Family:
         raise TtconvError(f"ttconv writes {self.display} as {' or '.join(self.formats) or 'nothing'}, not as ttml "
                           "checkpoints")
 
+    def ttml_summary(self, tt):
+        """A line inspect prints of a ttml checkpoint of this family's model (tt: its reader), or None."""
+        return None
+
     def check_tensors(self, ckpt):
         """Refuse (CheckpointError) checkpoint values tt-train's model cannot hold; most families have none."""
 

@@ -18,6 +18,7 @@ from ..errors import CheckpointError, TtconvError
 from ..hf.from_header import common_fields
 from ..hf.hfconfig import ModelShape, refuse, rope_settings
 from ..hf.tokenizer import llama_tokenizer_text
+from ..mapping import count_tt_layers
 from ..tt.pickle_out import Instance
 from .base import Family
 
@@ -286,6 +287,29 @@ rms_norm_eps, norm_topk_prob false for sigmoid routing) is refused naming the fi
             ("embedding_dim", shape.embedding_dim), ("num_blocks", shape.num_blocks), ("num_heads", shape.num_heads),
             ("dropout_prob", float(config.get("attention_dropout") or 0.0)),
             ("max_sequence_length", int(max_sequence_length or shape.max_sequence_length)), ("spec", spec)))
+
+    def ttml_summary(self, tt):
+        """The mixture of experts: layers, experts and their sizes, and the experts' layout."""
+        params = tt.parameters()
+        experts, inner, shared, layers = set(), set(), set(), set()
+        for name, param in params.items():
+            parts = name.split("/")
+            if len(parts) > 4 and parts[2:4] == ["ffn", "experts"] and parts[-2] == "w1":
+                experts.add(int(parts[4]))
+                inner.add(param.rows)
+                layers.add(parts[1])
+            elif parts[2:4] == ["ffn", "shared_experts"] and parts[-2] == "w1":
+                shared.add(param.rows)
+        if not experts:
+            return "mixture of experts: none (every layer dense)"
+        stacks = {r.array.shape[0] for r in tt.records if r.group == "model" and "/ffn/w_gate_" in r.name}
+        layout = (f"expert-parallel stacks over {', '.join(map(str, sorted(stacks)))} devices (ffn/w_gate_J, w_up_J, "
+                  "w_down_J)" if stacks else "one module per expert (ffn/experts/E)")
+        dense = count_tt_layers(params, tt.root, self) - len(layers)
+        return (f"mixture of experts: {len(layers)} layers of {len(experts)} routed experts "
+                f"(inner size {', '.join(map(str, sorted(inner)))}), shared experts' inner size "
+                f"{', '.join(map(str, sorted(shared))) or 'none'}, {dense} dense layer{'s' if dense != 1 else ''}; "
+                f"{layout}")
 
     def check_tensors(self, ckpt):
         """Refuse a nonzero router bias: ttml's is a buffer its model starts at zero and its checkpoints
