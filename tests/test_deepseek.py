@@ -416,3 +416,30 @@ def test_a_truncated_checkpoint_ends_in_one_line_and_no_file(cli, tmp_path):
     status, _, err = cli("deepseek", "--hf_model", folder, "-o", tmp_path / "out" / "run.pkl")
     assert status == 1 and one_error_line(err), err
     assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"rms_norm_eps": 1e-6}, "rms_norm_eps 1e-06"),
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}}, "RoPE scaling 'yarn'"),
+    ({"bias": 0.25}, "a nonzero e_score_correction_bias"),
+])
+def test_allow_lossy_writes_the_file_warning_of_what_changes(cli, tmp_path, change, says):
+    folder = tmp_path / "original"
+    shutil.copytree(MODELS["v3"], folder)
+    t = dict(original("v3"))
+    if "bias" in change:
+        bias = "model.layers.1.mlp.gate.e_score_correction_bias"
+        t[bias] = np.full(t[bias].shape, change["bias"], dtype=np.float32)
+        save_file({k: np.ascontiguousarray(v) for k, v in t.items()}, str(folder / "model.safetensors"))
+    else:
+        with open(folder / "config.json", "w") as f:
+            json.dump(dict(config("v3"), **change), f)
+    status, _, err = cli("deepseek", "--hf_model", folder, "-o", tmp_path / "refused.pkl")
+    assert status == 1 and says in err and "--allow-lossy writes the file anyway" in err, err
+    status, _, err = cli("deepseek", "--hf_model", folder, "-o", tmp_path / "run.pkl", "--allow-lossy", "--dtype", "f32")
+    assert status == 0, err
+    assert f"ttconv: --allow-lossy: ttml's DeepSeek computes otherwise: {says}" in err
+    got = {name: a for (_, _, name), a in converted(tmp_path / "run.pkl")[1].items()}
+    expected = ttml_model(t)
+    assert set(got) == set(expected)
+    assert all(got[name].tobytes() == values.tobytes() for name, values in expected.items())

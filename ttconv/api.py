@@ -66,13 +66,15 @@ def convert(family, hf_model, output, *, init=None, format=None, layout="trainin
 
 
 def convert_ttml(family, hf_model, output, *, dtype="bf16", layout="model", tp=1, ep=None,
-                 learning_rate=DEFAULT_LEARNING_RATE, max_sequence_length=None, revision=None, dry_run=False,
-                 quiet=True):
+                 learning_rate=DEFAULT_LEARNING_RATE, max_sequence_length=None, allow_lossy=False, revision=None,
+                 dry_run=False, quiet=True):
     """Convert a Hugging Face checkpoint (a local folder or a hub id) of a family tt-train has only on its
     Python side ("deepseek") into a ttml checkpoint at output, as ttml.checkpointing saves one; returns a
     Report. dtype "bf16" or "f32"; layout "model" or "training" (AdamW's zero moments at learning_rate
     too); the vocabulary padded to lcm(32, tp); ep: the experts as ep-way expert-parallel stacks (None: a
-    module per expert); max_sequence_length: the header's context (None: max_position_embeddings).
+    module per expert); max_sequence_length: the header's context (None: max_position_embeddings);
+    allow_lossy: write what ttml computes otherwise (a nonzero router bias, YaRN, ...) with a warning
+    naming it instead of refusing.
 
     >>> report = ttconv.convert_ttml("deepseek", "deepseek-ai/DeepSeek-V2-Lite", "v2lite.pkl",
     ...                              ep=8)                         # doctest: +SKIP
@@ -80,7 +82,7 @@ def convert_ttml(family, hf_model, output, *, dtype="bf16", layout="model", tp=1
     family = families.get(family)
     options = TtmlConvertOptions(family=family, hf_model=hf_model, output=output, dtype=dtype, layout=layout, tp=tp,
                                  ep=ep, learning_rate=learning_rate, max_sequence_length=max_sequence_length,
-                                 revision=revision, dry_run=dry_run, quiet=quiet)
+                                 allow_lossy=allow_lossy, revision=revision, dry_run=dry_run, quiet=quiet)
     ckpt = open_checkpoint(hf_model, revision)
     try:
         return run_ttml_conversion(ckpt, options)

@@ -193,6 +193,10 @@ def _ttml_options(parser):
     parser.add_argument("--max-seq-len", type=_positive, metavar="N",
                         help="the header's max_sequence_length, the context ttml trains with (default: "
                              "config.json's max_position_embeddings)")
+    parser.add_argument("--allow-lossy", action="store_true",
+                        help="write the file even where ttml computes the model otherwise (a nonzero router bias, "
+                             "RoPE scaling, another rms_norm_eps, ...), warning of each: the run starts from a "
+                             "slightly different model")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the plan (ttml tensor <- checkpoint tensors) and write nothing")
 
@@ -354,7 +358,8 @@ def _ttml_conversion(args, family):
         log.info("using the slower jax.numpy fallback: %s", kernels.FALLBACK_REASON)
     report = api.convert_ttml(family.name, args.hf_model, args.output_path, dtype=args.dtype, layout=args.layout,
                               tp=args.tp, ep=args.ep, learning_rate=args.learning_rate,
-                              max_sequence_length=args.max_seq_len, revision=args.revision, dry_run=args.dry_run,
+                              max_sequence_length=args.max_seq_len, allow_lossy=args.allow_lossy,
+                              revision=args.revision, dry_run=args.dry_run,
                               quiet=args.quiet)
     if args.dry_run:
         from .inspection import print_plan

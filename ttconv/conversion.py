@@ -45,10 +45,11 @@ class Report:
         )
 
 
-def plan_conversion(family, tt, ckpt, meta_style=False, params=None):
+def plan_conversion(family, tt, ckpt, meta_style=False, params=None, shape=None):
     """Build the plan (which tt tensor comes from which checkpoint tensors) for the model's
-    parameters (params: another set of them, e.g. tt.weights()); family: a Family."""
-    layout = family.plan_layout(family.model_shape(ckpt))
+    parameters (params: another set of them, e.g. tt.weights()); family: a Family; shape: the
+    checkpoint's ModelShape when already read (else family.model_shape)."""
+    layout = family.plan_layout(shape or family.model_shape(ckpt))
     tensors = family.canonical_names(ckpt.tensors, ckpt.directory)
     return build_plan(family, tt, params or tt.parameters("model"), tensors, layout, meta_style, families.ALL)
 
@@ -188,16 +189,15 @@ def run_conversion(ckpt, options):
 
 def run_ttml_conversion(ckpt, options):
     """Convert (or plan, with options.dry_run) one checkpoint into a ttml checkpoint at options.output,
-    built from its config (tt.ttml_out.build_ttml with options.dtype, layout, tp, ep, learning_rate and
-    max_sequence_length): for a family whose only tt-train format is ttml's."""
+    built from its config (tt.ttml_out.build_ttml with options.dtype, layout, tp, ep, learning_rate,
+    max_sequence_length and allow_lossy): for a family whose only tt-train format is ttml's."""
     from .tt.ttml_out import build_ttml, ttml_output, value_bytes as ttml_value_bytes
 
     started = time.perf_counter()
     family = options.family
     built = build_ttml(family, ckpt, options.dtype, options.layout, options.tp, options.ep, options.learning_rate,
-                       options.max_sequence_length)
-    family.check_tensors(ckpt)
-    plan = plan_conversion(family, built, ckpt)
+                       options.max_sequence_length, options.allow_lossy)
+    plan = plan_conversion(family, built, ckpt, shape=built.shape)
     report = Report(plan, options.output, tensors=len(plan.targets),
                     values=sum(t.n_values for t in plan.targets.values()), value_bytes=ttml_value_bytes(built))
     if options.dry_run:

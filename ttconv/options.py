@@ -53,6 +53,7 @@ class TtmlConvertOptions:
     ep: Optional[int] = None
     learning_rate: float = DEFAULT_LEARNING_RATE
     max_sequence_length: Optional[int] = None  # None: config.json's max_position_embeddings
+    allow_lossy: bool = False  # warn of what tt-train computes otherwise instead of refusing it
     revision: Optional[str] = None
     dry_run: bool = False
     quiet: bool = True

@@ -174,8 +174,10 @@ class Family:
         """A line inspect prints of a ttml checkpoint of this family's model (tt: its reader), or None."""
         return None
 
-    def check_tensors(self, ckpt):
-        """Refuse (CheckpointError) checkpoint values tt-train's model cannot hold; most families have none."""
+    def ttml_shape(self, ckpt, allow_lossy=False):
+        """The ModelShape of the ttml checkpoint a conversion writes; allow_lossy: what tt-train computes
+        otherwise is warned of instead of refused."""
+        self._no_ttml()
 
     @property
     def dir_model_prefix(self):

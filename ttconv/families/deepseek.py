@@ -12,16 +12,19 @@ writes a ttml checkpoint (tt.ttml_out) with model_builders' header, `to-hf deeps
 in transformers' per-expert layout (the router's load-balancing bias, which ttml's checkpoints never
 hold, comes from --hf_model). What ttml cannot represent is refused naming the field.
 """
+import logging
+
 import numpy as np
 
 from ..errors import CheckpointError, TtconvError
 from ..hf.from_header import common_fields
-from ..hf.hfconfig import ModelShape, refuse, rope_settings
+from ..hf.hfconfig import ModelShape, refuse
 from ..hf.tokenizer import llama_tokenizer_text
 from ..mapping import count_tt_layers
 from ..tt.pickle_out import Instance
 from .base import Family
 
+log = logging.getLogger("ttconv")
 EPSILON = 1e-5  # every RMSNorm of ttml's DeepSeek (transformer.py's RMSNormLayer)
 L = "model.layers.{i}."
 EXPERT_LINEARS = (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj"))
@@ -97,7 +100,8 @@ wq_a/weight, ...), linears [1, 1, out, in], norms [1, 1, 1, N], the vocabulary p
 of 32. Experts are one module each (moe_type "dense"), or with --ep D the expert-parallel stacks
 of moe_type "sparse_ep". Streaming, one chunk of rows at a time; the file appears whole or not at
 all. What ttml's DeepSeek computes otherwise (a nonzero e_score_correction_bias, YaRN, another
-rms_norm_eps, norm_topk_prob false for sigmoid routing) is refused naming the field."""
+rms_norm_eps, norm_topk_prob false for sigmoid routing) is refused naming the field; --allow-lossy
+writes the file anyway, warning of each."""
     config_model_path = None
     model_types = ("deepseek_v2", "deepseek_v3")
     architecture_prefixes = ("DeepseekV2", "DeepseekV3")
@@ -112,24 +116,67 @@ rms_norm_eps, norm_topk_prob false for sigmoid routing) is refused naming the fi
 
     def read_shape(self, ckpt, where):
         """The config's sizes, refusing what ttml's DeepSeek computes otherwise (moe.py, transformer.py)."""
-        config = ckpt.config
-        heads = _positive(config, "num_attention_heads", where)
-        theta, scaling = rope_settings(config, where)  # refuses YaRN and every scaling but Llama 3's
-        if scaling:
-            refuse(where, "RoPE scaling (ttml's DeepSeek has none)")
+        losses = self._config_losses(ckpt.config)
+        if losses:
+            refuse(where, losses[0])
+        return self._shape(ckpt, where)
+
+    def ttml_shape(self, ckpt, allow_lossy=False):
+        """The shape of the ttml checkpoint `ttconv deepseek` writes: what ttml computes otherwise (the
+        config's, and a nonzero router bias) refused, or with allow_lossy warned of as what changes."""
+        from . import check_model_type
+
+        check_model_type(self, ckpt)
+        where = f"{ckpt.directory}/config.json"
+        losses = self._config_losses(ckpt.config) + self._tensor_losses(ckpt)
+        if losses and not allow_lossy:
+            refuse(where, f"{losses[0]}; --allow-lossy writes the file anyway, as ttml will compute it")
+        for loss in losses:
+            log.warning("--allow-lossy: ttml's DeepSeek computes otherwise: %s", loss)
+        return self._shape(ckpt, where)
+
+    @staticmethod
+    def _config_losses(config):
+        """What of config.json ttml's DeepSeek computes otherwise, one phrase each naming the field."""
+        losses = []
+        scaling = config.get("rope_scaling") or {}
+        kind = (scaling.get("rope_type", scaling.get("type")) or (config.get("rope_parameters") or {}).get("rope_type")
+                or "default")
+        if kind != "default":
+            losses.append(f"RoPE scaling {kind!r} (ttml's DeepSeek has none: the positions would be rotated unscaled)")
         eps = float(config.get("rms_norm_eps", 1e-6))
         if abs(eps - EPSILON) > 1e-12:
-            refuse(where, f"rms_norm_eps {eps:g} (every RMSNorm of ttml's DeepSeek uses {EPSILON:g})")
+            losses.append(f"rms_norm_eps {eps:g} (every RMSNorm of ttml's DeepSeek uses {EPSILON:g})")
         sigmoid = config.get("model_type") == "deepseek_v3" or config.get("scoring_func") == "sigmoid"
-        groups = int(config.get("n_group") or 1)
         if sigmoid and not config.get("norm_topk_prob", True):
-            refuse(where, "norm_topk_prob false (ttml's sigmoid router always normalizes its top-k weights)")
-        if not sigmoid and groups > 1 and config.get("topk_method") == "group_limited_greedy":
-            refuse(where, "topk_method group_limited_greedy (ttml scores an expert group by the sum of its top 2, "
+            losses.append("norm_topk_prob false (ttml's sigmoid router always normalizes its top-k weights)")
+        if not sigmoid and int(config.get("n_group") or 1) > 1 and config.get("topk_method") == "group_limited_greedy":
+            losses.append("topk_method group_limited_greedy (ttml scores an expert group by the sum of its top 2, "
                           "not its best expert)")
+        return losses
+
+    @staticmethod
+    def _tensor_losses(ckpt):
+        """A nonzero router bias: ttml's is a buffer that starts at zero and its checkpoints never hold it."""
+        for name, info in ckpt.tensors.items():
+            if name.endswith(".mlp.gate.e_score_correction_bias"):
+                values = ckpt.read_rows(info)
+                nonzero = (values & 0x7FFF) != 0 if info.dtype == "BF16" else values != 0  # bf16 as its bits
+                if np.any(nonzero):
+                    return [f"a nonzero e_score_correction_bias ({name}: ttml's router bias is a buffer that "
+                            "starts at zero and that its checkpoints never hold; it would be dropped)"]
+        return []
+
+    def _shape(self, ckpt, where):
+        config = ckpt.config
         if config.get("moe_layer_freq", 1) != 1:
             refuse(where, f"moe_layer_freq {config['moe_layer_freq']} (ttml's DeepSeek has mixture-of-experts "
                           "in every layer after its dense ones)")
+        params = config.get("rope_parameters") or {}
+        theta = float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
+        eps = float(config.get("rms_norm_eps", 1e-6))
+        sigmoid = config.get("model_type") == "deepseek_v3" or config.get("scoring_func") == "sigmoid"
+        heads = _positive(config, "num_attention_heads", where)
         experts = int(config.get("n_routed_experts") or 0)
         nope, rope = _positive(config, "qk_nope_head_dim", where), _positive(config, "qk_rope_head_dim", where)
         return ModelShape(
@@ -310,17 +357,6 @@ rms_norm_eps, norm_topk_prob false for sigmoid routing) is refused naming the fi
                 f"(inner size {', '.join(map(str, sorted(inner)))}), shared experts' inner size "
                 f"{', '.join(map(str, sorted(shared))) or 'none'}, {dense} dense layer{'s' if dense != 1 else ''}; "
                 f"{layout}")
-
-    def check_tensors(self, ckpt):
-        """Refuse a nonzero router bias: ttml's is a buffer its model starts at zero and its checkpoints
-        never hold, so the converted model would route differently."""
-        for name, info in ckpt.tensors.items():
-            if name.endswith(".mlp.gate.e_score_correction_bias"):
-                values = ckpt.read_rows(info)
-                nonzero = (values & 0x7FFF) != 0 if info.dtype == "BF16" else values != 0  # bf16 as its bits
-                if np.any(nonzero):
-                    refuse(f"{info.path}", f"a nonzero e_score_correction_bias ({name}: ttml's router bias is a "
-                                           "buffer that starts at zero and that its checkpoints never hold)")
 
     def add_arguments(self, parser, options):
         parser.add_argument("--hf_model", required=True,

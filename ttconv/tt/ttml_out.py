@@ -64,12 +64,14 @@ class Slot:
 
 
 class BuiltTtml:
-    """A ttml checkpoint described in memory (see the module docstring); entries are its slots in order."""
+    """A ttml checkpoint described in memory (see the module docstring) for a model of shape (a
+    ModelShape); entries are its slots in order."""
 
     weights_note = None
 
-    def __init__(self, path, header, records, learning_rate):
+    def __init__(self, path, shape, header, records, learning_rate):
         self.path = path
+        self.shape = shape
         self.header = header
         self.records = records
         self.entries = []
@@ -106,15 +108,16 @@ class BuiltTtml:
 
 
 def build_ttml(family, ckpt, dtype="bf16", layout="model", tp=1, ep=None, learning_rate=1e-4,
-               max_sequence_length=None):
+               max_sequence_length=None, allow_lossy=False):
     """A BuiltTtml for the checkpoint's config (family: a Family with ttml_records): the model in dtype
     ("bf16" or "f32"), the vocabulary padded to lcm(32, tp) rows, experts as ep-way expert-parallel stacks
-    (None: a module per expert); layout "training" adds AdamW's zero moments at learning_rate."""
+    (None: a module per expert); layout "training" adds AdamW's zero moments at learning_rate;
+    allow_lossy: what tt-train computes otherwise is warned of, not refused (Family.ttml_shape)."""
     if dtype not in DTYPES:
         raise TtconvError(f"--dtype {dtype}: a ttml checkpoint holds bf16 or f32")
     if layout not in LAYOUTS:
         raise TtconvError(f"--layout {layout}: choose one of {', '.join(LAYOUTS)}")
-    shape = family.model_shape(ckpt)
+    shape = family.ttml_shape(ckpt, allow_lossy)
     vocab_rows = shape.tt_vocab(32 * tp // np.gcd(32, tp))
     root = family.ttml_root
     kind = DTYPES[dtype]
@@ -125,7 +128,7 @@ def build_ttml(family, ckpt, dtype="bf16", layout="model", tp=1, ep=None, learni
                     for r in records[:len(model)]]
     header = {"step": 0, "tokenizer": None,
               "model_config": family.ttml_model_config(ckpt, shape, ep, max_sequence_length)}
-    built = BuiltTtml(f"{ckpt.directory}/config.json", header, records, learning_rate)
+    built = BuiltTtml(f"{ckpt.directory}/config.json", shape, header, records, learning_rate)
     for record, (_, dims, parts) in zip(records, model):
         rows = int(np.prod(dims[:-1])) // len(parts)
         built.add(record, [(f"{root}/{part}", rows) for part in parts])
