@@ -108,3 +108,25 @@ def write_cpp_msgpack(path, cfg, t, tt_adapters):
     shapes = {name: np.asarray(v).reshape(-1, np.asarray(v).shape[-1]).shape for name, v in named.items()}
     path.write_bytes(support.init_file_bytes(shapes, prefix="llama/llama", values=named))
     return path
+
+
+def assert_peft_folder(folder, adapters, rank, alpha):
+    """folder is a PEFT adapter folder holding exactly adapters {module: (A, B)}, with their rank and alpha
+    and target_modules naming each module by its full path."""
+    import json
+    import os
+
+    from test_export_hf import raw_safetensors
+
+    got = {name: np.frombuffer(data, dtype=ts.RAW_DTYPES[dtype]).reshape(shape) for name, (dtype, shape, data)
+           in raw_safetensors(os.path.join(folder, "adapter_model.safetensors")).items()}
+    want = {}
+    for module, (a, b) in adapters.items():
+        want[f"base_model.model.{module}.lora_A.weight"], want[f"base_model.model.{module}.lora_B.weight"] = a, b
+    assert set(got) == set(want)
+    for name, values in want.items():
+        assert np.array_equal(got[name], values), name
+    with open(os.path.join(folder, "adapter_config.json")) as f:
+        config = json.load(f)
+    assert config["r"] == rank and config["lora_alpha"] == alpha and config["target_modules"] == sorted(adapters)
+

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+import lora_support
 import support
 import ttml_support as ts
 from test_check import one_error_line
@@ -228,11 +229,90 @@ def test_inspect_names_the_family(cli, tmp_path):
 
 
 def test_what_is_not_built_yet_is_refused_in_one_line(cli, tmp_path):
-    path = ts.write_stream(tmp_path / "run.pkl", ttml_model(original("v2")))
-    for command, says in ((["check", "deepseek", path, "--hf_model", MODELS["v2"]], "run check"),
-                          (["config", "deepseek", "--hf_model", MODELS["v2"]], "write a tt-train YAML")):
-        status, _, err = cli(*command)
-        assert status == 1 and one_error_line(err) and says in err, (command, err)
+    status, _, err = cli("config", "deepseek", "--hf_model", MODELS["v2"])
+    assert status == 1 and one_error_line(err) and "write a tt-train YAML" in err, err
+
+
+# ---------------------------------------------------------------- check: MLA and the mixture of experts
+
+
+def expected(version, name):
+    folder = os.path.join(MODELS[version], "expected")
+    if name == "loss":
+        with open(os.path.join(folder, "loss.json")) as f:
+            return json.load(f)
+    return np.load(os.path.join(folder, f"{name}.npy"))
+
+
+def run_check(cli, path, version, *extra, model=None):
+    status, out, err = cli("check", "deepseek", path, "--hf_model", model or MODELS[version], "--json", *extra)
+    return status, (json.loads(out) if out else None), err
+
+
+@pytest.mark.parametrize("version", ["v2", "v3"])
+def test_hf_side_reproduces_transformers_logits(version):
+    from ttconv import families
+    from ttconv.hf.checkpoint import Checkpoint
+    from ttconv.models import HfModel
+
+    ckpt = Checkpoint(MODELS[version])
+    family = families.get("deepseek")
+    shape = family.model_shape(ckpt)
+    model = HfModel(ckpt, family, shape, family.norm_epsilon(ckpt.config))
+    logits = model.final_states(expected(version, "ids"))[0] @ model.head_rows(0, shape.vocab_size).T
+    assert support.rel_error(logits, expected(version, "hf_logits")) < 1e-5
+
+
+@pytest.mark.parametrize("ep", [None, 2])
+@pytest.mark.parametrize("version", ["v2", "v3"])
+def test_check_reproduces_transformers_loss(cli, tmp_path, version, ep):
+    path = ts.write_stream(tmp_path / "run.pkl", ttml_model(original(version), ep), header={"step": 3})
+    status, result, err = run_check(cli, path, version)
+    assert status == 0, err
+    want = expected(version, "loss")
+    assert result["ok"] and result["top1_agreement"] == 1.0 and result["tokens"] == want["sample_tokens"]
+    assert abs(result["hf_loss"] - want["sample_loss"]) < 1e-4
+    assert abs(result["tt_loss"] - want["sample_loss"]) < 1e-4
+
+
+def test_check_of_a_bfloat16_file_compares_with_the_checkpoint_rounded(cli, tmp_path):
+    assert cli("deepseek", "--hf_model", MODELS["v3"], "-o", tmp_path / "run.pkl", "--ep", 4)[0] == 0
+    status, result, err = run_check(cli, tmp_path / "run.pkl", "v3")
+    assert status == 0 and result["ok"] and result["hf_weights_rounded_to_bfloat16"], err
+    assert abs(result["tt_loss"] - result["hf_loss"]) < 1e-3
+
+
+@pytest.mark.parametrize("what", ["experts swapped", "kv_norm from q_norm", "no shared experts"])
+def test_check_fails_on_a_file_that_holds_another_model(cli, tmp_path, what):
+    model = ttml_model(original("v3"))
+    block = f"{ROOT}/blocks/1/"
+    if what == "experts swapped":
+        for linear in ("w1", "w2", "w3"):
+            one, other = f"{block}ffn/experts/0/{linear}/weight", f"{block}ffn/experts/5/{linear}/weight"
+            model[one], model[other] = model[other], model[one]
+    elif what == "kv_norm from q_norm":
+        model[f"{block}attn/kv_norm/gamma"] = model[f"{block}attn/kv_norm/gamma"] * 3
+    else:
+        for linear in ("w1", "w3"):
+            model[f"{block}ffn/shared_experts/{linear}/weight"] = np.zeros_like(
+                model[f"{block}ffn/shared_experts/{linear}/weight"])
+    status, result, err = run_check(cli, ts.write_stream(tmp_path / "run.pkl", model), "v3")
+    assert status == 1 and not result["ok"], (what, result)
+
+
+def test_check_shows_what_allow_lossy_changed(cli, tmp_path):
+    folder = tmp_path / "original"
+    shutil.copytree(MODELS["v3"], folder)
+    t = dict(original("v3"))
+    for layer in (1, 2):  # a router bias that moves the choice: experts 6 and 7 always
+        bias = f"model.layers.{layer}.mlp.gate.e_score_correction_bias"
+        t[bias] = np.where(np.arange(t[bias].size) >= 6, 5.0, 0.0).astype(np.float32)
+    save_file({k: np.ascontiguousarray(v) for k, v in t.items()}, str(folder / "model.safetensors"))
+    assert cli("deepseek", "--hf_model", folder, "-o", tmp_path / "run.pkl", "--dtype", "f32", "--allow-lossy")[0] == 0
+    status, result, err = run_check(cli, tmp_path / "run.pkl", "v3", model=folder)
+    assert status == 1 and not result["ok"] and result["max_abs_logit_diff"] > 1e-3, result
+    # the same file beside the checkpoint without the bias is the same model
+    assert run_check(cli, tmp_path / "run.pkl", "v3")[1]["ok"]
 
 
 # ---------------------------------------------------------------- the way in: ttconv deepseek
@@ -384,6 +464,7 @@ def test_a_nonzero_router_bias_is_refused_and_nothing_is_written(cli, tmp_path):
     ({"norm_topk_prob": False}, "norm_topk_prob false"),
     ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}}, "'yarn'"),
     ({"moe_layer_freq": 2}, "moe_layer_freq 2"),
+    ({"rope_interleave": False}, "rope_interleave false"),
 ])
 def test_the_way_in_refuses_what_ttml_computes_otherwise(cli, tmp_path, change, says):
     folder = tmp_path / "original"
@@ -443,3 +524,84 @@ def test_allow_lossy_writes_the_file_warning_of_what_changes(cli, tmp_path, chan
     expected = ttml_model(t)
     assert set(got) == set(expected)
     assert all(got[name].tobytes() == values.tobytes() for name, values in expected.items())
+
+
+def test_greedy_softmax_routing_is_written_without_groups(cli, tmp_path):
+    folder = tmp_path / "original"
+    shutil.copytree(MODELS["v2"], folder)
+    with open(folder / "config.json", "w") as f:  # transformers' greedy top-k ignores groups; ttml would not
+        json.dump(dict(config("v2"), n_group=4, topk_group=2, topk_method="greedy"), f)
+    assert cli("deepseek", "--hf_model", folder, "-o", tmp_path / "run.pkl")[0] == 0
+    moe = converted(tmp_path / "run.pkl")[0]["header"]["model_config"].spec.moe_hyperparam
+    assert (moe.n_expert_groups, moe.n_limited_groups, moe.score_func) == (1, 1, "softmax")
+
+
+# ---------------------------------------------------------------- LoRA
+
+
+def lora_run(t, rng, adapted, rank=4):
+    """A ttml LoRA run of the checkpoint t: the model wrapped as LoraModel/model/..., adapters on the
+    adapted {ttml name (under the root): Hugging Face module}; returns (model, {module: (A, B)})."""
+    wrapped = {"LoraModel/model/" + name: values for name, values in ttml_model(t).items()}
+    adapters = {}
+    for ttml, module in adapted.items():
+        out, inner = t[module + ".weight"].shape
+        a = (rng.normal(size=(rank, inner)) * 0.1).astype(np.float32)
+        b = (rng.normal(size=(out, rank)) * 0.1).astype(np.float32)
+        wrapped[f"LoraModel/model/{ROOT}/{ttml}/lora_A"] = ts.four_d(a)
+        wrapped[f"LoraModel/model/{ROOT}/{ttml}/lora_B"] = ts.four_d(b)
+        adapters[module] = (a, b)
+    return wrapped, adapters
+
+
+LORA_TARGETS = {"blocks/1/attn/wq_b": "model.layers.1.self_attn.q_b_proj",
+                "blocks/2/attn/wkv_b": "model.layers.2.self_attn.kv_b_proj",
+                "blocks/0/attn/wo": "model.layers.0.self_attn.o_proj",
+                "blocks/1/ffn/experts/3/w1": "model.layers.1.mlp.experts.3.gate_proj",
+                "blocks/2/ffn/shared_experts/w2": "model.layers.2.mlp.shared_experts.down_proj"}
+
+
+def test_lora_adapters_become_a_peft_folder_under_the_originals_names(cli, tmp_path):
+    t = original("v3")
+    wrapped, adapters = lora_run(t, np.random.default_rng(7), LORA_TARGETS)
+    path = ts.write_stream(tmp_path / "lora.pkl", wrapped)
+    status, _, err = cli("to-hf", "deepseek", path, "--hf_model", MODELS["v3"], "-o", tmp_path / "adapter",
+                         "--lora-alpha", "8")
+    assert status == 0, err
+    assert ("does not load DeepSeek adapters of MLP or expert linears as trained "
+            "(model.layers.1.mlp.experts.3.gate_proj and 1 more)") in err
+    lora_support.assert_peft_folder(tmp_path / "adapter", adapters, 4, 8)
+    status, _, err = cli("to-hf", "deepseek", path, "--hf_model", MODELS["v3"], "-o", tmp_path / "merged",
+                         "--lora-alpha", "8", "--merge-lora")
+    assert status == 0, err
+    merged = exported(tmp_path / "merged")
+    for module, (a, b) in adapters.items():
+        np.testing.assert_allclose(merged[module + ".weight"], t[module + ".weight"] + np.float32(8 / 4) * (b @ a),
+                                   rtol=1e-6, atol=1e-7, err_msg=module)
+    untouched = [n for n in t if n.rsplit(".", 1)[0] not in adapters]
+    assert all(merged[n].tobytes() == t[n].tobytes() for n in untouched)
+
+
+def test_a_lora_file_is_checked_merged(cli, tmp_path):
+    t = original("v3")
+    wrapped, adapters = lora_run(t, np.random.default_rng(8), LORA_TARGETS)
+    path = ts.write_stream(tmp_path / "lora.pkl", wrapped)
+    folder = tmp_path / "merged-original"
+    shutil.copytree(MODELS["v3"], folder)
+    merged = dict(t)
+    for module, (a, b) in adapters.items():
+        merged[module + ".weight"] = t[module + ".weight"] + np.float32(16 / 4) * (b @ a)
+    save_file({k: np.ascontiguousarray(v) for k, v in merged.items()}, str(folder / "model.safetensors"))
+    status, result, err = run_check(cli, path, "v3", "--lora-alpha", "16", model=folder)
+    assert status == 0 and result["ok"], err
+    status, result, err = run_check(cli, path, "v3", "--lora-alpha", "16")  # against the base: another model
+    assert status == 1 and not result["ok"]
+
+
+def test_attention_adapters_need_no_caveat(cli, tmp_path):
+    attention = {k: v for k, v in LORA_TARGETS.items() if "/attn/" in k}
+    wrapped, _ = lora_run(original("v3"), np.random.default_rng(9), attention)
+    path = ts.write_stream(tmp_path / "lora.pkl", wrapped)
+    status, _, err = cli("to-hf", "deepseek", path, "--hf_model", MODELS["v3"], "-o", tmp_path / "adapter",
+                         "--lora-alpha", "8")
+    assert status == 0 and "PEFT" not in err.replace("PEFT LoRA adapter", ""), err

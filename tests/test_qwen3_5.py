@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+import lora_support
 import support
 import ttml_support as ts
 from test_check import one_error_line
@@ -158,17 +159,7 @@ def test_lora_adapters_become_a_peft_folder_under_the_originals_names(cli, tmp_p
     status, _, err = cli("to-hf", "qwen3.5", path, "--hf_model", MODEL, "-o", tmp_path / "adapter",
                          "--lora-alpha", "8")
     assert status == 0, err
-    got = {name: np.frombuffer(data, dtype=ts.RAW_DTYPES[dtype]).reshape(shape) for name, (dtype, shape, data)
-           in raw_safetensors(os.path.join(tmp_path / "adapter", "adapter_model.safetensors")).items()}
-    want = {}
-    for module, (a, b) in peft.items():
-        want[f"base_model.model.{module}.lora_A.weight"], want[f"base_model.model.{module}.lora_B.weight"] = a, b
-    assert set(got) == set(want)
-    for name, values in want.items():
-        assert np.array_equal(got[name], values), name
-    config = json.load(open(tmp_path / "adapter" / "adapter_config.json"))
-    # each adapted in one layer only: PEFT's target_modules name them by their full paths
-    assert config["r"] == 4 and config["lora_alpha"] == 8 and config["target_modules"] == sorted(peft)
+    lora_support.assert_peft_folder(tmp_path / "adapter", peft, 4, 8)
     status, _, err = cli("to-hf", "qwen3.5", path, "--hf_model", MODEL, "-o", tmp_path / "merged", "--lora-alpha", "8",
                          "--merge-lora")
     assert status == 0, err

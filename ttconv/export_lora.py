@@ -8,6 +8,7 @@ projection: each part's lora_B rows, un-permuted, with the shared lora_A (exact:
 B_v A x are the rows of B A x). Values keep the file's precision.
 """
 import json
+import logging
 
 import numpy as np
 
@@ -17,6 +18,8 @@ from .hf.safetensors_out import OutTensor, header_bytes
 from .mapping import rope_order
 from .tt.formats import weights_in_bfloat16
 from .tt.lora import matrices
+
+log = logging.getLogger("ttconv")
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -95,6 +98,9 @@ def write_adapter(directory, family, tt, adapters, plan, alpha, rslora, base_mod
     (the file's own precision), "f32", "bf16" or "f16" (round to nearest even). Returns (tensors,
     values, bytes, dtype name)."""
     tensors, ranks = adapter_tensors(family, tt, adapters, plan)
+    caveat = family.peft_caveat(sorted(ranks))
+    if caveat:
+        log.warning(caveat)
     if dtype == "auto":
         dtype = "bf16" if all(weights_in_bfloat16(tt, {"a": a.a, "b": a.b}) for a in adapters.values()) else "f32"
     dtype, encode, dtype_name = OUTPUT[dtype]

@@ -91,7 +91,7 @@ def merge_heads(x):
 
 # ------------------------------------------------------------------ tt-train's side
 
-def _rope_adjacent(x, cos, sin):
+def rope_adjacent(x, cos, sin):
     """RoPE on the adjacent pairs (2i, 2i+1), as tt-train applies it."""
     even, odd = x[..., 0::2], x[..., 1::2]
     turned = jnp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1)
@@ -112,7 +112,7 @@ def _tt_rope_block(x, w, cos, sin, heads, kv_heads, eps):
     if "attention/q_norm/gamma" in w:  # each head normalized before RoPE
         q = rms_norm(q, w["attention/q_norm/gamma"][0], eps)
         k = rms_norm(k, w["attention/k_norm/gamma"][0], eps)
-    attended = causal_attention(_rope_adjacent(q, cos, sin), _rope_adjacent(k, cos, sin), v)
+    attended = causal_attention(rope_adjacent(q, cos, sin), rope_adjacent(k, cos, sin), v)
     x = x + merge_heads(attended) @ w["attention/out_linear/weight"].T
     m = rms_norm(x, w["mlp_norm/gamma"][0], eps)
     return x + (jax.nn.silu(m @ w["mlp/w1/weight"].T) * (m @ w["mlp/w3/weight"].T)) @ w["mlp/w2/weight"].T
@@ -234,7 +234,7 @@ def _hf_rope_layer(x, t, cos, sin, heads, kv_heads, eps, adjacent_pairs):
         q = rms_norm(q, t["self_attn.q_norm.weight"], eps)
         k = rms_norm(k, t["self_attn.k_norm.weight"], eps)
     if adjacent_pairs:  # q/k rows read as Meta-interleaved
-        q, k = _rope_adjacent(q, cos, sin), _rope_adjacent(k, cos, sin)
+        q, k = rope_adjacent(q, cos, sin), rope_adjacent(k, cos, sin)
     else:
         full_cos, full_sin = jnp.concatenate([cos, cos], -1), jnp.concatenate([sin, sin], -1)
         q = q * full_cos + _rotate_half(q) * full_sin

@@ -170,6 +170,10 @@ class Family:
         raise TtconvError(f"ttconv writes {self.display} as {' or '.join(self.formats) or 'nothing'}, not as ttml "
                           "checkpoints")
 
+    def peft_caveat(self, modules):
+        """A warning about how PEFT loads adapters of these modules (PEFT's module paths), or None."""
+        return None
+
     def ttml_summary(self, tt):
         """A line inspect prints of a ttml checkpoint of this family's model (tt: its reader), or None."""
         return None

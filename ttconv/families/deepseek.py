@@ -10,8 +10,10 @@ vocabulary padded to a multiple of 32. Under expert parallelism over D devices e
 r * (E / D) + j. tt-train has no Hugging Face loader for it, so ttconv is both ways: `ttconv deepseek`
 writes a ttml checkpoint (tt.ttml_out) with model_builders' header, `to-hf deepseek` the checkpoint
 in transformers' per-expert layout (the router's load-balancing bias, which ttml's checkpoints never
-hold, comes from --hf_model). What ttml cannot represent is refused naming the field.
+hold, comes from --hf_model). What ttml cannot represent is refused naming the field. `check deepseek`
+runs MLA and the mixture of experts on both sides (_layers).
 """
+import functools
 import logging
 
 import numpy as np
@@ -25,6 +27,9 @@ from ..tt.pickle_out import Instance
 from .base import Family
 
 log = logging.getLogger("ttconv")
+# transformers' q_a_layernorm and kv_a_layernorm keep DeepseekV2/V3RMSNorm's default eps, whatever
+# rms_norm_eps says; ttml's q_norm and kv_norm use its 1e-5 like every other norm
+HF_LATENT_EPSILON = 1e-6
 EPSILON = 1e-5  # every RMSNorm of ttml's DeepSeek (transformer.py's RMSNormLayer)
 L = "model.layers.{i}."
 EXPERT_LINEARS = (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj"))
@@ -144,6 +149,9 @@ writes the file anyway, warning of each."""
                 or "default")
         if kind != "default":
             losses.append(f"RoPE scaling {kind!r} (ttml's DeepSeek has none: the positions would be rotated unscaled)")
+        if config.get("model_type") == "deepseek_v3" and config.get("rope_interleave", True) is False:
+            losses.append("rope_interleave false (ttml rotates the rope values' adjacent pairs, as DeepSeek's own "
+                          "weights hold them)")
         eps = float(config.get("rms_norm_eps", 1e-6))
         if abs(eps - EPSILON) > 1e-12:
             losses.append(f"rms_norm_eps {eps:g} (every RMSNorm of ttml's DeepSeek uses {EPSILON:g})")
@@ -315,11 +323,13 @@ writes the file anyway, warning of each."""
         are left to the class's defaults (Default, Disabled: ttml's DeepSeek ties nothing), whose enums
         live in a module whose name depends on how ttml was installed."""
         config = shape.details["config"]
+        # greedy softmax routing ignores expert groups, which ttml would honour
+        groups = int(config.get("n_group") or 1) if shape.details["sigmoid"] else 1
         moe = Instance("model_builders", "MoEParams", (
             ("moe_inter_dim", int(config["moe_intermediate_size"])), ("n_routed_experts", int(config["n_routed_experts"])),
             ("n_shared_experts", int(config.get("n_shared_experts") or 0)),
             ("n_activated_experts", int(config["num_experts_per_tok"])),
-            ("n_expert_groups", int(config.get("n_group") or 1)), ("n_limited_groups", int(config.get("topk_group") or 1)),
+            ("n_expert_groups", groups), ("n_limited_groups", int(config.get("topk_group") or 1) if groups > 1 else 1),
             ("score_func", "sigmoid" if shape.details["sigmoid"] else "softmax"),
             ("route_scale", float(config.get("routed_scaling_factor", 1.0)))))
         spec = Instance("model_builders", "_DeepSeekSpec", (
@@ -334,6 +344,16 @@ writes the file anyway, warning of each."""
             ("embedding_dim", shape.embedding_dim), ("num_blocks", shape.num_blocks), ("num_heads", shape.num_heads),
             ("dropout_prob", float(config.get("attention_dropout") or 0.0)),
             ("max_sequence_length", int(max_sequence_length or shape.max_sequence_length)), ("spec", spec)))
+
+    def peft_caveat(self, modules):
+        """PEFT 0.21 with transformers 5 (checked with PEFT 0.21.2, transformers 5.24) loads a DeepSeek
+        adapter of any MLP linear onto the mixture-of-experts layers' fused experts instead, losing it."""
+        mlp = [m for m in modules if m.rsplit(".", 1)[-1] in ("gate_proj", "up_proj", "down_proj")]
+        if not mlp:
+            return None
+        return (f"PEFT (0.21, with transformers 5) does not load DeepSeek adapters of MLP or expert linears as "
+                f"trained ({mlp[0]}{f' and {len(mlp) - 1} more' if len(mlp) > 1 else ''}): it moves them onto the "
+                "fused experts; --merge-lora writes the model as trained")
 
     def ttml_summary(self, tt):
         """The mixture of experts: layers, experts and their sizes, and the experts' layout."""
@@ -380,14 +400,160 @@ writes the file anyway, warning of each."""
     def transformer_config(self, shape, vocab_multiple):
         self._not_read("write a tt-train YAML")
 
+    # ------------------------------------------------------------ check: MLA and the mixture of experts
+
     def tt_expected_rows(self, shape):
-        self._not_read("run check (the MLA and mixture-of-experts forward pass)")
+        c = shape.details["config"]
+        return {"deepseek_block_0/attn/wkv_a/weight": c["kv_lora_rank"] + c["qk_rope_head_dim"],
+                "deepseek_block_0/attn/wkv_b/weight": shape.num_heads * (c["qk_nope_head_dim"] + c["v_head_dim"])}
 
     def tt_forward(self, model, ids, progress=None):
-        self._not_read("run check (the MLA and mixture-of-experts forward pass)")
+        """ttml's DeepSeek: its router's bias is zero (a buffer no checkpoint holds), sigmoid top-k weights
+        always normalized, softmax never, groups as the file's header has them (ttconv writes none for
+        softmax routing)."""
+        m, block = _layers()
+        sizes = _sizes(model.shape, tt=True)
+        cos, sin = _angles(model.shape, len(ids))
+        x = model.run_blocks(model.embedded(ids), lambda x, w: block(x, _tt_weights(w), cos, sin, sizes, model.eps),
+                             progress=progress)
+        return m.rms_norm(x, model.tensor("ln_fc/gamma")[0], model.eps)
 
     def hf_forward(self, model, ids, progress=None, adjacent_pairs=(False,)):
-        self._not_read("run check (the MLA and mixture-of-experts forward pass)")
+        """transformers' DeepseekV2/V3: V2's softmax router (greedy top-k, weights not normalized), V3's
+        sigmoid one (e_score_correction_bias for the choice, groups by their top-2 sum, norm_topk_prob);
+        RoPE on adjacent pairs (V2's complex rotation, V3's rope_interleave)."""
+        m, block = _layers()
+        sizes = _sizes(model.shape, tt=False)
+        cos, sin = _angles(model.shape, len(ids))
+        states = [m.jnp.asarray(model.picked_rows("model.embed_tokens.weight", ids))]
+        states = model.run_layers(states, "model.layers.{}.", lambda states, t: [
+            block(states[0], _hf_weights(t), cos, sin, sizes, model.eps)], progress)
+        return [m.rms_norm(states[0], model.tensor("model.norm.weight"), model.eps)]
+
+
+def _sizes(shape, tt):
+    """The static sizes and routing of a forward pass (hashable, for jit): ttml's routing when tt."""
+    c = shape.details["config"]
+    sigmoid = shape.details["sigmoid"]
+    groups = int(c.get("n_group") or 1) if sigmoid else 1  # softmax: greedy, no groups
+    normalize = sigmoid if tt else bool(sigmoid and c.get("norm_topk_prob", True))
+    return (shape.num_heads, c["qk_nope_head_dim"], c["qk_rope_head_dim"], c["v_head_dim"], c["kv_lora_rank"],
+            int(c["num_experts_per_tok"]), groups, int(c.get("topk_group") or 1) if groups > 1 else 1, sigmoid,
+            normalize, float(c.get("routed_scaling_factor", 1.0)), EPSILON if tt else HF_LATENT_EPSILON)
+
+
+def _angles(shape, length):
+    """cos, sin [T, rope / 2] of the rope part (adjacent pairs on both sides)."""
+    rope = shape.details["config"]["qk_rope_head_dim"]
+    inv = 1.0 / (shape.theta ** (np.arange(0, rope, 2, dtype=np.float64) / rope))
+    angles = np.outer(np.arange(length, dtype=np.float64), inv)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+# a block's tensors under one set of names for the shared layer: (ttml's name within the block, transformers')
+_LAYER_NAMES = tuple((tt, hf[:-len(".weight")].replace(".", "/")) for tt, hf in _BLOCK if "{e}" not in tt)
+
+
+def _tt_weights(w):
+    """A ttml block's tensors by transformers' module names (norms as vectors), experts stacked."""
+    names = dict(_LAYER_NAMES)
+    out = {names[name]: (value[0] if name.endswith("/gamma") else value) for name, value in w.items() if name in names}
+    return _stack_experts(out, {name: value for name, value in w.items() if "/experts/" in name},
+                          lambda e, tt: f"ffn/experts/{e}/{tt}/weight")
+
+
+def _hf_weights(t):
+    """A transformers layer's tensors by module name, experts stacked, the router bias kept."""
+    names = {hf: module for _, module in _LAYER_NAMES for hf in [module.replace("/", ".") + ".weight"]}
+    out = {names[name]: value for name, value in t.items() if name in names}
+    bias = t.get("mlp.gate.e_score_correction_bias")
+    if bias is not None:
+        out["mlp/gate/bias"] = bias
+    experts = {name: value for name, value in t.items() if name.startswith("mlp.experts.")}
+    hf_names = dict(EXPERT_LINEARS)
+    return _stack_experts(out, experts, lambda e, tt: f"mlp.experts.{e}.{hf_names[tt]}.weight")
+
+
+def _stack_experts(out, experts, name_of):
+    """out with the routed experts' linears stacked [E, rows, cols] under mlp/experts/w1|w3|w2."""
+    jnp = _layers()[0].jnp
+    count = 0
+    while name_of(count, "w1") in experts:
+        count += 1
+    if count:
+        for tt, _ in EXPERT_LINEARS:
+            out[f"mlp/experts/{tt}"] = jnp.stack([experts[name_of(e, tt)] for e in range(count)])
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _layers():
+    """The jit-compiled DeepSeek layer both sides run (built on first use: jax loads only for check), on
+    one set of names (transformers' modules, "/"-separated). What differs is the weights and the routing
+    given: `sizes` (_sizes) and, on transformers' side, the router bias."""
+    from .. import models as m
+
+    jax, jnp = m.jax, m.jnp
+
+    def mla(a, w, cos, sin, sizes, eps):
+        """Multi-head latent attention: q (direct or through its low rank), the shared k_pe, RoPE on the
+        trailing rope values of each head, kv up-projected from the normed latent (the latents' norms
+        with their own eps, sizes[-1])."""
+        heads, nope, rope, _, kv_rank = sizes[:5]
+        latent_eps = sizes[-1]
+        length = a.shape[0]
+        if "self_attn/q_proj" in w:
+            q = a @ w["self_attn/q_proj"].T
+        else:
+            q = (m.rms_norm(a @ w["self_attn/q_a_proj"].T, w["self_attn/q_a_layernorm"], latent_eps)
+                 @ w["self_attn/q_b_proj"].T)
+        q = m.split_heads(q, heads)
+        kv = a @ w["self_attn/kv_a_proj_with_mqa"].T
+        latent, k_pe = kv[:, :kv_rank], kv[:, kv_rank:]
+        up = m.split_heads(m.rms_norm(latent, w["self_attn/kv_a_layernorm"], latent_eps) @ w["self_attn/kv_b_proj"].T,
+                           heads)
+        k_pe = jnp.broadcast_to(m.rope_adjacent(k_pe[None], cos, sin), (heads, length, rope))
+        query = jnp.concatenate([q[..., :nope], m.rope_adjacent(q[..., nope:], cos, sin)], axis=-1)
+        key = jnp.concatenate([up[..., :nope], k_pe], axis=-1)
+        return m.merge_heads(m.causal_attention(query, key, up[..., nope:])) @ w["self_attn/o_proj"].T
+
+    def swiglu(x, gate, up, down):
+        return (jax.nn.silu(x @ gate.T) * (x @ up.T)) @ down.T
+
+    def moe(x, w, sizes):
+        """Routed experts (every expert computed, weighted by the router's top-k) plus the shared ones."""
+        top_k, groups, limited, sigmoid, normalize, scale = sizes[5:11]
+        tokens = jnp.arange(x.shape[0])[:, None]
+        logits = x @ w["mlp/gate"].T
+        scores = jax.nn.sigmoid(logits) if sigmoid else jax.nn.softmax(logits, axis=-1)
+        choice = scores + w["mlp/gate/bias"] if "mlp/gate/bias" in w else scores
+        experts = scores.shape[-1]
+        if groups > 1:  # keep the `limited` groups whose two best experts score most
+            group_scores = jax.lax.top_k(choice.reshape(-1, groups, experts // groups), 2)[0].sum(-1)
+            kept = jnp.zeros(group_scores.shape, bool).at[tokens, jax.lax.top_k(group_scores, limited)[1]].set(True)
+            choice = jnp.where(jnp.repeat(kept, experts // groups, axis=-1), choice, -jnp.inf)
+        picked = jax.lax.top_k(choice, top_k)[1]
+        weights = jnp.take_along_axis(scores, picked, axis=-1)
+        if normalize:
+            weights = weights / (weights.sum(-1, keepdims=True) + 1e-20)
+        routing = jnp.zeros_like(scores).at[tokens, picked].add(weights * scale)  # [T, E]
+        hidden = jax.nn.silu(jnp.einsum("th,eih->eti", x, w["mlp/experts/w1"])) * jnp.einsum(
+            "th,eih->eti", x, w["mlp/experts/w3"])
+        out = jnp.einsum("eti,ehi,te->th", hidden, w["mlp/experts/w2"], routing)
+        if "mlp/shared_experts/gate_proj" in w:
+            out = out + swiglu(x, w["mlp/shared_experts/gate_proj"], w["mlp/shared_experts/up_proj"],
+                               w["mlp/shared_experts/down_proj"])
+        return out
+
+    @m.jit("sizes", "eps")
+    def block(x, w, cos, sin, sizes, eps):
+        x = x + mla(m.rms_norm(x, w["input_layernorm"], eps), w, cos, sin, sizes, eps)
+        post = m.rms_norm(x, w["post_attention_layernorm"], eps)
+        if "mlp/gate" in w:
+            return x + moe(post, w, sizes)
+        return x + swiglu(post, w["mlp/gate_proj"], w["mlp/up_proj"], w["mlp/down_proj"])
+
+    return m, block
 
 
 DEEPSEEK = DeepSeekFamily()
