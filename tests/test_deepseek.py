@@ -568,7 +568,7 @@ def test_lora_adapters_become_a_peft_folder_under_the_originals_names(cli, tmp_p
     status, _, err = cli("to-hf", "deepseek", path, "--hf_model", MODELS["v3"], "-o", tmp_path / "adapter",
                          "--lora-alpha", "8")
     assert status == 0, err
-    assert ("does not load DeepSeek adapters of MLP or expert linears as trained "
+    assert ("does not load these DeepSeek adapters as trained "
             "(model.layers.1.mlp.experts.3.gate_proj and 1 more)") in err
     lora_support.assert_peft_folder(tmp_path / "adapter", adapters, 4, 8)
     status, _, err = cli("to-hf", "deepseek", path, "--hf_model", MODELS["v3"], "-o", tmp_path / "merged",
@@ -598,8 +598,12 @@ def test_a_lora_file_is_checked_merged(cli, tmp_path):
     assert status == 1 and not result["ok"]
 
 
-def test_attention_adapters_need_no_caveat(cli, tmp_path):
+def test_attention_and_whole_expert_layers_need_no_caveat(cli, tmp_path):
+    # PEFT loads these as trained: attention linears, and every expert of a layer with its three linears
     attention = {k: v for k, v in LORA_TARGETS.items() if "/attn/" in k}
+    for e in range(config("v3")["n_routed_experts"]):
+        for tt, hf in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")):
+            attention[f"blocks/2/ffn/experts/{e}/{tt}"] = f"model.layers.2.mlp.experts.{e}.{hf}"
     wrapped, _ = lora_run(original("v3"), np.random.default_rng(9), attention)
     path = ts.write_stream(tmp_path / "lora.pkl", wrapped)
     status, _, err = cli("to-hf", "deepseek", path, "--hf_model", MODELS["v3"], "-o", tmp_path / "adapter",

@@ -98,7 +98,8 @@ def write_adapter(directory, family, tt, adapters, plan, alpha, rslora, base_mod
     (the file's own precision), "f32", "bf16" or "f16" (round to nearest even). Returns (tensors,
     values, bytes, dtype name)."""
     tensors, ranks = adapter_tensors(family, tt, adapters, plan)
-    caveat = family.peft_caveat(sorted(ranks))
+    modules = {family.peft_module(name) for name in weights if name.endswith(".weight")}
+    caveat = family.peft_caveat(sorted(ranks), modules)
     if caveat:
         log.warning(caveat)
     if dtype == "auto":
@@ -110,7 +111,6 @@ def write_adapter(directory, family, tt, adapters, plan, alpha, rslora, base_mod
         for _, values in tensors:
             out.write(np.ascontiguousarray(encode(values)).tobytes())
     with directory.file(ADAPTER_CONFIG) as out:
-        modules = {family.peft_module(name) for name in weights if name.endswith(".weight")}
         out.write(adapter_config(family, ranks, alpha, rslora, base_model, modules))
     values = sum(int(np.prod(t.shape)) for t in described)
     return len(described), values, sum(t.nbytes for t in described), dtype_name

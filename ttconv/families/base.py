@@ -170,8 +170,9 @@ class Family:
         raise TtconvError(f"ttconv writes {self.display} as {' or '.join(self.formats) or 'nothing'}, not as ttml "
                           "checkpoints")
 
-    def peft_caveat(self, modules):
-        """A warning about how PEFT loads adapters of these modules (PEFT's module paths), or None."""
+    def peft_caveat(self, adapted, modules):
+        """A warning about how PEFT loads adapters of the adapted modules (PEFT's module paths; modules:
+        all of the model's), or None."""
         return None
 
     def ttml_summary(self, tt):

@@ -345,15 +345,26 @@ writes the file anyway, warning of each."""
             ("dropout_prob", float(config.get("attention_dropout") or 0.0)),
             ("max_sequence_length", int(max_sequence_length or shape.max_sequence_length)), ("spec", spec)))
 
-    def peft_caveat(self, modules):
-        """PEFT 0.21 with transformers 5 (checked with PEFT 0.21.2, transformers 5.24) loads a DeepSeek
-        adapter of any MLP linear onto the mixture-of-experts layers' fused experts instead, losing it."""
-        mlp = [m for m in modules if m.rsplit(".", 1)[-1] in ("gate_proj", "up_proj", "down_proj")]
-        if not mlp:
+    def peft_caveat(self, adapted, modules):
+        """PEFT 0.21 with transformers 5 (checked: PEFT 0.21.2, transformers 5.24) turns a layer's per-expert
+        adapters into its fused experts' adapter only when every expert of the layer has gate, up and down
+        adapters; it moves any other MLP target (a dense layer's, the shared experts', part of a layer's
+        experts) onto the fused experts, losing it."""
+        lost = []
+        for module in adapted:
+            head, sep, _ = module.partition(".mlp.experts.")
+            if sep:
+                layer = [m for m in modules if m.startswith(head + sep)]
+                if not set(layer) <= set(adapted):
+                    lost.append(module)
+            elif module.rsplit(".", 1)[-1] in ("gate_proj", "up_proj", "down_proj"):
+                lost.append(module)
+        if not lost:
             return None
-        return (f"PEFT (0.21, with transformers 5) does not load DeepSeek adapters of MLP or expert linears as "
-                f"trained ({mlp[0]}{f' and {len(mlp) - 1} more' if len(mlp) > 1 else ''}): it moves them onto the "
-                "fused experts; --merge-lora writes the model as trained")
+        more = f" and {len(lost) - 1} more" if len(lost) > 1 else ""
+        return (f"PEFT (0.21, with transformers 5) does not load these DeepSeek adapters as trained ({lost[0]}{more}): "
+                "it keeps expert adapters only when every expert of a layer has gate, up and down ones, and moves "
+                "other MLP adapters onto the fused experts; --merge-lora writes the model as trained")
 
     def ttml_summary(self, tt):
         """The mixture of experts: layers, experts and their sizes, and the experts' layout."""
