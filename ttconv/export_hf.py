@@ -252,7 +252,7 @@ def _header_checkpoint(family, tt, tt_path):
     sizes = dict(family.header_sizes(params, f"{prefix}/{family.block_0}"), vocab_rows=fc.rows)
     where = f"{tt_path} (header)"
     config = family.hf_config(fields, tok is None or tok.data is fc.data, sizes, where)
-    return ConfigCheckpoint(config, family.hf_shapes(config), where)
+    return ConfigCheckpoint(config, family.hf_shapes(config), where, family.header_zeros)
 
 
 def _inputs(tt, tt_path, ckpt):

@@ -35,6 +35,7 @@ class Family:
     hf_order = ((), (), ())    # module order: before the blocks, in each block, after them
     conv1d = False             # Hugging Face stores its linears [in, out] (GPT-2's Conv1D)
     header_epsilon = ("rms_norm_eps", 1e-5)  # config key and ttml's own value when a header has none
+    header_zeros = ()          # tensors an export without the original writes as zeros (what tt-train computes with)
 
     # --- tt-train's side
     table = ()                 # (tt name under the prefix, checkpoint source(s), row rule), see mapping

@@ -32,6 +32,7 @@ log = logging.getLogger("ttconv")
 HF_LATENT_EPSILON = 1e-6
 EPSILON = 1e-5  # every RMSNorm of ttml's DeepSeek (transformer.py's RMSNormLayer)
 L = "model.layers.{i}."
+ROUTER_BIAS = r"model\.layers\.\d+\.mlp\.gate\.e_score_correction_bias"
 EXPERT_LINEARS = (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj"))
 
 # the block's tensors: the name within the block (ttml's and the canonical one) and the Hugging Face
@@ -113,7 +114,8 @@ writes the file anyway, warning of each."""
     hf_order = HF_ORDER
     header_epsilon = ("rms_norm_eps", EPSILON)
     table = TABLE
-    ignored = (r"model\.layers\.\d+\.mlp\.gate\.e_score_correction_bias",)
+    ignored = (ROUTER_BIAS,)
+    header_zeros = (ROUTER_BIAS,)  # ttml routes with a zero bias
     block_0 = "deepseek_block_0/"
     model_root = "deepseek"
     ttml_root = "DeepSeek"
@@ -263,6 +265,8 @@ writes the file anyway, warning of each."""
                 mlps = [("mlp.", inner)]
             else:
                 shapes[layer + "mlp.gate.weight"] = (config["n_routed_experts"], e)
+                if config.get("model_type") == "deepseek_v3":  # its router always has the bias
+                    shapes[layer + "mlp.gate.e_score_correction_bias"] = (config["n_routed_experts"],)
                 mlps = [(f"mlp.experts.{x}.", moe) for x in range(config["n_routed_experts"])]
                 if config["n_shared_experts"]:
                     mlps.append(("mlp.shared_experts.", moe * config["n_shared_experts"]))

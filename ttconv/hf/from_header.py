@@ -9,6 +9,7 @@ the tensors transformers expects, without data.
 """
 import json
 import math
+import re
 
 from ..errors import CheckpointError, TtconvError
 from .checkpoint import TensorInfo
@@ -97,13 +98,15 @@ def rope_model_shapes(config, qk_norms):
 
 class ConfigCheckpoint:
     """A stand-in for a Hugging Face checkpoint built from a config: the tensors transformers
-    expects (names and shapes, float32), no data, no folder."""
+    expects (names and shapes, float32), no data but the zeros of `zeros`, no folder."""
 
-    def __init__(self, config, shapes, where):
-        """shapes: {tensor name: shape} of the model the config describes (Family.hf_shapes)."""
+    def __init__(self, config, shapes, where, zeros=()):
+        """shapes: {tensor name: shape} of the model the config describes (Family.hf_shapes); zeros:
+        patterns of the names among them whose values are all zero (Family.header_zeros)."""
         self.directory = None
         self.where = where
         self.config = config
+        self._zeros = re.compile("|".join(zeros) or r"(?!)")
         self.tensors = {name: TensorInfo(name, None, "F32", tuple(shape), 0, 4 * math.prod(shape))
                         for name, shape in shapes.items()}
 
@@ -114,6 +117,9 @@ class ConfigCheckpoint:
         return value
 
     def read_bytes(self, info, offset, buffer):
+        if self._zeros.fullmatch(info.name):
+            buffer[:] = 0
+            return buffer
         raise CheckpointError(f"{self.where}: {info.name} is not in the file and there is no original checkpoint "
                               "to take it from; give --hf_model")
 
