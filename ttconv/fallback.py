@@ -11,6 +11,7 @@ uint32 words, so the encoding is plain shifts and ors on uint32, with no byte sh
 import concurrent.futures
 import functools
 import os
+import threading
 
 import numpy as np
 
@@ -262,7 +263,7 @@ def _gather(matrix, rows, columns, code, tiled, transposed, out_code, raw16):
         matrix = matrix.reshape(n // 32, cols // 32, 2, 2, 16, 16).transpose(0, 2, 4, 1, 3, 5).reshape(n, cols)
     if transposed:
         matrix = matrix.T
-    picked = matrix[rows]
+    picked = matrix if rows is None else matrix[rows]
     if columns is not None:
         picked = picked[:, columns]
     if raw16:
@@ -287,15 +288,40 @@ def gather(source, code, tiled, src_cols, rows, columns, cols, transposed, out_c
     elif columns is None and transposed:
         columns = np.arange(cols, dtype=np.uint32)
     raw16 = code in (F16, BF16) and (code, out_code) in ((F16, OUT_F16), (BF16, OUT_BF16))
+    if not transposed:  # only the source rows (whole tile rows) the picked rows lie in
+        unit = 32 if tiled else 1
+        first = int(rows.min()) // unit * unit
+        matrix, rows = matrix[first:-(-(int(rows.max()) + 1) // unit) * unit], rows - np.uint32(first)
     # source rows and picked rows padded to powers of two: chunks come in many sizes, and each new
     # shape would be a new compilation
-    matrix = _padded(matrix, _power_of_two(matrix.shape[0]), 0)
-    picked = _padded(rows, _power_of_two(rows.size), 0)
+    matrix = _staged(matrix, _power_of_two(matrix.shape[0]))
+    start = int(rows[0])
+    if not transposed and int(rows[-1]) - start + 1 == rows.size and (np.diff(rows) == 1).all():
+        picked = None  # consecutive rows: sliced from the whole result, not gathered (XLA's gather is slower)
+    else:
+        picked, start = _padded(rows, _power_of_two(rows.size), 0), 0
     values = np.asarray(_gather(matrix, picked, columns, code, bool(tiled), bool(transposed), out_code, raw16))
-    values = values[:rows.size]
+    values = values[start:start + rows.size]
     nbytes = values.size * values.dtype.itemsize
     out[:nbytes] = values.reshape(-1).view(np.uint8)
     return True
+
+
+_STAGING = threading.local()
+ALIGNMENT = 4096  # jax takes a numpy array aligned so without copying it
+
+
+def _staged(matrix, rows):
+    """matrix copied into this thread's aligned staging buffer, which has room for `rows` rows (the
+    rows past the matrix's hold whatever they held: no picked value comes from them)."""
+    nbytes = rows * matrix.shape[1] * matrix.itemsize
+    buffer = getattr(_STAGING, "buffer", None)
+    if buffer is None or buffer.size < nbytes:
+        raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
+        buffer = _STAGING.buffer = raw[-raw.ctypes.data % ALIGNMENT:][:nbytes]
+    staged = buffer[:nbytes].view(matrix.dtype).reshape(rows, matrix.shape[1])
+    staged[:matrix.shape[0]] = matrix
+    return staged
 
 
 def _power_of_two(n):
