@@ -384,7 +384,9 @@ def test_signals_while_a_ttml_checkpoint_is_written_leave_nothing_or_the_whole_f
         cfg = dict(json.load(f), hidden_size=512, moe_intermediate_size=256, intermediate_size=1024, vocab_size=4000,
                    n_routed_experts=16)
     rng = np.random.default_rng(3)
-    tensors = {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in DEEPSEEK.hf_shapes(cfg).items()}
+    tensors = {name: rng.standard_normal(shape, dtype=np.float32) if not name.endswith("e_score_correction_bias")
+               else np.zeros(shape, dtype=np.float32)  # a nonzero router bias is refused
+               for name, shape in DEEPSEEK.hf_shapes(cfg).items()}
     (tmp_path / "ckpt").mkdir()
     save_file(tensors, str(tmp_path / "ckpt" / "model.safetensors"))
     with open(tmp_path / "ckpt" / "config.json", "w") as f:
