@@ -384,8 +384,9 @@ def test_gather_matches_numpy(backend, kind, out_dtype, tiled, transposed):
     # picked rows at random, and runs of consecutive ones (a transpose takes those 64 at a time), on a
     # face boundary and off it
     pickings = (rng.permutation(cols if transposed else rows)[:37], np.arange(16, 94), np.arange(3, 70))
-    for picked, cols_of in [(p.astype(np.uint32), c) for p in pickings for c in (columns, None)]:
-        width = len(columns) if cols_of is not None else 50
+    full = rows if transposed else cols  # every column: rows copied whole where nothing changes their bytes
+    for picked, cols_of, width in [(p.astype(np.uint32), c, w) for p in pickings
+                                   for c, w in ((columns, len(columns)), (None, 50), (None, full))]:
         out = np.zeros(len(picked) * width * 4, dtype=np.uint8)
         assert kernels.gather(stored, kind, cols, picked, out, out_dtype, tiled=tiled, columns=cols_of, cols=width,
                               transposed=transposed)
@@ -397,11 +398,14 @@ def test_gather_matches_numpy(backend, kind, out_dtype, tiled, transposed):
 def test_gather_rounds_half_precision_edges(backend):
     bits = np.array([0x477FF000, 0x477FEFFF, 0x33000000, 0x33000001, 0x387FF000, 0x38800000, 0x00000001,
                      0x7F800000, 0xFFC00001, 0x3F808000], dtype=np.uint32)  # 65520, below it, 2^-25, ...
-    values = bits.view(np.float32).reshape(1, -1)
+    values = np.stack([bits, bits[::-1]]).view(np.float32)
+    cols = bits.size
     for out_dtype, reference in (("f16", f16_reference), ("bf16", bf16_reference)):
-        out = np.zeros(values.size * 2, dtype=np.uint8)
-        assert kernels.gather(values, "f32", values.size, [0], out, out_dtype, cols=values.size)
-        assert out.view(np.uint16).tolist() == reference(bits).tolist(), out_dtype
+        # one whole row (rounded without the jax fallback on it) and rows picked out of order (with it)
+        for rows, expected in (([0], bits), ([1, 0], np.concatenate([bits[::-1], bits]))):
+            out = np.zeros(len(rows) * cols * 2, dtype=np.uint8)
+            assert kernels.gather(values, "f32", cols, rows, out, out_dtype, cols=cols)
+            assert out.view(np.uint16).tolist() == reference(expected).tolist(), (out_dtype, rows)
     assert f16_reference(bits[:2]).tolist() == [0x7C00, 0x7BFF]  # the reference itself: 65520 rounds to infinity
 
 

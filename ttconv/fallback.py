@@ -292,12 +292,18 @@ def gather(source, code, tiled, src_cols, rows, columns, cols, transposed, out_c
         unit = 32 if tiled else 1
         first = int(rows.min()) // unit * unit
         matrix, rows = matrix[first:-(-(int(rows.max()) + 1) // unit) * unit], rows - np.uint32(first)
+    start = int(rows[0])
+    consecutive = not transposed and int(rows[-1]) - start + 1 == rows.size and (np.diff(rows) == 1).all()
+    same_bits = raw16 or (code == F32 and out_code == OUT_F32)
+    if consecutive and same_bits and not tiled and columns is None:  # msgpack's decoded float32 values as they are
+        picked = matrix[start:start + rows.size].reshape(-1).view(np.uint8)
+        out[:picked.size] = picked
+        return True
     # source rows and picked rows padded to powers of two: chunks come in many sizes, and each new
     # shape would be a new compilation
     matrix = _staged(matrix, _power_of_two(matrix.shape[0]))
-    start = int(rows[0])
-    if not transposed and int(rows[-1]) - start + 1 == rows.size and (np.diff(rows) == 1).all():
-        picked = None  # consecutive rows: sliced from the whole result, not gathered (XLA's gather is slower)
+    if consecutive:
+        picked = None  # sliced from the whole result, not gathered (XLA's gather is slower)
     else:
         picked, start = _padded(rows, _power_of_two(rows.size), 0), 0
     values = np.asarray(_gather(matrix, picked, columns, code, bool(tiled), bool(transposed), out_code, raw16))

@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from . import bf16
 from .errors import BackendError
 from .interrupts import import_held
 
@@ -315,6 +316,25 @@ GATHER_SOURCES = {"f32": (0, 4, np.float32), "f16": (1, 2, np.float16), "bf16": 
                   "msgpack": (3, 5, np.uint8)}
 
 
+def _plain_rows(source, source_dtype, src_cols, rows, out, out_dtype, tiled, columns, cols, transposed):
+    """Whole consecutive rows of a row-major source in its own dtype, or only rounded to bfloat16 or
+    widened from it, written without the fallback (which would import jax, about a second, for them):
+    copied, or converted by ttconv.bf16's bit arithmetic, the kernel's rounding; False for any other
+    gather."""
+    first = int(rows[0])
+    conversion = (source_dtype, out_dtype)
+    if (conversion not in _PLAIN or tiled or transposed or columns is not None or cols != src_cols
+            or int(rows[-1]) - first + 1 != rows.size or not (np.diff(rows) == 1).all()):
+        return False
+    picked = _PLAIN[conversion](source[first * src_cols:(first + rows.size) * src_cols]).view(np.uint8)
+    out[:picked.size] = picked
+    return True
+
+
+_PLAIN = {("f32", "f32"): lambda values: values, ("bf16", "bf16"): lambda bits: bits,
+          ("f16", "f16"): lambda values: values, ("f32", "bf16"): bf16.round_to_bits, ("bf16", "f32"): bf16.widen}
+
+
 def gather(source, source_dtype, src_cols, rows, out, out_dtype, *, tiled=False, columns=None, cols=None,
            transposed=False):
     """Write an [len(rows), cols] row-major matrix of out_dtype ("f32", "bf16" or "f16", rounded to
@@ -352,6 +372,8 @@ def gather(source, source_dtype, src_cols, rows, out, out_dtype, *, tiled=False,
     if not rows.size or not cols:
         return True
     if _kernel is None:
+        if _plain_rows(source, source_dtype, src_cols, rows, out, out_dtype, tiled, columns, cols, transposed):
+            return True
         return _fallback().gather(source, code, tiled, src_cols, rows, columns, cols, transposed, out_code, out)
     column_index = _kernel.ffi.NULL if columns is None else _ptr(columns, "uint32_t *")
     status = _kernel.lib.tt_gather(_ptr(source), code, int(tiled), src_cols, _ptr(rows, "uint32_t *"), rows.size,
