@@ -268,9 +268,10 @@ def _walk_numbers_numpy(buf, max_count, want_values):
             if size == 1:
                 values.append(buf[pos:pos + run].view(np.int8).astype(np.float32))
             else:
-                payload = buf[pos:pos + run * size].reshape(run, size)[:, 1:]
+                # each value's big-endian payload after its tag, read in place
+                payload = np.ndarray((run,), dtype=_PAYLOAD_DTYPE[tag], buffer=buf, offset=pos + 1, strides=(size,))
                 with np.errstate(over="ignore"):  # float64 beyond float32 range becomes inf, as in C
-                    values.append(payload.copy().view(_PAYLOAD_DTYPE[tag]).reshape(-1).astype(np.float32))
+                    values.append(payload.astype(np.float32))
         window = window * 2 if run == limit else 256
         pos += run * size
         done += run
