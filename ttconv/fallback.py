@@ -224,15 +224,23 @@ def _tiles(values):
     return values.reshape(rows // 32, 2, 16, cols // 32, 2, 16).transpose(0, 3, 1, 4, 2, 5).reshape(-1)
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _tile_block(source, rows, code, transposed, padded_cols, out_f32, columns):
+    values, bad = _tile_rows(source, rows, code, transposed, padded_cols, out_f32, columns)
+    return _tiles(values), bad
+
+
 def tile(array, code, rows, first_row, padded_cols, transposed, out_f32, out, columns=None):
     """Rows of array (or of its transpose), their columns picked by columns when given, rounded and
     placed in TILE order into out; the NaN/Inf count."""
-    values, bad = _tile_rows(_raw(array, code), rows, code, transposed, padded_cols, out_f32, columns)
+    source = _staged(_raw(array, code), array.shape[0])
     words = out.view(np.uint32 if out_f32 else np.uint16)
     if first_row % 32 == 0 and len(rows) % 32 == 0:  # whole tile rows: one contiguous stretch of out
+        values, bad = _tile_block(source, rows, code, transposed, padded_cols, out_f32, columns)
         start = first_row * padded_cols
-        words[start:start + values.size] = np.asarray(_tiles(values))
+        words[start:start + values.size] = np.asarray(values)
     else:
+        values, bad = _tile_rows(source, rows, code, transposed, padded_cols, out_f32, columns)
         words[_tiled_offsets(first_row, len(rows), padded_cols)] = np.asarray(values)
     return int(bad)
 
