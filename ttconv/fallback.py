@@ -119,12 +119,12 @@ def _run_chunks(program, chunks, out):
     if not chunks:
         return out[:0], 0
     if len(chunks) == 1 and chunks[0][2] * 5 == out.size:
-        words, bad = program(chunks[0][0])
+        words, bad = program(_staged(chunks[0][0]))
         return np.asarray(words).view(np.uint8)[:out.size], int(bad)
 
     def encode_into_out(chunk):
         block, first, count = chunk
-        words, bad = program(block)
+        words, bad = program(_staged(block))
         out[first * 5:(first + count) * 5] = np.asarray(words).view(np.uint8)[:count * 5]
         return int(bad)
 
@@ -326,16 +326,17 @@ _STAGING = threading.local()
 ALIGNMENT = 4096  # jax takes a numpy array aligned so without copying it
 
 
-def _staged(matrix, rows):
-    """matrix copied into this thread's aligned staging buffer, which has room for `rows` rows (the
-    rows past the matrix's hold whatever they held: no picked value comes from them)."""
-    nbytes = rows * matrix.shape[1] * matrix.itemsize
+def _staged(block, rows=None):
+    """block copied into this thread's aligned staging buffer, with room for `rows` rows (default: its
+    own; rows past the block's hold whatever they held: no picked value comes from them)."""
+    shape = (block.shape[0] if rows is None else rows,) + block.shape[1:]
+    nbytes = int(np.prod(shape)) * block.itemsize
     buffer = getattr(_STAGING, "buffer", None)
     if buffer is None or buffer.size < nbytes:
         raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
         buffer = _STAGING.buffer = raw[-raw.ctypes.data % ALIGNMENT:][:nbytes]
-    staged = buffer[:nbytes].view(matrix.dtype).reshape(rows, matrix.shape[1])
-    staged[:matrix.shape[0]] = matrix
+    staged = buffer[:nbytes].view(block.dtype).reshape(shape)
+    staged[:block.shape[0]] = block
     return staged
 
 
