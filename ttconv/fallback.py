@@ -232,12 +232,12 @@ def _tile_block(source, rows, code, transposed, padded_cols, out_f32, columns):
     return _tiles(values), bad
 
 
-def tile(array, code, rows, first_row, padded_cols, transposed, out_f32, out, columns=None):
-    """Rows of array (or of its transpose), their columns picked by columns when given, rounded and
-    placed in TILE order into out; the NaN/Inf count."""
-    source = _staged(_raw(array, code), array.shape[0])
+def tile(array, code, rows, in_order, first_row, padded_cols, transposed, out_f32, out, columns=None):
+    """Rows of array (or of its transpose; in_order: they are consecutive), their columns picked by
+    columns when given, rounded and placed in TILE order into out; the NaN/Inf count."""
+    source = _staged(_raw(array, code))
     n_rows = len(rows)
-    if n_rows == array.shape[1 if transposed else 0] and rows[0] == 0 and (np.diff(rows) == 1).all():
+    if in_order and rows[0] == 0 and n_rows == array.shape[1 if transposed else 0]:
         rows = None  # every row in order: no gather (XLA's is slower than none)
     words = out.view(np.uint32 if out_f32 else np.uint16)
     if first_row % 32 == 0 and n_rows % 32 == 0:  # whole tile rows: one contiguous stretch of out
@@ -265,7 +265,6 @@ def _f16_nearest_even(bits):
                                jnp.where(magnitude >= 0x38800000, normal, subnormal))).astype(jnp.uint16)
 
 
-MSGPACK_F32 = 3
 OUT_BF16, OUT_F32, OUT_F16 = 0, 1, 2
 
 
@@ -287,14 +286,8 @@ def _gather(matrix, rows, columns, code, tiled, transposed, out_code, raw16):
     return _bf16_nearest_even(bits) if out_code == OUT_BF16 else _f16_nearest_even(bits)
 
 
-def gather(source, code, tiled, src_cols, rows, columns, cols, transposed, out_code, out):
-    """kernels.gather on jax.numpy: False when a msgpack value is not a float32."""
-    if code == MSGPACK_F32:
-        if not (source[::5] == 0xCA).all():
-            return False
-        # each value's four big-endian bytes, read in place (one strided pass, not a copy of 4 in 5 bytes)
-        big_endian = np.ndarray((source.size // 5,), dtype=">u4", buffer=source, offset=1, strides=(5,))
-        source, code = big_endian.astype(np.uint32), F32
+def gather(source, code, tiled, src_cols, rows, in_order, columns, cols, transposed, out_code, out):
+    """kernels.gather on jax.numpy (in_order: the rows are consecutive)."""
     raw = _raw(source, code)
     matrix = raw.reshape(-1, src_cols)
     if columns is None and not transposed and cols != src_cols:
@@ -306,18 +299,11 @@ def gather(source, code, tiled, src_cols, rows, columns, cols, transposed, out_c
         unit = 32 if tiled else 1
         first = int(rows.min()) // unit * unit
         matrix, rows = matrix[first:-(-(int(rows.max()) + 1) // unit) * unit], rows - np.uint32(first)
-    start = int(rows[0])
-    consecutive = not transposed and int(rows[-1]) - start + 1 == rows.size and (np.diff(rows) == 1).all()
-    same_bits = raw16 or (code == F32 and out_code == OUT_F32)
-    if consecutive and same_bits and not tiled and columns is None:  # msgpack's decoded float32 values as they are
-        picked = matrix[start:start + rows.size].reshape(-1).view(np.uint8)
-        out[:picked.size] = picked
-        return True
     # source rows and picked rows padded to powers of two: chunks come in many sizes, and each new
     # shape would be a new compilation
     matrix = _staged(matrix, _power_of_two(matrix.shape[0]))
-    if consecutive:
-        picked = None  # sliced from the whole result, not gathered (XLA's gather is slower)
+    if in_order and not transposed:
+        picked, start = None, int(rows[0])  # sliced from the whole result, not gathered (XLA's gather is slower)
     else:
         picked, start = _padded(rows, _power_of_two(rows.size), 0), 0
     values = np.asarray(_gather(matrix, picked, columns, code, bool(tiled), bool(transposed), out_code, raw16))

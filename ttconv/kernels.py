@@ -193,7 +193,8 @@ def tile(array, out, padded_cols, rows=None, first_row=0, transposed=False, out_
     if not rows.size:
         return 0
     if _kernel is None:
-        return _fallback().tile(array, code, rows, first_row, padded_cols, transposed, out_code == 1, out, columns)
+        return _fallback().tile(array, code, rows, _in_order(rows), first_row, padded_cols, transposed, out_code == 1,
+                                out, columns)
     row_stride, col_stride = (1, array.shape[1]) if transposed else (array.shape[1], 1)
     column_index = _kernel.ffi.NULL if columns is None else _ptr(columns, "uint32_t *")
     return _kernel.lib.tt_tile(_ptr(array), code, _ptr(rows, "uint32_t *"), rows.size, row_stride, col_stride,
@@ -317,16 +318,29 @@ GATHER_SOURCES = {"f32": (0, 4, np.float32), "f16": (1, 2, np.float16), "bf16": 
                   "msgpack": (3, 5, np.uint8)}
 
 
-def _plain_rows(source, source_dtype, src_cols, rows, out, out_dtype, tiled, columns, cols, transposed):
+def _in_order(rows):
+    """Whether rows (uint32, not empty) are consecutive and ascending."""
+    return int(rows[-1]) - int(rows[0]) + 1 == rows.size and bool((np.diff(rows) == 1).all())
+
+
+def _msgpack_float32(source):
+    """float32 values of msgpack bytes, five a value, when every one is a msgpack float32 (else None):
+    each value's four big-endian bytes after its tag, read in place in one strided pass."""
+    if not (source[::5] == 0xCA).all():
+        return None
+    big_endian = np.ndarray((source.size // 5,), dtype=">u4", buffer=source, offset=1, strides=(5,))
+    return big_endian.astype(np.uint32).view(np.float32)
+
+
+def _plain_rows(source, source_dtype, src_cols, rows, in_order, out, out_dtype, tiled, columns, cols, transposed):
     """Whole consecutive rows of a row-major source in its own dtype, or only rounded to bfloat16 or
     widened from it, written without the fallback (which would import jax, about a second, for them):
     copied, or converted by ttconv.bf16's bit arithmetic, the kernel's rounding; False for any other
     gather."""
-    first = int(rows[0])
     conversion = (source_dtype, out_dtype)
-    if (conversion not in _PLAIN or tiled or transposed or columns is not None or cols != src_cols
-            or int(rows[-1]) - first + 1 != rows.size or not (np.diff(rows) == 1).all()):
+    if conversion not in _PLAIN or not in_order or tiled or transposed or columns is not None or cols != src_cols:
         return False
+    first = int(rows[0])
     picked = _PLAIN[conversion](source[first * src_cols:(first + rows.size) * src_cols]).view(np.uint8)
     out[:picked.size] = picked
     return True
@@ -373,9 +387,17 @@ def gather(source, source_dtype, src_cols, rows, out, out_dtype, *, tiled=False,
     if not rows.size or not cols:
         return True
     if _kernel is None:
-        if _plain_rows(source, source_dtype, src_cols, rows, out, out_dtype, tiled, columns, cols, transposed):
+        if source_dtype == "msgpack":
+            source, source_dtype = _msgpack_float32(source), "f32"
+            if source is None:
+                return False
+            code = GATHER_SOURCES["f32"][0]
+        in_order = _in_order(rows)
+        if _plain_rows(source, source_dtype, src_cols, rows, in_order, out, out_dtype, tiled, columns, cols,
+                       transposed):
             return True
-        return _fallback().gather(source, code, tiled, src_cols, rows, columns, cols, transposed, out_code, out)
+        return _fallback().gather(source, code, tiled, src_cols, rows, in_order, columns, cols, transposed, out_code,
+                                  out)
     column_index = _kernel.ffi.NULL if columns is None else _ptr(columns, "uint32_t *")
     status = _kernel.lib.tt_gather(_ptr(source), code, int(tiled), src_cols, _ptr(rows, "uint32_t *"), rows.size,
                                    column_index, cols, int(transposed), out_code, _ptr(out))
