@@ -231,14 +231,23 @@ def run_ttconv(args, out, signum=None, delay=0.0):
 
 def signalled_runs(args, tmp_path, name, whole_run, runs, prepare=None):
     """Run ttconv ARGS -o run<k>/NAME `runs` times (two at a time), SIGINT and SIGTERM in turn sent at
-    instants spread over 1.1 whole runs (prepare(folder) first, when given). Yields (context, signum,
-    status, stderr, folder) in order, each run's stderr checked to be one line without a traceback."""
+    instants spread over 1.1 whole runs (prepare(folder) first, when given). A whole run is the shorter
+    of whole_run and one more run timed here: a reference run slowed by a passing load would spread
+    the instants past the end of most runs. Yields (context, signum, status, stderr, folder) in order,
+    each run's stderr checked to be one line without a traceback."""
 
-    def one(k):
-        folder = tmp_path / f"run{k}"
+    def prepared(folder):
         folder.mkdir()
         if prepare is not None:
             prepare(folder)
+        return folder
+
+    timed = run_ttconv(args, prepared(tmp_path / "timing") / name)
+    assert timed[0] == 0, timed[1]
+    whole_run = min(whole_run, timed[2])
+
+    def one(k):
+        folder = prepared(tmp_path / f"run{k}")
         signum = signal.SIGINT if k % 2 == 0 else signal.SIGTERM
         delay = whole_run * 1.1 * k / (runs - 1)
         status, err, _ = run_ttconv(args, folder / name, signum, delay)
