@@ -51,6 +51,24 @@ def test_direct_io_is_used_on_this_file_system(tmp_path):
         os.close(fd)
 
 
+def test_the_last_partial_buffer_is_written_direct_too(tmp_path, monkeypatch):
+    # A tail left in the page cache makes the file's fsync write it and wait: every write goes
+    # around the cache in whole blocks, and the file is cut back to its length.
+    real_write = os.write
+    writes = []
+
+    def record(fd, data):
+        writes.append((len(data), bool(os.O_DIRECT & fcntl.fcntl(fd, fcntl.F_GETFL))))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(output.os, "write", record)
+    data, chunks = pieces(seed=3)
+    write(tmp_path / "out", chunks, in_place=False)
+    assert (tmp_path / "out").read_bytes() == data
+    assert all(direct and size % output.DIRECT_BLOCK == 0 for size, direct in writes), writes
+    assert writes[-1][0] == -(-(len(data) % output.BUFFER_BYTES) // output.DIRECT_BLOCK) * output.DIRECT_BLOCK
+
+
 def test_a_file_system_refusing_direct_writes_gets_buffered_ones(tmp_path, monkeypatch):
     real_write = os.write
     refused = []
