@@ -510,23 +510,16 @@ static size_t bf16_transposed_face_rows(const void *src, int dtype, size_t first
     return nonfinite;
 }
 
-/* Sixteen output rows r..r+15 (r a multiple of 16) of a transpose at once: output row r+i is
- * source column first_col+i, so each 16x16 block of output is read as 16 source row pieces of
- * 16 contiguous values (whole cache lines instead of one value per line) and written as one
- * face. Columns past cols become zeros. */
+/* Sixteen output rows r..r+15 (r a multiple of 16) of a transpose, from output column c0 on: output
+ * row r+i is source column first_col+i, each 16x16 block of output read as 16 source row pieces of
+ * 16 contiguous values and written as one face. Columns past cols become zeros. */
 static size_t tile_transposed_rows(const void *src, int dtype, size_t first_col, size_t src_row_len,
                                    size_t cols, size_t padded_cols, size_t r, int out_dtype,
-                                   uint8_t *tile_base)
+                                   uint8_t *tile_base, size_t c0)
 {
     uint32_t block[16][16];
     uint16_t halves[16];
     size_t nonfinite = 0;
-    size_t c0 = 0;
-    if (out_dtype == TT_OUT_BF16 && (dtype == TT_DTYPE_F32 || dtype == TT_DTYPE_BF16)) {
-        for (; c0 + 16 <= cols; c0 += 16)
-            nonfinite += bf16_transposed_face_rows(src, dtype, c0 * src_row_len + first_col, src_row_len, r, c0,
-                                                   tile_base);
-    }
     for (; c0 < padded_cols; c0 += 16) {
         for (size_t j = 0; j < 16; j++) {
             size_t c = c0 + j;
@@ -551,18 +544,43 @@ static size_t tile_transposed_rows(const void *src, int dtype, size_t first_col,
     return nonfinite;
 }
 
-/* True when rows k..k+15 can go through tile_transposed_rows: a transpose, output rows starting on
- * a face boundary, and source columns that follow one another. */
-static int sixteen_transposed(const uint32_t *row_index, size_t k, size_t n_rows, size_t row_stride,
-                              size_t col_stride, size_t first_row)
+/* How many rows from k on (a multiple of 16) can go through transposed_bands: a transpose, output
+ * rows starting on a face boundary, and source columns that follow one another. */
+static size_t transposed_run(const uint32_t *row_index, size_t k, size_t n_rows, size_t row_stride,
+                             size_t col_stride, size_t first_row)
 {
-    if (row_stride != 1 || col_stride == 1 || (first_row + k) % 16 || k + 16 > n_rows)
+    if (row_stride != 1 || col_stride == 1 || (first_row + k) % 16)
         return 0;
-    for (size_t i = 1; i < 16; i++) {
-        if (row_index[k + i] != row_index[k] + i)
-            return 0;
+    size_t n = 1;
+    while (k + n < n_rows && row_index[k + n] == row_index[k] + n)
+        n++;
+    return n / 16 * 16;
+}
+
+/* n_rows output rows (a multiple of 16) of a transpose from output row r on (a multiple of 16), whose
+ * source columns start at first_col. The 16x16 blocks of bfloat16 are taken 16 source rows at a
+ * time, across every band of 16 output rows: the source is read along its rows, where a band at a
+ * time would step a whole source row (often more than a page) between two cache lines. */
+static size_t transposed_bands(const void *src, int dtype, size_t first_col, size_t src_row_len, size_t cols,
+                               size_t padded_cols, size_t r, size_t n_rows, int out_dtype, uint8_t *out)
+{
+    size_t width = out_dtype == TT_OUT_BF16 ? 2 : 4;
+    size_t nonfinite = 0, c0 = 0;
+    if (out_dtype == TT_OUT_BF16 && (dtype == TT_DTYPE_F32 || dtype == TT_DTYPE_BF16)) {
+        for (; c0 + 16 <= cols; c0 += 16) {
+            for (size_t b = 0; b < n_rows; b += 16) {
+                uint8_t *base = out + ((r + b) / 32) * 32 * padded_cols * width;
+                nonfinite += bf16_transposed_face_rows(src, dtype, c0 * src_row_len + first_col + b, src_row_len,
+                                                       r + b, c0, base);
+            }
+        }
     }
-    return 1;
+    for (size_t b = 0; b < n_rows; b += 16) {
+        uint8_t *base = out + ((r + b) / 32) * 32 * padded_cols * width;
+        nonfinite += tile_transposed_rows(src, dtype, first_col + b, src_row_len, cols, padded_cols, r + b,
+                                          out_dtype, base, c0);
+    }
+    return nonfinite;
 }
 
 long long tt_tile(const void *src, int dtype, const uint32_t *row_index, size_t n_rows,
@@ -577,10 +595,11 @@ long long tt_tile(const void *src, int dtype, const uint32_t *row_index, size_t 
     for (size_t k = 0; k < n_rows;) {
         size_t r = first_row + k;
         uint8_t *base = (uint8_t *)out + (r / 32) * 32 * padded_cols * width;
-        if (!col_index && sixteen_transposed(row_index, k, n_rows, row_stride, col_stride, first_row)) {
-            nonfinite += tile_transposed_rows(src, dtype, row_index[k], col_stride, cols, padded_cols, r,
-                                              out_dtype, base);
-            k += 16;
+        size_t run = col_index ? 0 : transposed_run(row_index, k, n_rows, row_stride, col_stride, first_row);
+        if (run) {
+            nonfinite += transposed_bands(src, dtype, row_index[k], col_stride, cols, padded_cols, r, run, out_dtype,
+                                          (uint8_t *)out);
+            k += run;
         } else {
             nonfinite += tile_row(src, dtype, (size_t)row_index[k] * row_stride, col_stride, col_index, cols,
                                   padded_cols, r & 31, out_dtype, base);

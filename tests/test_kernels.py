@@ -317,6 +317,24 @@ def test_tile_transposed_rows_at_an_offset(backend, kind, out_dtype):
     assert out.view(words).tobytes() == tiled.tobytes()
 
 
+@pytest.mark.parametrize("kind", ["f32", "bf16"])
+@pytest.mark.parametrize("out_dtype", ["bf16", "f32"])
+def test_tile_transposed_long_runs_with_a_jump(backend, kind, out_dtype):
+    """Runs of many 16-row bands (taken 16 source rows at a time across the bands), cut where the
+    source columns jump, over 83 source rows (five whole groups of 16 and three left)."""
+    src = sources(83, 160, seed=9)[kind]
+    rows = np.concatenate([np.arange(0, 70), np.arange(100, 150)])
+    out = np.full(128 * 96 * (2 if out_dtype == "bf16" else 4), 0x33, dtype=np.uint8)
+    kernels.tile(src, out, 96, rows=rows, transposed=True, out_dtype=out_dtype)
+    bits = f32_bits_reference(src).T[rows]
+    words = np.uint16 if out_dtype == "bf16" else np.uint32
+    expected = np.full((128, 96), 0x3333 if out_dtype == "bf16" else 0x33333333, dtype=words)
+    expected[:len(rows)] = 0
+    expected[:len(rows), :83] = bf16_reference(bits.copy()) if out_dtype == "bf16" else bits
+    tiled = expected.reshape(4, 2, 16, 3, 2, 16).transpose(0, 3, 1, 4, 2, 5).reshape(-1)
+    assert out.view(words).tobytes() == tiled.tobytes()
+
+
 @pytest.mark.parametrize("kind", ["f32", "f16", "bf16"])
 @pytest.mark.parametrize("out_dtype", ["bf16", "f32"])
 @pytest.mark.parametrize("rows,cols", [(1, 128), (3, 1100)])
