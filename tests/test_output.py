@@ -145,3 +145,18 @@ def test_a_failed_fsync_is_one_error_and_leaves_nothing(tmp_path, monkeypatch):
                     handle.write(b"data")
     monkeypatch.setattr(output.os, "fsync", real_fsync)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("written", [b"", b"data" * 300000])
+def test_a_file_that_cannot_be_created_is_one_error_and_leaves_nothing(tmp_path, written):
+    """A file the file system refuses to create is one OutputError naming it; the staging directory goes."""
+    name = "n" * 300  # longer than a file name may be
+    with pytest.raises(OutputError, match=f"{name}: cannot write: File name too long"):
+        with output.atomic_directory(tmp_path / "dir") as out:
+            with out.file("first") as handle:
+                handle.write(b"kept until the end")
+            with out.file(name) as handle:
+                handle.write(written)
+                handle.write(written)
+            out.wait()
+    assert os.listdir(tmp_path) == []
