@@ -724,6 +724,19 @@ static int move_run(const void *src, int dtype, size_t first, size_t n, int raw1
 
 #define GATHER_BLOCK 16
 
+/* The float32 bits of sixteen msgpack values from p on; 0 when one of them is not a float32 (0xca). */
+static inline int sixteen_msgpack_f32(const uint8_t *p, uint32_t *bits)
+{
+    unsigned tags = 0;
+    for (size_t q = 0; q < 16; q++, p += 5) {
+        uint32_t word;
+        memcpy(&word, p + 1, 4);
+        bits[q] = to_big_endian(word);
+        tags |= p[0] ^ 0xcau;
+    }
+    return tags == 0;
+}
+
 /* Sixteen values (one face row of a tile) from source element at to output values j.. in the hot
  * dtype pairs with constant-size copies; the others through move_run. */
 static inline int move_sixteen(const void *src, int dtype, size_t at, int raw16, void *out, int out_dtype, size_t j)
@@ -829,6 +842,8 @@ static int transpose_run(const void *src, int dtype, int tiled, size_t src_cols,
                 } else if (dtype == TT_DTYPE_BF16) {
                     for (size_t q = 0; q < 16; q++)
                         bits[i][g + q] = (uint32_t)((const uint16_t *)src)[at + q] << 16;
+                } else if (dtype == TT_DTYPE_MSGPACK_F32) {
+                    ok &= sixteen_msgpack_f32((const uint8_t *)src + 5 * at, &bits[i][g]);
                 } else {
                     for (size_t q = 0; q < 16; q++)
                         ok &= fetch_bits(src, dtype, at + q, &bits[i][g + q]);

@@ -435,6 +435,15 @@ def test_gather_refuses_msgpack_values_that_are_not_float32(backend):
     assert not kernels.gather(encoded, "msgpack", 4, [0, 1], out, "f32", cols=4)
 
 
+def test_transposed_gather_refuses_msgpack_values_that_are_not_float32(backend):
+    """Inside a run of 64 consecutive source columns (read 16 values of a source row at a time)."""
+    encoded = msgpack_bytes(np.arange(20 * 64, dtype=np.float32)).copy()
+    out = np.zeros(64 * 20 * 4, dtype=np.uint8)
+    assert kernels.gather(encoded, "msgpack", 64, np.arange(64), out, "f32", cols=20, transposed=True)
+    encoded[5 * (7 * 64 + 40)] = 0xCB  # row 7, column 40
+    assert not kernels.gather(encoded, "msgpack", 64, np.arange(64), out, "f32", cols=20, transposed=True)
+
+
 @pytest.mark.parametrize("bad", [dict(rows=[4]), dict(columns=[9]), dict(cols=9), dict(out_size=10),
                                  dict(source_cols=5), dict(tiled=True)])
 def test_gather_checks_its_arguments_before_calling_c(backend, bad):
