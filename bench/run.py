@@ -7,9 +7,11 @@ files: the time to read the inputs (cat the checkpoint, and for msgpack the init
 file's bytes in 1 MiB blocks, through the page cache and with O_DIRECT: the faster counts).
 msgpack fills the case's init file; flatbuffer builds a directory from config.json: a
 training state (model, zero AdamW moments, scheduler; --layout training) or the model only
-(--layout model). The best of --repeat runs counts for each. Two ratios: to the sequential
-floor (read + write, what a program that reads and then writes pays) and to max(read,
-write) (what perfect overlap of reading and writing would pay). Then a
+(--layout model; give --layout twice for both in one run). The best of --repeat runs counts for
+each. Three ratios: to the sequential floor (read + write, what a program that reads and then
+writes pays), the best run against the best floor and the median of the runs each against the
+floor measured right after it, and to max(read, write) (what perfect overlap of reading and
+writing would pay). Then a
 kernel micro-benchmark: RoPE permutation + msgpack encode, C vs jax fallback vs plain
 numpy, beside numpy's memcpy bandwidth. With --export: ttconv to-hf from each format instead,
 against reading the tt-train input and writing the output; --format ttml (export only) starts
@@ -19,7 +21,7 @@ ttml checkpoints: its case runs `ttconv deepseek` (and with --export to-hf from 
 
     python bench/run.py                     # every case, both formats (needs ~45 GB of disk)
     python bench/run.py llama-155m --repeat 3
-    python bench/run.py tinyllama-1.1b --format flatbuffer --backend c --backend jax
+    python bench/run.py tinyllama-1.1b --format flatbuffer --layout training --layout model --backend c --backend jax
     python bench/run.py llama3.2-3b-bf16 --export --format flatbuffer --repeat 5
     python bench/run.py tinyllama-1.1b --export --format ttml --repeat 5
     python bench/run.py deepseek-v2-lite-bf16 --repeat 3; python bench/run.py deepseek-v2-lite-bf16 --export
@@ -130,7 +132,7 @@ def bench_case(case, out_dir, repeat, backend, fmt, layout):
     output = os.path.join(out_dir, f"{case}.out" + {"msgpack": ".msgpack", "ttml": ".pkl"}.get(fmt, ""))
     # untimed warm-up, so that both sides read the inputs from the same (warm) page cache
     subprocess.run(["cat", *inputs], stdout=subprocess.DEVNULL, check=True)
-    best_tt, best_read, best_write, rss = float("inf"), float("inf"), float("inf"), 0
+    best_tt, best_read, best_write, rss, ratios = float("inf"), float("inf"), float("inf"), 0, []
     for _ in range(repeat):
         remove(output)  # ttconv writes a new file or directory, as the floor does
         elapsed, peak = run_ttconv(case, folder, output, backend, fmt, layout)
@@ -140,12 +142,14 @@ def bench_case(case, out_dir, repeat, backend, fmt, layout):
                                init if os.path.exists(init) else max(inputs, key=os.path.getsize))
         best_tt, best_read, best_write = min(best_tt, elapsed), min(best_read, read), min(best_write, write)
         rss = max(rss, peak)
+        ratios.append(elapsed / (read + write))
     remove(output)
     sequential, overlapped = best_read + best_write, max(best_read, best_write)
     return {
         "case": case, "format": fmt if fmt in ("msgpack", "ttml") else f"{fmt} ({layout})", "backend": backend,
         "seconds": best_tt, "read_seconds": best_read,
         "write_seconds": best_write, "sequential_floor": sequential, "ratio": best_tt / sequential,
+        "median_ratio": sorted(ratios)[len(ratios) // 2],
         "overlapped_floor": overlapped, "overlapped_ratio": best_tt / overlapped,
         "peak_rss_mb": rss / 1e6, "output_mb": out_bytes / 1e6, "mb_per_s": out_bytes / 1e6 / best_tt,
         "input_mb": sum(os.path.getsize(p) for p in inputs) / 1e6,
@@ -218,7 +222,7 @@ def bench_export(case, out_dir, repeat, backend, fmt):
     output = os.path.join(out_dir, f"{case}.hf")
     subprocess.run(["cat", *inputs], stdout=subprocess.DEVNULL, check=True)
     cmd = ["to-hf", CASES[case]["family"], tt_path, "--hf_model", os.path.join(folder, "checkpoint"), "-o", output]
-    best_tt, best_read, best_write, rss, times = float("inf"), float("inf"), float("inf"), 0, []
+    best_tt, best_read, best_write, rss, times, ratios = float("inf"), float("inf"), float("inf"), 0, [], []
     for _ in range(repeat):
         remove(output)
         # the floor reads cached inputs: ttconv gets them cached too (the last floor's writes may have evicted them)
@@ -230,6 +234,7 @@ def bench_export(case, out_dir, repeat, backend, fmt):
         read, write = io_floor(inputs, out_bytes, output + ".floor", max(inputs, key=os.path.getsize))
         best_tt, best_read, best_write = min(best_tt, elapsed), min(best_read, read), min(best_write, write)
         rss = max(rss, peak)
+        ratios.append(elapsed / (read + write))
     shards = len([n for n in os.listdir(output) if n.endswith(".safetensors")])
     remove(output)
     sequential, overlapped = best_read + best_write, max(best_read, best_write)
@@ -237,6 +242,7 @@ def bench_export(case, out_dir, repeat, backend, fmt):
         "case": case, "format": f"to-hf from {fmt} ({shards} shard{'s' if shards > 1 else ''})", "backend": backend,
         "seconds": best_tt, "median_seconds": sorted(times)[len(times) // 2], "read_seconds": best_read,
         "write_seconds": best_write, "sequential_floor": sequential, "ratio": best_tt / sequential,
+        "median_ratio": sorted(ratios)[len(ratios) // 2],
         "overlapped_floor": overlapped, "overlapped_ratio": best_tt / overlapped,
         "peak_rss_mb": rss / 1e6, "output_mb": out_bytes / 1e6, "mb_per_s": out_bytes / 1e6 / best_tt,
         "input_mb": sum(os.path.getsize(p) for p in inputs) / 1e6,
@@ -306,9 +312,9 @@ def main():
                         help="backend(s) to run ttconv on; repeat for both (default: c)")
     parser.add_argument("--format", action="append", choices=FORMATS, dest="formats",
                         help="output format(s); repeat for both (default: both)")
-    parser.add_argument("--layout", choices=["training", "model"], default="training",
+    parser.add_argument("--layout", action="append", choices=["training", "model"], dest="layouts",
                         help="what a flatbuffer case builds: a training state (its zero moments cost no writes: "
-                             "they are holes) or the model only (default: training)")
+                             "they are holes) or the model only; repeat for both (default: training)")
     parser.add_argument("--export", action="store_true",
                         help="measure ttconv to-hf instead: from a msgpack file (the case's init file filled) and "
                              "from a model directory, both written by ttconv first and kept in --out")
@@ -318,6 +324,7 @@ def main():
     args = parser.parse_args()
     args.backend = args.backend or ["c"]
     args.formats = args.formats or list(FORMATS)
+    args.layouts = args.layouts or ["training"]
     unknown = [c for c in args.cases if c not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
@@ -330,18 +337,20 @@ def main():
             return fmt == "ttml"
         return (fmt != "msgpack" or has_msgpack(case)) and (fmt != "ttml" or args.export)
 
+    def layouts(fmt):  # a conversion into directories runs once per layout; nothing else has one
+        return args.layouts if fmt == "flatbuffer" and not args.export else [None]
+
     measure = bench_export if args.export else bench_case
-    options = () if args.export else (args.layout,)
-    rows = [measure(case, args.out, args.repeat, backend, fmt, *options)
-            for case in args.cases or CASES for fmt in args.formats for backend in args.backend
-            if measured(case, fmt)]
+    rows = [measure(case, args.out, args.repeat, backend, fmt, *([] if args.export else [layout]))
+            for case in args.cases or CASES for fmt in args.formats for layout in layouts(fmt)
+            for backend in args.backend if measured(case, fmt)]
     print("| case | format | backend | input MB | output MB | ttconv s | read s | write+fsync s | "
-          "ratio to read+write | ratio to max(read, write) | peak RSS MB |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "ratio to read+write | median ratio (each run to its floor) | ratio to max(read, write) | peak RSS MB |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['case']} | {r['format']} | {r['backend']} | {r['input_mb']:.0f} | {r['output_mb']:.0f} | "
               f"{r['seconds']:.2f} | "
-              f"{r['read_seconds']:.2f} | {r['write_seconds']:.2f} | {r['ratio']:.2f}x | "
+              f"{r['read_seconds']:.2f} | {r['write_seconds']:.2f} | {r['ratio']:.2f}x | {r['median_ratio']:.2f}x | "
               f"{r['overlapped_ratio']:.2f}x | {r['peak_rss_mb']:.0f} |")
     if args.export:
         print("\nmedian of the runs, ttconv s: " + ", ".join(f"{r['case']} {r['format']} {r['backend']} "
