@@ -56,6 +56,13 @@ def test_a_small_conversion_loads_neither(example_dir):
     assert "ttconv.conversion" in modules and heavy_in(modules) == []
 
 
+def test_a_conversion_from_a_local_folder_loads_no_hub_library(example_dir):
+    # huggingface_hub resolves hub ids and splits an export's shards; a local folder needs neither
+    out, modules = example_dir
+    assert (out / "tokenizer.json").is_file()
+    assert sorted(m for m in modules if m.split(".", 1)[0] == "huggingface_hub") == []
+
+
 def test_a_msgpack_conversion_loads_neither(tmp_path):
     modules = loaded_modules(["llama", "-i", os.path.join(EXAMPLE, "init.msgpack"), "--hf_model", EXAMPLE,
                               "-o", tmp_path / "out.msgpack"], tmp_path)

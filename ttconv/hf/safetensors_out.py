@@ -9,7 +9,6 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from huggingface_hub import split_state_dict_into_shards_factory
 
 from ..errors import TtconvError
 from .checkpoint import INDEX_NAME, ITEM_SIZES
@@ -49,6 +48,8 @@ class OutTensor:
 def plan_shards(tensors, max_shard_size):
     """{file name: [OutTensor]} in order, split as save_pretrained splits a state dict (huggingface_hub's
     rule: tensors in order, a new file before one that would go past the size, a larger tensor alone)."""
+    from huggingface_hub import split_state_dict_into_shards_factory  # only an export needs it (~9 ms to import)
+
     by_name = {t.name: t for t in tensors}
     split = split_state_dict_into_shards_factory(
         by_name, get_storage_size=lambda t: t.nbytes, filename_pattern=SHARD_PATTERN,
