@@ -1,5 +1,6 @@
 """Every third-party module the package imports is a declared dependency, with the lower bound
-that .ci/lowest-versions.txt pins (CI runs the suite on those versions too)."""
+that .ci/lowest-versions.txt pins (CI runs the suite on those versions too) and at most some
+releases excluded."""
 import ast
 import importlib.metadata
 import os
@@ -52,8 +53,11 @@ def declared():
         project = tomllib.load(f)["project"]
     bounds = {}
     for requirement in project["dependencies"]:
-        match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9][0-9a-z.]*)", requirement.replace(" ", ""))
-        assert match, f"{requirement!r} needs a plain lower bound (name>=version)"
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9][0-9a-z.]*)((?:,!=[0-9][0-9a-z.]*)*)",
+                             requirement.replace(" ", ""))
+        assert match, f"{requirement!r} needs a plain lower bound (name>=version), at most with releases excluded"
+        excluded = match.group(3).split(",!=")[1:]
+        assert match.group(2) not in excluded, f"{requirement!r} excludes its own lower bound"
         bounds[normalized(match.group(1))] = match.group(2)
     return bounds
 
