@@ -332,10 +332,13 @@ def main():
     def has_msgpack(case):  # no msgpack has Qwen3; the 3B case has no init file
         return CASES[case]["family"] != "qwen3" and CASES[case].get("init", True)
 
+    def has_ttml(case):  # the 3B case has no ttml stream
+        return args.export and CASES[case].get("ttml", True)
+
     def measured(case, fmt):  # DeepSeek is ttml only, both ways; the others are read from ttml only
         if CASES[case]["family"] == "deepseek":
             return fmt == "ttml"
-        return (fmt != "msgpack" or has_msgpack(case)) and (fmt != "ttml" or args.export)
+        return (fmt != "msgpack" or has_msgpack(case)) and (fmt != "ttml" or has_ttml(case))
 
     def layouts(fmt):  # a conversion into directories runs once per layout; nothing else has one
         return args.layouts if fmt == "flatbuffer" and not args.export else [None]
