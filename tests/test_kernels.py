@@ -413,6 +413,23 @@ def test_gather_matches_numpy(backend, kind, out_dtype, tiled, transposed):
         assert out[:expected.nbytes].tobytes() == expected.tobytes()
 
 
+@pytest.mark.parametrize("kind,tiled", GATHER_SOURCES)
+def test_transposed_gather_of_a_few_columns_of_a_wide_source(backend, kind, tiled):
+    """A call that picks a few source columns of a wide matrix (the fallback narrows the source to
+    them, whole tiles of a tiled one): in the middle, at the right edge, and one column."""
+    rows, cols = 64, 512
+    values = sources(rows, cols, seed=12)["f32" if kind == "msgpack" else kind]
+    stored = msgpack_bytes(values) if kind == "msgpack" else tiled_reference(values, rows, cols, values.dtype) \
+        if tiled else values
+    for picked in (np.arange(200, 230), np.arange(470, 512)[::-1], np.array([77])):
+        out = np.zeros(len(picked) * rows * 4, dtype=np.uint8)
+        assert kernels.gather(stored, kind, cols, picked.astype(np.uint32), out, "f32", tiled=tiled, cols=rows,
+                              transposed=True)
+        expected = converted_reference(np.ascontiguousarray(values.T[picked]), "f32" if kind == "msgpack" else kind,
+                                       "f32")
+        assert out.tobytes() == expected.tobytes(), picked[:3]
+
+
 def test_gather_rounds_half_precision_edges(backend):
     bits = np.array([0x477FF000, 0x477FEFFF, 0x33000000, 0x33000001, 0x387FF000, 0x38800000, 0x00000001,
                      0x7F800000, 0xFFC00001, 0x3F808000], dtype=np.uint32)  # 65520, below it, 2^-25, ...
