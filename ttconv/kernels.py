@@ -332,24 +332,23 @@ def _msgpack_float32(source):
     return big_endian.astype(np.uint32).view(np.float32)
 
 
-def _picked_columns(source, width, tiled, src_cols, rows):
-    """For a transpose on the fallback (width: array elements a value): the source narrowed to the columns the picked rows name (whole
-    tile columns of a tiled source), as a new row-major or tiled source of its own: (source, its
-    columns, rows counted from its first column). A call picks a few output rows of a matrix it is
-    given whole, and the fallback would decode, stage and transpose all of it each time. The width is
-    a power of two, at least a tile (or all the columns), so that jax compiles few programs."""
-    unit = TILE if tiled else 1
-    first = int(rows.min()) // unit * unit
-    span = max(int(rows.max()) + 1 - first, TILE)
-    span = min(src_cols, 1 << (span - 1).bit_length())
-    first = min(first, src_cols - span) // unit * unit
-    span = min(src_cols - first, -(-span // unit) * unit)
+def _picked_columns(source, per_value, tiled, src_cols, rows):
+    """For a transpose on the fallback (per_value: array elements a value): the source narrowed to the
+    columns the picked rows name (whole tile columns of a tiled source), as a new row-major or tiled
+    source of its own: (source, its columns, rows counted from its first column). A call picks a few
+    output rows of a matrix it is given whole, and the fallback would decode, stage and transpose all
+    of it each time. The width is a power of two, at least a tile (or all the columns), so that jax
+    compiles few programs."""
+    first = int(rows.min()) // TILE * TILE if tiled else int(rows.min())
+    span = min(src_cols, 1 << (max(int(rows.max()) + 1 - first, TILE) - 1).bit_length())
+    first = min(first, src_cols - span)  # kept inside the source; whole tiles still (both are multiples of 32)
     if first == 0 and span == src_cols:
         return source, src_cols, rows
     if tiled:  # [tile rows, tiles a row, 32 * 32 values]: whole tiles of each tile row
-        narrowed = source.reshape(-1, src_cols // TILE, TILE * TILE * width)[:, first // TILE:(first + span) // TILE]
+        tiles = source.reshape(-1, src_cols // TILE, TILE * TILE * per_value)
+        narrowed = tiles[:, first // TILE:(first + span) // TILE]
     else:
-        narrowed = source.reshape(-1, src_cols * width)[:, first * width:(first + span) * width]
+        narrowed = source.reshape(-1, src_cols * per_value)[:, first * per_value:(first + span) * per_value]
     return np.ascontiguousarray(narrowed).reshape(-1), span, rows - np.uint32(first)
 
 
@@ -409,8 +408,8 @@ def gather(source, source_dtype, src_cols, rows, out, out_dtype, *, tiled=False,
         return True
     if _kernel is None:
         if transposed:
-            width = 5 if source_dtype == "msgpack" else 1  # array elements a value
-            source, src_cols, rows = _picked_columns(source, width, tiled, src_cols, rows)
+            per_value = width // np.dtype(raw_dtype).itemsize
+            source, src_cols, rows = _picked_columns(source, per_value, tiled, src_cols, rows)
         if source_dtype == "msgpack":
             source, source_dtype = _msgpack_float32(source), "f32"
             if source is None:
