@@ -476,6 +476,12 @@ static inline void transpose8_u16(const uint16_t *src, const size_t *offsets, ui
 }
 #endif
 
+/* Where the tile row holding output row r starts in out (rows of padded_cols values of width bytes). */
+static inline uint8_t *tile_row_start(void *out, size_t r, size_t padded_cols, size_t width)
+{
+    return (uint8_t *)out + (r / 32) * 32 * padded_cols * width;
+}
+
 /* The hot case of tile_transposed_rows: a 16x16 block of float32 or bfloat16 source values (16 source
  * rows of 16 contiguous values from first on) to bfloat16. Each source run is rounded as it is read
  * (one vectorizable pass), then the 16-bit block is transposed into the sixteen output rows' face rows.
@@ -562,24 +568,20 @@ static size_t transposed_run(const uint32_t *row_index, size_t k, size_t n_rows,
  * time, across every band of 16 output rows: the source is read along its rows, where a band at a
  * time would step a whole source row (often more than a page) between two cache lines. */
 static size_t transposed_bands(const void *src, int dtype, size_t first_col, size_t src_row_len, size_t cols,
-                               size_t padded_cols, size_t r, size_t n_rows, int out_dtype, uint8_t *out)
+                               size_t padded_cols, size_t r, size_t n_rows, int out_dtype, void *out)
 {
     size_t width = out_dtype == TT_OUT_BF16 ? 2 : 4;
     size_t nonfinite = 0, c0 = 0;
     if (out_dtype == TT_OUT_BF16 && (dtype == TT_DTYPE_F32 || dtype == TT_DTYPE_BF16)) {
         for (; c0 + 16 <= cols; c0 += 16) {
-            for (size_t b = 0; b < n_rows; b += 16) {
-                uint8_t *base = out + ((r + b) / 32) * 32 * padded_cols * width;
+            for (size_t b = 0; b < n_rows; b += 16)
                 nonfinite += bf16_transposed_face_rows(src, dtype, c0 * src_row_len + first_col + b, src_row_len,
-                                                       r + b, c0, base);
-            }
+                                                       r + b, c0, tile_row_start(out, r + b, padded_cols, width));
         }
     }
-    for (size_t b = 0; b < n_rows; b += 16) {
-        uint8_t *base = out + ((r + b) / 32) * 32 * padded_cols * width;
+    for (size_t b = 0; b < n_rows; b += 16)
         nonfinite += tile_transposed_rows(src, dtype, first_col + b, src_row_len, cols, padded_cols, r + b,
-                                          out_dtype, base, c0);
-    }
+                                          out_dtype, tile_row_start(out, r + b, padded_cols, width), c0);
     return nonfinite;
 }
 
@@ -594,15 +596,14 @@ long long tt_tile(const void *src, int dtype, const uint32_t *row_index, size_t 
     size_t nonfinite = 0;
     for (size_t k = 0; k < n_rows;) {
         size_t r = first_row + k;
-        uint8_t *base = (uint8_t *)out + (r / 32) * 32 * padded_cols * width;
         size_t run = col_index ? 0 : transposed_run(row_index, k, n_rows, row_stride, col_stride, first_row);
         if (run) {
             nonfinite += transposed_bands(src, dtype, row_index[k], col_stride, cols, padded_cols, r, run, out_dtype,
-                                          (uint8_t *)out);
+                                          out);
             k += run;
         } else {
             nonfinite += tile_row(src, dtype, (size_t)row_index[k] * row_stride, col_stride, col_index, cols,
-                                  padded_cols, r & 31, out_dtype, base);
+                                  padded_cols, r & 31, out_dtype, tile_row_start(out, r, padded_cols, width));
             k += 1;
         }
     }
