@@ -1,17 +1,21 @@
-"""Bounds-checked reading of flatbuffer tables through Google's flatbuffers runtime, and the
-one building step its Builder lacks (a vector of tables).
+"""Bounds-checked reading of flatbuffer tables, and the one building step Google's flatbuffers
+Builder lacks (a vector of tables).
 
-The Python runtime follows offsets without looking (it has no Verifier), so every
-table, vtable, field, vector and string is checked against the buffer here before
-the runtime reads it; a bad offset raises FlatbufferError naming what was being
-read. Schema-driven reading never recurses on the data itself, so cycles cannot
-loop.
+The runtime's Table follows offsets without looking (it has no Verifier) and costs a few
+calls a field, so tables are read here with struct, every table, vtable, field, vector
+and string checked against the buffer first; a bad offset raises FlatbufferError naming
+what was being read. Schema-driven reading never recurses on the data itself, so cycles
+cannot loop.
 """
+import struct
+
 import numpy as np
 from flatbuffers import number_types as N
-from flatbuffers.table import Table
 
 UOFFSET = N.UOffsetTFlags.bytewidth
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_I32 = struct.Struct("<i")
 
 
 class FlatbufferError(ValueError):
@@ -27,7 +31,7 @@ def offsets_vector(builder, offsets):
 
 
 def _u32(buf, pos):
-    return int.from_bytes(buf[pos:pos + 4], "little")
+    return _U32.unpack_from(buf, pos)[0]
 
 
 def root(buf, what):
@@ -40,44 +44,47 @@ def root(buf, what):
 class FlatTable:
     """One table of a buffer, its vtable checked on construction."""
 
-    __slots__ = ("buf", "what", "_table", "_size")
+    __slots__ = ("buf", "what", "_pos", "_vtable", "_vtable_size", "_size")
 
     def __init__(self, buf, pos, what):
-        self.buf, self.what = buf, what
+        self.buf, self.what, self._pos = buf, what, pos
         if pos < 0 or pos + 4 > len(buf) or pos % 4:
             self._fail(f"table at byte {pos} lies outside the {len(buf)}-byte buffer or is misaligned")
-        vtable = pos - int.from_bytes(buf[pos:pos + 4], "little", signed=True)
+        vtable = pos - _I32.unpack_from(buf, pos)[0]
         if vtable < 0 or vtable + 4 > len(buf) or vtable % 2:
             self._fail(f"vtable of the table at byte {pos} lies outside the buffer")
-        vtable_size = int.from_bytes(buf[vtable:vtable + 2], "little")
-        self._size = int.from_bytes(buf[vtable + 2:vtable + 4], "little")
+        vtable_size = _U16.unpack_from(buf, vtable)[0]
+        self._size = _U16.unpack_from(buf, vtable + 2)[0]
         if vtable_size < 4 or vtable_size % 2 or vtable + vtable_size > len(buf):
             self._fail(f"vtable at byte {vtable} claims {vtable_size} bytes")
         if self._size < 4 or pos + self._size > len(buf):
             self._fail(f"table at byte {pos} claims {self._size} bytes")
-        self._table = Table(buf, pos)
+        self._vtable, self._vtable_size = vtable, vtable_size
 
     def _fail(self, message):
         raise FlatbufferError(f"{self.what}: {message}")
 
     def _field(self, slot, width):
-        offset = self._table.Offset(4 + 2 * slot)
+        entry = 4 + 2 * slot
+        if entry >= self._vtable_size:  # a field newer than the writer's schema
+            return None
+        offset = _U16.unpack_from(self.buf, self._vtable + entry)[0]
         if offset == 0:
             return None
         if offset + width > self._size:
             self._fail(f"field {slot} ({width} bytes at +{offset}) lies outside its {self._size}-byte table")
-        return self._table.Pos + offset
+        return self._pos + offset
 
     def scalar(self, slot, flags, default=0):
         """A scalar field (flags: a flatbuffers.number_types class), or default when absent."""
         pos = self._field(slot, flags.bytewidth)
-        return default if pos is None else self._table.Get(flags, pos)
+        return default if pos is None else flags.py_type(flags.packer_type.unpack_from(self.buf, pos)[0])
 
     def _follow(self, slot):
         pos = self._field(slot, UOFFSET)
         if pos is None:
             return None
-        target = self._table.Indirect(pos)
+        target = pos + _u32(self.buf, pos)
         if target + UOFFSET > len(self.buf):
             self._fail(f"field {slot} points to byte {target}, outside the {len(self.buf)}-byte buffer")
         return target
