@@ -341,6 +341,36 @@ def test_console_script_equals_module(tmp_path):
     assert json.loads(a.stdout)["total_parameters"] == 19
 
 
+def buffered_env():
+    """The environment without PYTHONUNBUFFERED (set on some machines), so that stdout is buffered as
+    a user's shell has it."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+
+
+def test_the_process_ends_with_the_commands_status_and_every_line_written():
+    # the process leaves without the interpreter's teardown: what is buffered must be flushed first
+    argv = [sys.executable, "-m", "ttconv", "to-hf", "--help"]
+    env = {**buffered_env(), "COLUMNS": "100"}
+    helped = subprocess.run(argv, capture_output=True, text=True, env=env)
+    unbuffered = subprocess.run(argv, capture_output=True, text=True, env={**env, "PYTHONUNBUFFERED": "1"})
+    assert helped.returncode == unbuffered.returncode == 0
+    assert helped.stdout == unbuffered.stdout and len(helped.stdout) > 4096
+    usage = subprocess.run([sys.executable, "-m", "ttconv", "inspect", LLAMA_MINI, "--no-such-flag"],
+                           capture_output=True, text=True, env=env)
+    assert usage.returncode == 2 and "unrecognized arguments: --no-such-flag" in usage.stderr
+
+
+def test_a_reader_that_went_away_is_a_quiet_failure():
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will read the listing
+    try:
+        done = subprocess.run([sys.executable, "-m", "ttconv", "inspect", f"{LLAMA_MINI}/init.msgpack"],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, env=buffered_env())
+    finally:
+        os.close(write_end)
+    assert done.returncode == 1 and "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+
+
 def test_unexpected_io_error_is_one_line(cli, tmp_path, monkeypatch):
     import errno
 
