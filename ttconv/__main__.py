@@ -44,18 +44,27 @@ def run():
     return run_command()
 
 
+def _watched():
+    """True when a profiler, tracer or coverage tool is attached: it writes its results at exit."""
+    if sys.gettrace() is not None or sys.getprofile() is not None:
+        return True
+    monitoring = getattr(sys, "monitoring", None)  # Python 3.12+
+    return monitoring is not None and any(monitoring.get_tool(tool) is not None for tool in range(6))
+
+
 def main():
     """The `ttconv` command: run(), then end the process with its status at once. Every output is
     fsynced and in place by then, so the interpreter's teardown (unloading numpy and the modules,
     joining idle helper threads: 30-50 ms here, a tenth of a small command) is skipped; the streams
-    are flushed first. A status that is not a number (a message) takes the ordinary exit."""
+    are flushed first. A status that is not a number (a message), or a profiler or coverage tool
+    that is attached, takes the ordinary exit."""
     try:
         status = run()
     except SystemExit as exc:  # argparse: --help, usage errors
         status = exc.code
     if status is None:
         status = 0
-    if not isinstance(status, int):
+    if not isinstance(status, int) or _watched():
         sys.exit(status)
     try:
         sys.stdout.flush()
