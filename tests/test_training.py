@@ -7,6 +7,7 @@ import yaml
 from safetensors.numpy import load_file
 
 import support
+from ttconv.tt import ttfile
 
 LR = 2.5e-4
 
@@ -128,6 +129,42 @@ def test_keep_optimizer_state_and_prefix(cli, tmp_path):
             assert after[key] == raw, key
     status, out_json, _ = cli("inspect", out, "--json")
     assert json.loads(out_json)["model_prefix"] == "llama/llama"
+
+
+@pytest.mark.parametrize("change", ["none", "same size", "shorter"])
+def test_filling_a_save_indexes_it_optimistically_as_a_full_index_would(cli, tmp_path, monkeypatch, change):
+    """A conversion takes the init file's long arrays whose first and last values are float32 for float32
+    values, unscanned (as to-hf does): what it fills is replaced and what it keeps is confirmed, then
+    copied, so the output is the one a full index gives, also when a kept moment holds other number
+    encodings ("same size": a uint32 for a float32; "shorter": a one-byte int, so the array is not
+    where a float32 array's would end, and is scanned)."""
+    monkeypatch.setattr(ttfile, "ASSUMED_MIN_VALUES", 16)
+    _, _, shapes = llama_case(tmp_path)
+    rng = np.random.default_rng(3)
+    weights = {name: rng.uniform(0.1, 1.0, rows * cols) for name, (rows, cols) in shapes.items()}  # no integral values
+    save = tmp_path / "save.msgpack"
+    save.write_bytes(support.init_file_bytes(shapes, prefix="transformer/llama", values=weights, extra_entries=(
+        support.training_state_entries(shapes, "llama", steps=300, moments="random"))))
+    moment = next(e for e in ttfile.TtFile(save).entries if e.key.startswith("adamw/") and e.n_elements >= 64)
+    data = bytearray(save.read_bytes())
+    at = moment.end - 5 * (moment.n_elements - 3)
+    data[at:at + 5] = {"none": data[at:at + 5], "same size": b"\xce\x00\x00\x00\x05", "shorter": b"\x05"}[change]
+    save.write_bytes(bytes(data))
+    assumed, confirmed = [], []
+    index, confirm = ttfile.TtFile._index, ttfile.TtFile.confirm
+    monkeypatch.setattr(ttfile.TtFile, "_index", lambda self, cur: index(self, cur) or assumed.append(
+        {e.key for e in self.entries if e.assumed}))
+    monkeypatch.setattr(ttfile.TtFile, "confirm", lambda self, entry: confirmed.append(entry.key) or confirm(self, entry))
+    outputs = []
+    for limit in (16, 1 << 40):  # optimistic, then every value scanned
+        monkeypatch.setattr(ttfile, "ASSUMED_MIN_VALUES", limit)
+        out = tmp_path / f"out-{limit}.msgpack"
+        status, _, err = cli("llama", "-i", save, "-o", out, "--hf_model", tmp_path / "ckpt", "--keep-optimizer-state")
+        assert status == 0, err
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1] and raw_map(out)[moment.key] == raw_map(save)[moment.key]
+    assert "transformer/llama/fc/weight/value/data" in assumed[0] and not assumed[1]
+    assert (moment.key in assumed[0]) == (moment.key in confirmed) == (change != "shorter")
 
 
 # ------------------------------------------------------------------ no init file

@@ -7,6 +7,7 @@ import pytest
 
 import support
 from ttconv.errors import TtFileError
+from ttconv.tt import ttfile
 from ttconv.tt.ttfile import TtFile, TtWriter, array_header
 
 LLAMA_INIT = f"{support.FIXTURES}/llama-mini/init.msgpack"
@@ -123,6 +124,52 @@ def test_writer_copies_in_order_and_rejects_misuse(tmp_path):
     writer.copy_entry(tt.entries[-1])
     writer.finish()
     writer.close()
+    assert out.getvalue() == path.read_bytes()
+
+
+def two_readings(n=20):
+    """A map that parses two ways to its end: entries "a" (n values: float32s, a bin8, a float32) and "zz"
+    (7), or, taking "a" for n float32 values, "a" and "b" (a bin8 that runs to the end of the file)."""
+    def float32(value):
+        return b"\xca" + np.float32(value).byteswap().tobytes()
+
+    following = b"\xa2zz" + b"\x92\x00\x07"
+    hidden = bytearray(40)
+    hidden[3] = 0xCA  # where a float32 array's last value would start; after it, key "b", [0, bin8 ...]
+    hidden[8:14] = b"\xa1b\x92\x00\xc4" + bytes([len(hidden) - 14 + 5 + len(following)])
+    array = b"".join(float32(i) for i in range(n - 2)) + b"\xc4" + bytes([len(hidden)]) + hidden + float32(1.5)
+    return b"\x82\xa1a\x92\x00\xdc" + n.to_bytes(2, "big") + array + following
+
+
+def test_an_assumed_array_is_confirmed_before_it_is_copied(tmp_path, monkeypatch):
+    monkeypatch.setattr(ttfile, "ASSUMED_MIN_VALUES", 16)
+    path = write(tmp_path, two_readings())
+    assert [e.key for e in TtFile(path).entries] == ["a", "zz"]  # every value scanned
+    optimistic = TtFile(path, assume_float32=True)
+    assert [e.key for e in optimistic.entries] == ["a", "b"] and optimistic.by_key["a"].assumed
+    writer = TtWriter(optimistic.open_source(), io.BytesIO())
+    writer.begin()
+    with pytest.raises(TtFileError, match="the array of 'a' is not the 20 float32 values .* the file is damaged"):
+        writer.copy_entry(optimistic.entries[0])
+
+
+def test_a_confirmed_array_is_copied_byte_for_byte(tmp_path, monkeypatch):
+    # five bytes a value that are not all float32 (an int and a five-byte string): the full index ends
+    # the array where the optimistic one does, so the copy is the entry either index sees
+    monkeypatch.setattr(ttfile, "ASSUMED_MIN_VALUES", 16)
+    values = [float(i) for i in range(20)]
+    data = bytearray(msgpack.packb({"a": [0, values], "b": [0, 7]}, use_single_float=True))
+    at = data.index(b"\xca" + np.float32(4).byteswap().tobytes())
+    data[at:at + 10] = b"\xce\x00\x00\x00\x05" + b"\xa4abcd"  # uint32 5, "abcd"
+    path = write(tmp_path, bytes(data))
+    tt = TtFile(path, assume_float32=True)
+    assert tt.by_key["a"].assumed and not TtFile(path).by_key["a"].numeric
+    out = io.BytesIO()
+    writer = TtWriter(tt.open_source(), out)
+    writer.begin()
+    for entry in tt.entries:
+        writer.copy_entry(entry)
+    writer.finish()
     assert out.getvalue() == path.read_bytes()
 
 

@@ -110,7 +110,7 @@ def _open_source(family, init_path, ckpt, build, quiet, output_format):
                              "(-i DIR) or builds one from config.json (--no-init)")
     size = os.path.getsize(init_path) if os.path.isfile(init_path) else 0
     with Progress(size, "reading init file", quiet) as progress:
-        return TtFile(init_path, progress.advance)
+        return TtFile(init_path, progress.advance, assume_float32=True)
 
 
 def _add_master_weights(family, tt, ckpt, plan, meta_style):

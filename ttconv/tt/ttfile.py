@@ -55,6 +55,7 @@ class Entry:
     numeric: bool = False
     small_value: Optional[bytes] = None
     scalar: object = None
+    assumed: bool = False  # taken for float32 values unscanned (TtFile's assume_float32)
 
 
 class Parameter:
@@ -245,8 +246,9 @@ class TtFile:
         With assume_float32, a long array whose first and last values are msgpack float32 and after
         which the next entry (or the end) follows is taken for float32 values without scanning them
         (the index must still account for every byte of the file, in entries of the right form). Only
-        readers that check every value they read may ask for it: kernels.gather reports a value that is
-        not a float32, and the array is then decoded whatever its encodings. Anything the optimistic
+        readers that check what they use may ask for it: kernels.gather reports a value that is not a
+        float32 (the array is then decoded whatever its encodings); a conversion replaces the arrays it
+        fills, and FileSource checks an assumed array it copies (confirm). Anything the optimistic
         index cannot place makes it index the file again, every value scanned."""
         self.path = os.fspath(path)
         self._assume = assume_float32
@@ -306,8 +308,10 @@ class TtFile:
         if kind == "array":
             entry.n_elements = length
             if self._assume and _looks_float32(cur, length):
-                entry.numeric = True
+                entry.numeric = entry.assumed = True
                 cur.pos += 5 * length
+                if cur.on_bytes is not None:
+                    cur.on_bytes(5 * length)
             else:
                 entry.numeric = _skip_array(cur, length, what)
         elif kind in ("str", "bin") and length <= MAX_SMALL_VALUE:
@@ -321,6 +325,19 @@ class TtFile:
             cur.fail(f"key {key!r} appears twice", at=start)
         self.entries.append(entry)
         self.by_key[key] = entry
+
+    def confirm(self, entry):
+        """Check that an assumed array (see __init__) ends where the optimistic index placed its end, its
+        elements parsed one by one as a full index parses them; TtFileError otherwise. A copy of the
+        entry is then the entry a full index sees."""
+        with open(self.path, "rb") as handle:
+            cur = _Cursor(handle, self.size, self.path)
+            cur.pos = entry.value_start
+            _, count = _read_header(cur, entry.key)
+            _skip_array(cur, count, f"the value of {entry.key!r}")
+        if cur.pos != entry.end:
+            cur.fail(f"the array of {entry.key!r} is not the {entry.n_elements} float32 values its first and last "
+                     "values and the entry after it suggest; the file is damaged", at=entry.value_start)
 
     def parameters(self, group=None):
         """Tensors of the file by name: every NAME with a NAME/value/data entry (only those of
@@ -524,6 +541,8 @@ class FileSource:
             self._copy(entry.key_end, entry.value_start, write)
 
     def write_value(self, entry, write):
+        if entry.assumed:
+            self.tt.confirm(entry)
         self._copy(entry.value_start, entry.end, write)
 
 
