@@ -1,5 +1,6 @@
 import os
 import shutil
+import tempfile
 
 import pytest
 
@@ -9,6 +10,16 @@ from ttconv.cli import main
 import support
 
 C_LOADED = kernels._kernel is not None
+
+
+def pytest_configure(config):
+    """The jax fallback's compiled programs go to a folder of the session, not the user's cache."""
+    config.jax_cache = tempfile.mkdtemp(prefix="ttconv-jax-cache-")
+    os.environ["TTCONV_JAX_CACHE"] = config.jax_cache
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(config.jax_cache, ignore_errors=True)
 
 
 @pytest.fixture(params=["c", "jax"])

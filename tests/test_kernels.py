@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import conftest
+import support
 from ttconv import kernels
 
 
@@ -223,6 +224,45 @@ def test_unbuilt_kernel_says_how_to_build_it(tmp_path):
     package_copy(tmp_path, with_kernel=False)
     line = version_line(tmp_path)
     assert "backend: jax; the C kernel is not built" in line and "reinstall with a C compiler" in line
+
+
+def test_jax_compilation_cache_folder_follows_the_environment(monkeypatch, tmp_path):
+    from ttconv import fallback
+
+    monkeypatch.delenv(fallback.CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert fallback.compilation_cache_dir() == str(tmp_path / "xdg" / "ttconv" / "jax")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert fallback.compilation_cache_dir() == str(tmp_path / "home" / ".cache" / "ttconv" / "jax")
+    monkeypatch.setenv(fallback.CACHE_ENV, str(tmp_path / "mine"))
+    assert fallback.compilation_cache_dir() == str(tmp_path / "mine")
+    for off in ("", "0", "off", "OFF"):
+        monkeypatch.setenv(fallback.CACHE_ENV, off)
+        assert fallback.compilation_cache_dir() is None
+
+
+def test_the_fallback_keeps_compiled_programs_between_runs(tmp_path):
+    """A second run on the fallback takes its programs from the cache folder and writes the same bytes."""
+    env = {**os.environ, kernels.BACKEND_ENV: "jax", "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    env.pop("TTCONV_JAX_CACHE", None)
+
+    def convert(name, **extra):
+        out = tmp_path / name
+        mini = os.path.join(support.FIXTURES, "llama-mini")
+        done = subprocess.run([sys.executable, "-m", "ttconv", "llama", "-i", os.path.join(mini, "init.msgpack"),
+                               "-o", out, "--hf_model", mini, "-q"],
+                              env={**env, **extra}, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return out.read_bytes()
+
+    folder = tmp_path / "xdg" / "ttconv" / "jax"
+    first = convert("first.msgpack")
+    kept = set(os.listdir(folder))
+    assert kept and convert("second.msgpack") == first
+    assert set(os.listdir(folder)) >= kept
+    assert convert("off.msgpack", XDG_CACHE_HOME=str(tmp_path / "other"), TTCONV_JAX_CACHE="off") == first
+    assert not (tmp_path / "other").exists()
 
 
 def tiled_reference(matrix, padded_rows, padded_cols, dtype):
