@@ -120,6 +120,25 @@ def test_directory_files_are_exact_through_one_shared_pool(tmp_path):
     assert zeros[:6] == b"header" and len(zeros) == 3 * output.BUFFER_BYTES and not any(zeros[6:])
 
 
+def test_every_file_of_a_directory_is_fsynced_before_it_is_in_place(tmp_path, monkeypatch):
+    """Files finish several at once on helper threads; each one is fsynced, and the directory, before it
+    is renamed into place."""
+    synced, real_fsync = set(), os.fsync
+
+    def fsync(fd):
+        real_fsync(fd)
+        synced.add(os.fstat(fd).st_ino)
+
+    monkeypatch.setattr(output.os, "fsync", fsync)
+    with output.atomic_directory(tmp_path / "dir") as out:
+        for k in range(3 * output.FINISHING_THREADS):
+            with out.file(f"f{k}") as handle:
+                handle.write(bytes([k]) * (k * 5000 + 1))
+    inodes = {os.stat(tmp_path / "dir" / name).st_ino for name in os.listdir(tmp_path / "dir")}
+    assert len(inodes) == 3 * output.FINISHING_THREADS
+    assert inodes | {os.stat(tmp_path / "dir").st_ino} <= synced
+
+
 def test_a_file_that_failed_to_finish_stops_the_next_one(tmp_path, monkeypatch):
     """Files are finished (last writes, fsync) by a helper thread; a failure there is raised when the next
     file starts, not only at the end."""

@@ -19,6 +19,7 @@ from .errors import OutputError
 BUFFER_BYTES = 1 << 22
 POOL_BUFFERS = 8
 DIRECT_BLOCK = 4096  # what O_DIRECT writes are padded to: a multiple of any logical block size
+FINISHING_THREADS = 4  # a directory's files fsynced at once, which the file system commits together
 
 
 def refuse_same_file(output_path, input_paths):
@@ -281,16 +282,18 @@ class DirectoryOutput:
         self.staging = staging
         self.target = target
         self._pool = buffer_pool()
-        self._syncer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ttconv-fsync")
+        self._syncer = concurrent.futures.ThreadPoolExecutor(FINISHING_THREADS, thread_name_prefix="ttconv-fsync")
         self._pending = []
 
     @contextlib.contextmanager
     def file(self, name):
         """Yield a writer for a new file of the directory (write, reserve/commit). When the block ends
-        a helper thread finishes the file (its last buffers written, fsync, close) while the next file
-        is written: a model has hundreds of files, and waiting for each one's last write and fsync
-        would serialize the disk and the kernel again. A file that failed to finish is raised at the
-        next file or by wait()."""
+        a helper thread finishes the file (its last buffers written, fsync, close) while the next files
+        are written: a model has hundreds of files, and waiting for each one's last write and fsync
+        would serialize the disk and the kernel again. Several files finish at once, so that their
+        fsyncs share the journal's commits and the disk's cache flushes (Qwen3-0.6B's 311 files,
+        model only: 2.10 s -> 1.78 s with four at once instead of one). A file that failed to finish is
+        raised at the next file or by wait()."""
         self._raise_failure(finished_only=True)
         target = os.path.join(self.target, name)
         try:
