@@ -10,6 +10,7 @@ Every output shape follows from the plan, so each safetensors header is written 
 and the folder is split into shards as save_pretrained splits it.
 """
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -71,7 +72,7 @@ class Export:
     def matrix(self):
         """(rows, cols) the parts count in: the tt view for tt tensors, flat values for originals."""
         if self.parts[0].original is not None and len(self.parts) == 1:
-            return 1, int(np.prod(self.info.shape, dtype=np.int64))
+            return 1, math.prod(self.info.shape)
         return self.info.matrix_shape()
 
 
@@ -103,7 +104,7 @@ def _exports(family, plan, ckpt, out_dtype):
     for info in ckpt.tensors.values():
         if info.name not in exports:
             dtype = OUTPUT_DTYPES[out_dtype] if info.dtype in GATHER_DTYPES else info.dtype
-            values = int(np.prod(info.shape, dtype=np.int64))
+            values = math.prod(info.shape)
             exports[info.name] = Export(OutTensor(info.name, dtype, info.shape), info,
                                         [Part(0, values, 0, original=info)])
     return [exports[name] for name in sorted(exports, key=family.hf_order_key)]

@@ -10,6 +10,7 @@ faces; other tile shapes are refused), unpadded to the logical shape and, across
 devices, read once when replicated or reassembled along the sharded dimensions.
 """
 import functools
+import math
 import os
 import struct
 from dataclasses import dataclass, field
@@ -95,7 +96,7 @@ class TensorHeader:
     def matrix(self):
         """(rows, cols) of one shard as stored: leading dims stacked vertically."""
         dims = self.padded_dims()
-        return int(np.prod(dims[:-1], dtype=np.int64)), dims[-1]
+        return math.prod(dims[:-1]), dims[-1]
 
     def shard_bytes(self):
         rows, cols = self.matrix()

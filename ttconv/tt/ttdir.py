@@ -7,6 +7,7 @@ with `T/shape`, `T/data_type`, `T/layout`, `T/storage_type` beside it, and a par
 the metadata and the tensor headers it is asked about, and offers the interface the
 drivers use on msgpack files (parameters, read_values, is_training_state).
 """
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -226,7 +227,7 @@ class DirParameter:
 
     @property
     def rows(self):
-        return int(np.prod(self.dims[:-1], dtype=np.int64)) if len(self.dims) > 1 else 1
+        return math.prod(self.dims[:-1])
 
     @property
     def cols(self):

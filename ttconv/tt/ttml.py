@@ -8,6 +8,7 @@ run); arrays stay in the file until their rows are asked for. Parameter names ar
 (ttml_names translates them, fused tensors split into the parts ttconv's mapping knows), so the
 drivers see the same reader interface as for msgpack files and directories.
 """
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ class TensorRecord:
 
     @property
     def rows(self):
-        return int(np.prod(self.array.shape[:-1], dtype=np.int64)) if len(self.array.shape) > 1 else 1
+        return math.prod(self.array.shape[:-1])
 
     @property
     def cols(self):
