@@ -70,7 +70,10 @@ def main():
         sys.stdout.flush()
     except BrokenPipeError:  # the reader went away (e.g. piped into head) before the last lines
         status = status or 1
-    sys.stderr.flush()
+    try:
+        sys.stderr.flush()
+    except OSError:  # nowhere left to say anything
+        pass
     os._exit(status)
 
 
