@@ -1,6 +1,7 @@
 """Command line behaviour: flags, one-line errors, exit codes, atomic output, signals."""
 import json
 import os
+import pstats
 import signal
 import subprocess
 import sys
@@ -369,6 +370,15 @@ def test_a_reader_that_went_away_is_a_quiet_failure():
     finally:
         os.close(write_end)
     assert done.returncode == 1 and "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+
+
+def test_a_profiled_command_still_writes_its_profile(tmp_path):
+    # a profiler writes its results at the interpreter's exit, which the command's fast exit skips
+    profile = tmp_path / "version.prof"
+    done = subprocess.run([sys.executable, "-m", "cProfile", "-o", profile, "-m", "ttconv", "--version"],
+                          capture_output=True, text=True, env=buffered_env())
+    assert done.returncode == 0 and done.stdout.startswith("ttconv ")
+    assert pstats.Stats(str(profile)).total_calls > 0
 
 
 def test_unexpected_io_error_is_one_line(cli, tmp_path, monkeypatch):
