@@ -353,6 +353,6 @@ def export_hf(options):
         ckpt.close()
     where = f"{len(files)} safetensors shards" if len(files) > 1 else "one safetensors file"
     state = "; ".join(filter(None, [f"{CONFIG_DTYPES[dtype]}, {where}", tt.weights_note]))
-    values = sum(int(np.prod(e.out.shape, dtype=np.int64)) for e in exports)
+    values = sum(math.prod(e.out.shape) for e in exports)
     return Report(plan, output_dir, tensors=len(exports), values=values, bytes_written=sum(e.out.nbytes for e in exports),
                   seconds=time.perf_counter() - started, state=state)

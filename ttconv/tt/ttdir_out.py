@@ -11,6 +11,7 @@ zeros: nothing to write); the metadata, every value in its input order and type,
 last.
 """
 import contextlib
+import math
 
 import numpy as np
 
@@ -85,7 +86,7 @@ class DirWriter:
         name = tensor_file_name(key)
         tensor = item.tensor
         if tensor.filename is None:
-            rows, cols = int(np.prod(tensor.dims[:-1])), tensor.dims[-1]
+            rows, cols = math.prod(tensor.dims[:-1]), tensor.dims[-1]
             header = tensorbin.header_bytes(rows, cols)
             data_size = _tiled(rows) * _tiled(cols) * 2
         else:
