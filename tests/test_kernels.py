@@ -319,6 +319,39 @@ def test_tile_picked_rows_at_an_offset_leave_the_others(backend):
     assert out.view(np.uint16).tobytes() == tiled.tobytes()
 
 
+@pytest.mark.parametrize("nbytes", [0, 1, 4097, 1 << 20])
+def test_aligned_empty_starts_on_a_page(nbytes):
+    buffer = kernels.aligned_empty(nbytes)
+    assert buffer.dtype == np.uint8 and buffer.size == nbytes and buffer.ctypes.data % 4096 == 0
+
+
+def test_the_fallback_stages_only_what_jax_would_copy():
+    from ttconv import fallback
+
+    aligned = kernels.aligned_empty(32 * 64 * 4).view(np.uint32).reshape(32, 64)
+    assert fallback._staged(aligned) is aligned
+    shifted = kernels.aligned_empty(32 * 64 * 4 + 4)[4:].view(np.uint32).reshape(32, 64)
+    for block in (shifted, aligned[:, :32]):  # off a page; not contiguous
+        staged = fallback._staged(block)
+        assert staged.ctypes.data % 4096 == 0 and np.array_equal(staged, block)
+
+
+@pytest.mark.parametrize("kind", ["f32", "bf16"])
+def test_tile_reads_a_reused_page_aligned_source_afresh(backend, kind):
+    """The fallback hands an aligned source to jax without copying it: refilling the buffer between
+    two calls must show in the second one's output (rows in order from an offset, as a directory's
+    block is tiled)."""
+    buffer = kernels.aligned_empty(64 * 96 * 4)
+    for seed in (1, 2):
+        src = sources(64, 96, seed=seed)[kind]
+        source = buffer[:src.nbytes].view(src.dtype).reshape(src.shape)
+        source[:] = src
+        out = np.zeros(32 * 96 * 2, dtype=np.uint8)
+        kernels.tile(source, out, 96, rows=np.arange(32, 64))
+        expected = tiled_reference(bf16_reference(f32_bits_reference(src[32:64])), 32, 96, np.uint16)
+        assert out.view(np.uint16).tobytes() == expected.tobytes()
+
+
 @pytest.mark.parametrize("kind", ["f32", "f16", "bf16"])
 def test_tile_transposed(backend, kind):
     src = sources(50, 36, seed=5)[kind]  # a [in, out] Conv1D weight: output rows are its columns

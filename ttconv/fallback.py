@@ -267,10 +267,13 @@ def _tile_block(source, rows, code, transposed, padded_cols, out_f32, columns):
 def tile(array, code, rows, in_order, first_row, padded_cols, transposed, out_f32, out, columns=None):
     """Rows of array (or of its transpose; in_order: they are consecutive), their columns picked by
     columns when given, rounded and placed in TILE order into out; the NaN/Inf count."""
-    source = _staged(_raw(array, code))
+    raw = _raw(array, code)
     n_rows = len(rows)
-    if in_order and rows[0] == 0 and n_rows == array.shape[1 if transposed else 0]:
-        rows = None  # every row in order: no gather (XLA's is slower than none)
+    if in_order:  # sliced here, not gathered by XLA: its gather is slower, and over a transpose it transposes all
+        lo = int(rows[0])
+        source, rows = _staged(raw[:, lo:lo + n_rows] if transposed else raw[lo:lo + n_rows]), None
+    else:
+        source = _staged(raw)
     words = out.view(np.uint32 if out_f32 else np.uint16)
     if first_row % 32 == 0 and n_rows % 32 == 0:  # whole tile rows: one contiguous stretch of out
         values, bad = _tile_block(source, rows, code, transposed, padded_cols, out_f32, columns)
@@ -351,7 +354,10 @@ ALIGNMENT = 4096  # jax takes a numpy array aligned so without copying it
 
 def _staged(block, rows=None):
     """block copied into this thread's aligned staging buffer, with room for `rows` rows (default: its
-    own; rows past the block's hold whatever they held: no picked value comes from them)."""
+    own; rows past the block's hold whatever they held: no picked value comes from them). A block that
+    is contiguous and aligned already, with room enough, is returned as it is."""
+    if (rows is None or rows == block.shape[0]) and block.flags.c_contiguous and block.ctypes.data % ALIGNMENT == 0:
+        return block
     shape = (block.shape[0] if rows is None else rows,) + block.shape[1:]
     nbytes = int(np.prod(shape)) * block.itemsize
     buffer = getattr(_STAGING, "buffer", None)

@@ -78,6 +78,16 @@ def helper():
     return _HELPER[0]
 
 
+PAGE = 4096
+
+
+def aligned_empty(nbytes):
+    """An uninitialised uint8 array of nbytes that starts on a page boundary: the jax fallback hands
+    such a block to jax as it is, where it copies any other one first."""
+    raw = np.empty(nbytes + PAGE, dtype=np.uint8)
+    return raw[-raw.ctypes.data % PAGE:][:nbytes]
+
+
 def _dtype_code(array):
     try:
         return _DTYPE_CODES[array.dtype]

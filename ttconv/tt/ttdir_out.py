@@ -127,14 +127,15 @@ class DirWriter:
 
 
 class _Scratch:
-    """A buffer reused for every read (fresh memory costs page faults); it grows when a read needs more."""
+    """A buffer reused for every read (fresh memory costs page faults); it grows when a read needs more.
+    It is page-aligned, so that the jax fallback tiles it where it lies."""
 
     def __init__(self):
-        self._buffer = np.empty(0, dtype=np.uint8)
+        self._buffer = kernels.aligned_empty(0)
 
     def get(self, nbytes):
         if self._buffer.size < nbytes:
-            self._buffer = np.empty(nbytes, dtype=np.uint8)
+            self._buffer = kernels.aligned_empty(nbytes)
         return self._buffer
 
 
