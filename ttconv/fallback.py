@@ -92,7 +92,18 @@ def _msgpack_words(bits):
 
 
 def _nonfinite(bits):
-    return jnp.sum(((bits & 0x7F800000) == 0x7F800000).astype(jnp.int32))
+    """The NaN/Inf counts of float32 bits in groups of up to 32 values; _count() adds them up. XLA on the
+    CPU reduces a block to one number slower than it rounds the block: short groups take half the time."""
+    flags = ((bits & 0x7F800000) == 0x7F800000).reshape(-1)
+    group = 32
+    while flags.size % group:
+        group //= 2
+    return jnp.sum(flags.reshape(-1, group).astype(jnp.int32), axis=1)
+
+
+def _count(counts):
+    """The total of _nonfinite()'s group counts."""
+    return int(np.asarray(counts).sum())
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -147,13 +158,13 @@ def _run_chunks(program, chunks, out):
         return out[:0], 0
     if len(chunks) == 1 and chunks[0][2] * 5 == out.size:
         words, bad = program(_staged(chunks[0][0]))
-        return np.asarray(words).view(np.uint8)[:out.size], int(bad)
+        return np.asarray(words).view(np.uint8)[:out.size], _count(bad)
 
     def encode_into_out(chunk):
         block, first, count = chunk
         words, bad = program(_staged(block))
         out[first * 5:(first + count) * 5] = np.asarray(words).view(np.uint8)[:count * 5]
-        return int(bad)
+        return _count(bad)
 
     return out, sum(_workers().map(encode_into_out, chunks))
 
@@ -284,7 +295,7 @@ def tile(array, code, rows, in_order, first_row, padded_cols, transposed, out_f3
     else:
         values = np.asarray(values)
         words[_tiled_offsets(first_row, n_rows, padded_cols)] = values.T if transposed else values
-    return int(bad)
+    return _count(bad)
 
 
 def _f16_nearest_even(bits):
