@@ -29,14 +29,15 @@ class RowBlock:
 
 class ScratchBuffer:
     """A uint8 buffer reused from read to read, grown when a read needs more (so that large reads do
-    not fault fresh pages in every time)."""
+    not fault fresh pages in every time). It is page-aligned, so that the jax fallback works on what is
+    read into it where it lies."""
 
     def __init__(self):
-        self._buffer = np.empty(0, dtype=np.uint8)
+        self._buffer = kernels.aligned_empty(0)
 
     def take(self, nbytes):
         if self._buffer.size < nbytes:
-            self._buffer = np.empty(nbytes, dtype=np.uint8)
+            self._buffer = kernels.aligned_empty(nbytes)
         return self._buffer[:nbytes]
 
 

@@ -19,6 +19,7 @@ from .. import kernels
 from ..hf.checkpoint import ITEM_SIZES
 from ..output import atomic_directory
 from . import tensorbin
+from .rows import ScratchBuffer
 from .ttdir import METADATA_NAME, Value, metadata_bytes, tensor_file_name
 
 TILE = tensorbin.TILE
@@ -55,8 +56,8 @@ class DirWriter:
         self._out = out
         self._values = {}
         self._data_types = {}
-        self._scratch = (_Scratch(), _Scratch())  # source rows of each half of a block
-        self._whole = _Scratch()  # the whole source matrix of a transpose
+        self._scratch = (ScratchBuffer(), ScratchBuffer())  # source rows of each half of a block
+        self._whole = ScratchBuffer()  # the whole source matrix of a transpose
 
     def reset_kind(self, item):
         """"zeros" for an optimizer's moment tensor, "zero" for a step counter, None otherwise."""
@@ -126,19 +127,6 @@ class DirWriter:
             out.write(metadata_bytes(values))
 
 
-class _Scratch:
-    """A buffer reused for every read (fresh memory costs page faults); it grows when a read needs more.
-    It is page-aligned, so that the jax fallback tiles it where it lies."""
-
-    def __init__(self):
-        self._buffer = kernels.aligned_empty(0)
-
-    def get(self, nbytes):
-        if self._buffer.size < nbytes:
-            self._buffer = kernels.aligned_empty(nbytes)
-        return self._buffer
-
-
 class _TileWriter:
     """Streams one target into a tensor file: blocks of whole tile rows, each filled by kernels.tile
     from the rows of the checkpoint tensors it covers (permuted or transposed as the plan says).
@@ -157,7 +145,7 @@ class _TileWriter:
             first += piece.rows
         self.data_rows = first
         # a transposed piece needs its whole matrix: read once, before the halves share the work
-        self.transposed = {piece.tensor.name: _read_whole(ckpt, piece.tensor, whole if k == 0 else _Scratch())
+        self.transposed = {piece.tensor.name: _read_whole(ckpt, piece.tensor, whole if k == 0 else ScratchBuffer())
                            for k, piece in enumerate(p for p in target.pieces if p.transform == "transpose")}
 
     def run(self, progress):
@@ -213,7 +201,7 @@ class _TileWriter:
         else:
             start, stop, rows = lo, hi, None
         itemsize = 4 if info.dtype == "F32" else 2
-        source = self.ckpt.read_rows(info, start, stop, scratch.get((stop - start) * cols * itemsize))
+        source = self.ckpt.read_rows(info, start, stop, scratch.take((stop - start) * cols * itemsize))
         return kernels.tile(source, block, self.padded_cols, rows=rows, first_row=first_row,
                             out_dtype=self.out_dtype, columns=columns)
 
@@ -223,7 +211,7 @@ def _read_whole(ckpt, info, scratch):
     the kernel's helper (reading releases the GIL)."""
     rows, cols = info.matrix_shape()
     row_bytes = cols * ITEM_SIZES[info.dtype]
-    buffer = scratch.get(rows * row_bytes)
+    buffer = scratch.take(rows * row_bytes)
     helper, middle = kernels.helper(), rows // 2
     if helper is None or middle == 0:
         return ckpt.read_rows(info, 0, rows, buffer)
