@@ -7,6 +7,11 @@ for transposes), padded to the chunk size, so that jax compiles one program per 
 shape family and each chunk stays in cache. Every value becomes float32 bits (uint32),
 then five msgpack bytes: 0xca and the bits big-endian. Four values make exactly five
 uint32 words, so the encoding is plain shifts and ors on uint32, with no byte shuffles.
+
+XLA on the CPU moves values (a transpose, the tile order) several times faster in a program of
+its own than fused with arithmetic on them, so tiling and transposed encoding run as two programs
+each: one computes in the source's order, the other only moves. A page-aligned contiguous block
+is handed to jax as it is (jax copies any other block, so _staged copies it once, aligned).
 """
 import concurrent.futures
 import functools
@@ -118,7 +123,6 @@ def _encode_heads(source, code, head_dim):
     heads, cols = source.shape[0] // head_dim, source.shape[1]
     permuted = bits.reshape(heads, 2, head_dim // 2, cols).transpose(0, 2, 1, 3)
     return _msgpack_words(permuted), _nonfinite(bits)
-
 
 
 def _raw(array, code):
