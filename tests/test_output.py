@@ -3,6 +3,8 @@ import errno
 import fcntl
 import os
 import subprocess
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -137,6 +139,36 @@ def test_every_file_of_a_directory_is_fsynced_before_it_is_in_place(tmp_path, mo
     inodes = {os.stat(tmp_path / "dir" / name).st_ino for name in os.listdir(tmp_path / "dir")}
     assert len(inodes) == 3 * output.FINISHING_THREADS
     assert inodes | {os.stat(tmp_path / "dir").st_ino} <= synced
+
+
+def test_a_directory_s_files_are_created_and_written_by_a_few_shared_threads(tmp_path, monkeypatch):
+    """Not by the thread that fills them; and with fsyncs lagging behind, the finishing threads (which
+    wait for the writing) and the writing threads never wait on each other for good."""
+    creators, real_open, real_fsync = [], os.open, os.fsync
+
+    def open_(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT:
+            creators.append(threading.current_thread())
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(output.os, "open", open_)
+    monkeypatch.setattr(output.os, "fsync", lambda fd: (time.sleep(0.01), real_fsync(fd)))
+    count = 3 * (output.WRITING_THREADS + output.FINISHING_THREADS)
+
+    def build():
+        with output.atomic_directory(tmp_path / "dir") as out:
+            for k in range(count):
+                with out.file(f"f{k}") as handle:
+                    handle.write(bytes([k]) * (50000 + k))
+
+    builder = threading.Thread(target=build, daemon=True)
+    builder.start()
+    builder.join(120)
+    assert not builder.is_alive(), "the directory never finished"
+    assert len(creators) == count and builder not in creators
+    assert len({thread.ident for thread in creators}) <= output.WRITING_THREADS
+    for k in range(count):
+        assert (tmp_path / "dir" / f"f{k}").read_bytes() == bytes([k]) * (50000 + k)
 
 
 def test_a_file_that_failed_to_finish_stops_the_next_one(tmp_path, monkeypatch):
