@@ -20,7 +20,7 @@ BUFFER_BYTES = 1 << 22
 POOL_BUFFERS = 8
 DIRECT_BLOCK = 4096  # what O_DIRECT writes are padded to: a multiple of any logical block size
 FINISHING_THREADS = 4  # a directory's files fsynced at once, which the file system commits together
-WRITING_THREADS = 8  # threads that create and write a directory's files (a thread a file cost its start)
+WRITING_THREADS = 8  # threads that create and write a directory's files, shared by them (one a file cost its start)
 
 
 def refuse_same_file(output_path, input_paths):
