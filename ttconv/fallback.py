@@ -15,12 +15,14 @@ is handed to jax as it is (jax copies any other block, so _staged copies it once
 """
 import concurrent.futures
 import functools
+import math
 import os
 import threading
 
 import numpy as np
 
 from .interrupts import import_held
+from .kernels import PAGE, aligned_empty
 
 CHUNK_VALUES = 1 << 18
 F32, F16, BF16 = 0, 1, 2
@@ -365,22 +367,20 @@ def gather(source, code, tiled, src_cols, rows, in_order, columns, cols, transpo
     return True
 
 
-_STAGING = threading.local()
-ALIGNMENT = 4096  # jax takes a numpy array aligned so without copying it
+_STAGING = threading.local()  # jax takes a numpy array aligned to a page (kernels.PAGE) without copying it
 
 
 def _staged(block, rows=None):
     """block copied into this thread's aligned staging buffer, with room for `rows` rows (default: its
     own; rows past the block's hold whatever they held: no picked value comes from them). A block that
     is contiguous and aligned already, with room enough, is returned as it is."""
-    if (rows is None or rows == block.shape[0]) and block.flags.c_contiguous and block.ctypes.data % ALIGNMENT == 0:
+    if (rows is None or rows == block.shape[0]) and block.flags.c_contiguous and block.ctypes.data % PAGE == 0:
         return block
     shape = (block.shape[0] if rows is None else rows,) + block.shape[1:]
-    nbytes = int(np.prod(shape)) * block.itemsize
+    nbytes = math.prod(shape) * block.itemsize
     buffer = getattr(_STAGING, "buffer", None)
     if buffer is None or buffer.size < nbytes:
-        raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
-        buffer = _STAGING.buffer = raw[-raw.ctypes.data % ALIGNMENT:][:nbytes]
+        buffer = _STAGING.buffer = aligned_empty(nbytes)
     staged = buffer[:nbytes].view(block.dtype).reshape(shape)
     staged[:block.shape[0]] = block
     return staged
