@@ -1,5 +1,6 @@
 """SIGINT and SIGTERM at any instant: no temporary file, no output, one line, exit 130/143."""
 import concurrent.futures
+import gc
 import os
 import shutil
 import signal
@@ -186,6 +187,38 @@ def test_signal_before_an_import_completes_is_not_an_import_error(installed):
     assert "json.tool" in sys.modules
     with pytest.raises(KeyboardInterrupt):
         interrupts.check()
+
+
+def test_an_import_pauses_the_collector_and_freezes_what_it_built(installed):
+    sys.modules.pop("json.tool", None)
+    seen = []
+
+    def collection(phase, info):
+        seen.append(phase)
+
+    thresholds = gc.get_threshold()
+    gc.callbacks.append(collection)
+    try:
+        gc.collect()
+        frozen = gc.get_freeze_count()
+        seen.clear()
+        gc.set_threshold(1)  # a collection at every new tracked object, unless the collector is paused
+        interrupts.import_held("json.tool")
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.callbacks.remove(collection)
+    assert "json.tool" in sys.modules and seen == [] and gc.isenabled()
+    assert gc.get_freeze_count() > frozen
+    gc.unfreeze()
+
+
+def test_an_import_leaves_a_paused_collector_paused(installed):
+    gc.disable()
+    try:
+        interrupts.import_held("json")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 RUNS = 50

@@ -122,8 +122,20 @@ class held:
 
 def import_held(name):
     """Import a module with SIGINT and SIGTERM held: an interrupt inside a C extension's import
-    would otherwise surface as an ImportError (numpy turns it into one)."""
+    would otherwise surface as an ImportError (numpy turns it into one).
+
+    The cyclic garbage collector pauses meanwhile, and what exists afterwards is frozen out of
+    later collections (gc.freeze): jax's import builds objects by the hundred thousand, which the
+    collector would otherwise scan again and again (about a tenth of a second of a conversion)."""
+    import gc
     import importlib
 
-    with held():
-        return importlib.import_module(name)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        with held():
+            return importlib.import_module(name)
+    finally:
+        if collecting:
+            gc.freeze()
+            gc.enable()
