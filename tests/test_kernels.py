@@ -331,9 +331,24 @@ def test_the_fallback_stages_only_what_jax_would_copy():
     aligned = kernels.aligned_empty(32 * 64 * 4).view(np.uint32).reshape(32, 64)
     assert fallback._staged(aligned) is aligned
     shifted = kernels.aligned_empty(32 * 64 * 4 + 4)[4:].view(np.uint32).reshape(32, 64)
-    for block in (shifted, aligned[:, :32]):  # off a page; not contiguous
+    for block in (shifted, aligned[:, :32]):  # off XLA_ALIGNMENT; not contiguous
         staged = fallback._staged(block)
         assert staged.ctypes.data % 4096 == 0 and np.array_equal(staged, block)
+
+
+def test_the_fallback_pads_rows_in_the_buffer_a_block_lies_in_when_it_has_room():
+    from ttconv import fallback
+
+    buffer = kernels.aligned_empty(64 * 32 * 4)
+    block = buffer[:40 * 32 * 4].view(np.uint32).reshape(40, 32)
+    block[:] = np.arange(40 * 32, dtype=np.uint32).reshape(40, 32)
+    padded = fallback._staged(block, 64)
+    assert padded.shape == (64, 32) and padded.ctypes.data == block.ctypes.data
+    assert np.array_equal(padded[:40], block)
+    at_the_end = buffer[24 * 32 * 4:].view(np.uint32).reshape(40, 32)  # no room for 256 rows: copied
+    padded = fallback._staged(at_the_end, 256)
+    assert padded.shape == (256, 32) and not np.shares_memory(padded, buffer)
+    assert np.array_equal(padded[:40], at_the_end)
 
 
 @pytest.mark.parametrize("kind", ["f32", "bf16"])
@@ -484,6 +499,27 @@ def test_gather_matches_numpy(backend, kind, out_dtype, tiled, transposed):
         chosen = matrix[picked][:, cols_of if cols_of is not None else slice(0, width)]
         expected = converted_reference(np.ascontiguousarray(chosen), "f32" if kind == "msgpack" else kind, out_dtype)
         assert out[:expected.nbytes].tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("kind,tiled", GATHER_SOURCES[:-1])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_gather_from_a_block_with_garbage_after_it(backend, kind, tiled, transposed):
+    """A block read into a larger buffer (as tt.rows reads): what lies after it (NaN and Inf patterns
+    here) must not reach the output, also where the fallback pads the block's rows in place."""
+    rows, cols = 96, 64
+    values = sources(rows, cols, seed=9)[kind]
+    stored = tiled_reference(values, rows, cols, values.dtype) if tiled else values
+    buffer = kernels.aligned_empty(2 * stored.nbytes)
+    buffer[:] = 0xFF
+    block = buffer[:stored.nbytes].view(stored.dtype)
+    block[:] = stored.reshape(-1)
+    picked = np.arange(5, 60, dtype=np.uint32) if transposed else np.arange(32, 96, dtype=np.uint32)
+    out = np.zeros(len(picked) * (rows if transposed else cols) * 4, dtype=np.uint8)
+    width = rows if transposed else cols
+    assert kernels.gather(block, kind, cols, picked, out, "f32", tiled=tiled, cols=width, transposed=transposed)
+    matrix = values.T if transposed else values
+    expected = converted_reference(np.ascontiguousarray(matrix[picked]), kind, "f32")
+    assert out.tobytes() == expected.tobytes()
 
 
 @pytest.mark.parametrize("kind,tiled", GATHER_SOURCES)

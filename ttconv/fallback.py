@@ -10,8 +10,9 @@ uint32 words, so the encoding is plain shifts and ors on uint32, with no byte sh
 
 XLA on the CPU moves values (a transpose, the tile order) several times faster in a program of
 its own than fused with arithmetic on them, so tiling and transposed encoding run as two programs
-each: one computes in the source's order, the other only moves. A page-aligned contiguous block
-is handed to jax as it is (jax copies any other block, so _staged copies it once, aligned).
+each: one computes in the source's order, the other only moves. A contiguous block aligned to
+XLA_ALIGNMENT is handed to jax as it is, also when its rows are padded (to share programs between
+sizes) and the buffer it lies in has room: jax copies any other block, so _staged copies it once.
 """
 import concurrent.futures
 import functools
@@ -22,9 +23,10 @@ import threading
 import numpy as np
 
 from .interrupts import import_held
-from .kernels import PAGE, aligned_empty
+from .kernels import aligned_empty
 
 CHUNK_VALUES = 1 << 18
+XLA_ALIGNMENT = 64  # a numpy argument that starts on a multiple of this is used where it lies (measured)
 F32, F16, BF16 = 0, 1, 2
 CACHE_ENV = "TTCONV_JAX_CACHE"
 CACHE_OFF = ("", "0", "off")
@@ -367,17 +369,25 @@ def gather(source, code, tiled, src_cols, rows, in_order, columns, cols, transpo
     return True
 
 
-_STAGING = threading.local()  # jax takes a numpy array aligned to a page (kernels.PAGE) without copying it
+_STAGING = threading.local()
 
 
 def _staged(block, rows=None):
-    """block copied into this thread's aligned staging buffer, with room for `rows` rows (default: its
-    own; rows past the block's hold whatever they held: no picked value comes from them). A block that
-    is contiguous and aligned already, with room enough, is returned as it is."""
-    if (rows is None or rows == block.shape[0]) and block.flags.c_contiguous and block.ctypes.data % PAGE == 0:
-        return block
+    """block as jax takes it without copying it (contiguous, aligned to XLA_ALIGNMENT), with room for
+    `rows` rows (default: its own; rows past the block's hold whatever the memory after it holds: no
+    picked value comes from them). That is the block's own memory when it qualifies (with more rows:
+    when the buffer it lies in reaches that far), else a copy in this thread's aligned staging buffer."""
     shape = (block.shape[0] if rows is None else rows,) + block.shape[1:]
     nbytes = math.prod(shape) * block.itemsize
+    if block.flags.c_contiguous and block.ctypes.data % XLA_ALIGNMENT == 0:
+        if shape[0] == block.shape[0]:
+            return block
+        owner = block
+        while isinstance(owner.base, np.ndarray):
+            owner = owner.base
+        offset = block.ctypes.data - owner.ctypes.data
+        if owner.flags.c_contiguous and 0 <= offset and offset + nbytes <= owner.nbytes:
+            return owner.reshape(-1).view(np.uint8)[offset:offset + nbytes].view(block.dtype).reshape(shape)
     buffer = getattr(_STAGING, "buffer", None)
     if buffer is None or buffer.size < nbytes:
         buffer = _STAGING.buffer = aligned_empty(nbytes)

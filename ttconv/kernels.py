@@ -82,8 +82,8 @@ PAGE = 4096
 
 
 def aligned_empty(nbytes):
-    """An uninitialised uint8 array of nbytes that starts on a page boundary: the jax fallback hands
-    such a block to jax as it is, where it copies any other one first."""
+    """An uninitialised uint8 array of nbytes that starts on a page boundary (as O_DIRECT needs, and
+    more than the jax fallback needs to hand it to jax without a copy)."""
     raw = np.empty(nbytes + PAGE, dtype=np.uint8)
     return raw[-raw.ctypes.data % PAGE:][:nbytes]
 

@@ -29,15 +29,16 @@ class RowBlock:
 
 class ScratchBuffer:
     """A uint8 buffer reused from read to read, grown when a read needs more (so that large reads do
-    not fault fresh pages in every time). It is page-aligned, so that the jax fallback works on what is
-    read into it where it lies."""
+    not fault fresh pages in every time). It is page-aligned, and grows to twice what a read needs, so
+    that the jax fallback works on what is read into it where it lies, also when it pads the rows read
+    up to a power of two (pages past a read that nothing writes take no memory)."""
 
     def __init__(self):
         self._buffer = kernels.aligned_empty(0)
 
     def take(self, nbytes):
         if self._buffer.size < nbytes:
-            self._buffer = kernels.aligned_empty(nbytes)
+            self._buffer = kernels.aligned_empty(2 * nbytes)
         return self._buffer[:nbytes]
 
 
