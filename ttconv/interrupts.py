@@ -126,10 +126,14 @@ def import_held(name):
 
     The cyclic garbage collector pauses meanwhile, and what exists afterwards is frozen out of
     later collections (gc.freeze): jax's import builds objects by the hundred thousand, which the
-    collector would otherwise scan again and again (about a tenth of a second of a conversion)."""
+    collector would otherwise scan again and again (about a tenth of a second of a conversion). A
+    module imported already is returned as it is, freezing nothing."""
     import gc
     import importlib
+    import sys
 
+    if name in sys.modules:
+        return sys.modules[name]
     collecting = gc.isenabled()
     gc.disable()
     try:
