@@ -385,11 +385,66 @@ static size_t load_bits(const void *src, int dtype, size_t first, size_t col_str
     return nonfinite;
 }
 
+#if defined(__SSE2__)
+/* Sums of the 32-bit lanes of four counters. */
+static inline size_t lane_sum(__m128i counts)
+{
+    uint32_t lanes[4];
+    _mm_storeu_si128((__m128i *)lanes, counts);
+    return (size_t)lanes[0] + lanes[1] + lanes[2] + lanes[3];
+}
+
+/* Sixteen float32 values rounded to bfloat16 as bf16_nearest_even does it, four to a register (the
+ * compiler vectorizes the scalar loop badly with SSE2 alone, and not at all for a constant 16).
+ * Returns the NaN/Inf count. */
+static inline size_t f32_to_bf16_x16(const float *src, uint16_t *out)
+{
+    const __m128i exponent = _mm_set1_epi32(0x7f800000), magnitude = _mm_set1_epi32(0x7fffffff);
+    const __m128i one = _mm_set1_epi32(1), bias = _mm_set1_epi32(0x7fff);
+    const __m128i sign = _mm_set1_epi32(0x8000), quiet = _mm_set1_epi32(0x7fc0);
+    __m128i halves[4], count = _mm_setzero_si128();
+    for (int q = 0; q < 4; q++) {
+        __m128i bits = _mm_loadu_si128((const __m128i *)(src + 4 * q));
+        count = _mm_sub_epi32(count, _mm_cmpeq_epi32(_mm_and_si128(bits, exponent), exponent));
+        __m128i nan = _mm_cmpgt_epi32(_mm_and_si128(bits, magnitude), exponent);
+        __m128i high = _mm_srli_epi32(bits, 16);
+        __m128i rounded = _mm_srli_epi32(_mm_add_epi32(_mm_add_epi32(bits, bias), _mm_and_si128(high, one)), 16);
+        __m128i nan_value = _mm_or_si128(_mm_and_si128(high, sign), quiet);
+        __m128i value = _mm_or_si128(_mm_and_si128(nan, nan_value), _mm_andnot_si128(nan, rounded));
+        halves[q] = _mm_srai_epi32(_mm_slli_epi32(value, 16), 16); /* sign-extended, so that packs is exact */
+    }
+    _mm_storeu_si128((__m128i *)out, _mm_packs_epi32(halves[0], halves[1]));
+    _mm_storeu_si128((__m128i *)(out + 8), _mm_packs_epi32(halves[2], halves[3]));
+    return lane_sum(count);
+}
+
+/* Sixteen bfloat16 values as bf16_to_bf16 keeps them, eight to a register. Returns the NaN/Inf count. */
+static inline size_t bf16_to_bf16_x16(const uint16_t *src, uint16_t *out)
+{
+    const __m128i exponent = _mm_set1_epi16(0x7f80), magnitude = _mm_set1_epi16(0x7fff);
+    const __m128i sign = _mm_set1_epi16((short)0x8000), quiet = _mm_set1_epi16(0x7fc0);
+    __m128i count = _mm_setzero_si128();
+    for (int h = 0; h < 2; h++) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(src + 8 * h));
+        count = _mm_sub_epi16(count, _mm_cmpeq_epi16(_mm_and_si128(v, exponent), exponent));
+        __m128i nan = _mm_cmpgt_epi16(_mm_and_si128(v, magnitude), exponent);
+        __m128i nan_value = _mm_or_si128(_mm_and_si128(v, sign), quiet);
+        _mm_storeu_si128((__m128i *)(out + 8 * h),
+                         _mm_or_si128(_mm_and_si128(nan, nan_value), _mm_andnot_si128(nan, v)));
+    }
+    return lane_sum(_mm_madd_epi16(count, _mm_set1_epi16(1)));
+}
+#endif
+
 /* n float32 values rounded to bfloat16 in one pass (the hot case); returns the NaN/Inf count. */
 static size_t f32_to_bf16(const float *src, size_t n, uint16_t *out)
 {
-    size_t nonfinite = 0;
-    for (size_t j = 0; j < n; j++) {
+    size_t nonfinite = 0, j = 0;
+#if defined(__SSE2__)
+    for (; j + 16 <= n; j += 16)
+        nonfinite += f32_to_bf16_x16(src + j, out + j);
+#endif
+    for (; j < n; j++) {
         uint32_t bits;
         memcpy(&bits, src + j, sizeof bits);
         nonfinite += is_nonfinite(bits);
@@ -402,8 +457,12 @@ static size_t f32_to_bf16(const float *src, size_t n, uint16_t *out)
  * returns the NaN/Inf count. */
 static size_t bf16_to_bf16(const uint16_t *src, size_t n, uint16_t *out)
 {
-    size_t nonfinite = 0;
-    for (size_t j = 0; j < n; j++) {
+    size_t nonfinite = 0, j = 0;
+#if defined(__SSE2__)
+    for (; j + 16 <= n; j += 16)
+        nonfinite += bf16_to_bf16_x16(src + j, out + j);
+#endif
+    for (; j < n; j++) {
         uint16_t v = src[j];
         nonfinite += (v & 0x7f80u) == 0x7f80u;
         out[j] = (uint16_t)((v & 0x7fffu) > 0x7f80u ? (v & 0x8000u) | 0x7fc0u : v);
@@ -474,6 +533,7 @@ static inline void transpose8_u16(const uint16_t *src, const size_t *offsets, ui
         _mm_storeu_si128((__m128i *)(dst + (2 * i + 1) * stride), _mm_unpackhi_epi64(u[i], u[i + 4]));
     }
 }
+
 #endif
 
 /* Where the tile row holding output row r starts in out (rows of padded_cols values of width bytes). */

@@ -378,6 +378,25 @@ def test_tile_transposed(backend, kind):
     assert nonfinite == int(np.count_nonzero((bits & 0x7F800000) == 0x7F800000))
 
 
+@pytest.mark.parametrize("kind", ["f32", "bf16"])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_tile_rounds_every_bit_pattern_in_every_lane(backend, kind, transposed):
+    """Random bits (NaNs with payloads, infinities, subnormals) and ties at every position of the
+    16-value groups the C kernel rounds together."""
+    rng = np.random.default_rng(17)
+    bits = rng.integers(0, 1 << 32, (64, 96), dtype=np.uint64).astype(np.uint32)
+    bits[::3] = (bits[::3] & 0xFFFF0000) | 0x8000  # exact ties between two bfloat16 values
+    bits[1::7] |= 0x7F800000  # NaNs and infinities, a sign bit either way
+    src = bits.view(np.float32) if kind == "f32" else (bits >> 16).astype(np.uint16)
+    out = np.zeros(96 * 96 * 2, dtype=np.uint8)
+    nonfinite = kernels.tile(src, out, 96, transposed=transposed)
+    wide = f32_bits_reference(src)
+    wide = wide.T.copy() if transposed else wide
+    expected = tiled_reference(bf16_reference(wide), 96, 96, np.uint16)
+    assert out.view(np.uint16)[:expected.size].tobytes() == expected.tobytes()
+    assert nonfinite == int(np.count_nonzero((wide & 0x7F800000) == 0x7F800000))
+
+
 def test_tile_checks_its_arguments_before_calling_c(backend):
     src = np.zeros((4, 40), dtype=np.float32)
     with pytest.raises(ValueError, match="multiple of 32"):
