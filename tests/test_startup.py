@@ -1,5 +1,6 @@
 """A command imports only what it uses: small commands never load jax or ml_dtypes (a plain
-sys.modules check in a fresh interpreter, not a timing)."""
+sys.modules check in a fresh interpreter, not a timing), and numpy's BLAS starts no threads for
+commands that never multiply matrices."""
 import json
 import os
 import subprocess
@@ -7,29 +8,37 @@ import sys
 
 import pytest
 
+from ttconv.__main__ import limit_blas_threads
+
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "llama-mini")
 HEAVY = ("jax", "jaxlib", "ml_dtypes")
 
-# Runs the command as `python -m ttconv` does, then reports which modules it loaded.
+# Runs the command as `python -m ttconv` does, then reports which modules it loaded and how many
+# threads the process has.
 PROBE = """
-import json, sys
+import json, os, sys
 from ttconv.__main__ import run
 sys.argv = ["ttconv"] + json.loads(sys.argv[1])
 try:
     status = run()
 except SystemExit as exc:  # argparse's --version
     status = exc.code
-print(json.dumps({"status": status, "modules": sorted(sys.modules)}), file=sys.stderr)
+report = {"status": status, "modules": sorted(sys.modules), "threads": len(os.listdir("/proc/self/task"))}
+print(json.dumps(report), file=sys.stderr)
 """
 
 
-def loaded_modules(argv, cwd):
-    env = {k: v for k, v in os.environ.items() if k != "TTCONV_BACKEND"}
+def probe(argv, cwd):
+    env = {k: v for k, v in os.environ.items() if k not in ("TTCONV_BACKEND", "OPENBLAS_NUM_THREADS")}
     done = subprocess.run([sys.executable, "-c", PROBE, json.dumps([str(a) for a in argv])], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
     report = json.loads(done.stderr.strip().splitlines()[-1])
     assert report["status"] == 0, done.stderr
-    return set(report["modules"])
+    return report
+
+
+def loaded_modules(argv, cwd):
+    return set(probe(argv, cwd)["modules"])
 
 
 def heavy_in(modules):
@@ -48,6 +57,28 @@ def example_dir(tmp_path_factory):
 def test_version_loads_neither_jax_nor_ml_dtypes(tmp_path):
     modules = loaded_modules(["--version"], tmp_path)
     assert "ttconv.kernels" in modules and heavy_in(modules) == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task") or (os.cpu_count() or 1) < 2,
+                    reason="counts threads in /proc; OpenBLAS starts none on one core anyway")
+def test_version_leaves_numpy_blas_without_threads(tmp_path):
+    # OpenBLAS would start one thread per further core at numpy's import, spinning ~0.08 s of processor time
+    assert probe(["--version"], tmp_path)["threads"] == 1
+
+
+def test_blas_gets_one_thread_unless_the_command_multiplies_matrices():
+    environ = {}
+    limit_blas_threads(["--quiet", "gpt2", "--hf_model", "check"], environ)
+    assert environ == {"OPENBLAS_NUM_THREADS": "1"}
+    environ = {}
+    limit_blas_threads(["--verbose", "check", "llama", "run.msgpack"], environ)
+    assert environ == {}
+    environ = {}
+    limit_blas_threads(["to-hf", "llama", "lora.pkl", "--merge-lora", "-o", "merged"], environ)
+    assert environ == {}
+    environ = {"OPENBLAS_NUM_THREADS": "4"}  # the user's setting wins
+    limit_blas_threads(["inspect", "run.msgpack"], environ)
+    assert environ == {"OPENBLAS_NUM_THREADS": "4"}
 
 
 def test_a_small_conversion_loads_neither(example_dir):
