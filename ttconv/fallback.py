@@ -100,14 +100,21 @@ def _msgpack_words(bits):
     return jnp.stack(words, axis=1).reshape(-1)
 
 
+def _uint32s(like, value):
+    """value in every place of a uint32 array shaped like `like` (lax's operators do not broadcast)."""
+    return lax.full(like.shape, np.uint32(value), jnp.uint32)
+
+
 def _nonfinite(bits):
     """The NaN/Inf counts of float32 bits in groups of up to 32 values; _count() adds them up. XLA on the
-    CPU reduces a block to one number slower than it rounds the block: short groups take half the time."""
-    flags = ((bits & 0x7F800000) == 0x7F800000).reshape(-1)
+    CPU reduces a block to one number slower than it rounds the block: short groups take half the time.
+    Written in lax, as _bf16_nearest_even."""
+    exponent = _uint32s(bits, 0x7F800000)
+    flags = lax.convert_element_type(lax.eq(lax.bitwise_and(bits, exponent), exponent), jnp.int32).reshape(-1)
     group = 32
     while flags.size % group:
         group //= 2
-    return jnp.sum(flags.reshape(-1, group).astype(jnp.int32), axis=1)
+    return lax.reduce(flags.reshape(-1, group), np.int32(0), lax.add, (1,))
 
 
 def _count(counts):
@@ -240,10 +247,15 @@ def transpose(matrix):
 
 
 def _bf16_nearest_even(bits):
-    """bfloat16 bits (uint16) of float32 bits, rounded to nearest even; a NaN keeps its sign, quiet."""
-    nan = (bits & 0x7FFFFFFF) > 0x7F800000
-    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-    return jnp.where(nan, ((bits >> 16) & 0x8000) | 0x7FC0, rounded).astype(jnp.uint16)
+    """bfloat16 bits (uint16) of float32 bits, rounded to nearest even; a NaN keeps its sign, quiet.
+    Written in lax, not jax.numpy: every new block shape traces the program again, and jax.numpy's
+    operators take about twice as long to trace (their type promotion)."""
+    high = lax.shift_right_logical(bits, _uint32s(bits, 16))
+    nan = lax.gt(lax.bitwise_and(bits, _uint32s(bits, 0x7FFFFFFF)), _uint32s(bits, 0x7F800000))
+    odd = lax.bitwise_and(high, _uint32s(bits, 1))
+    rounded = lax.shift_right_logical(lax.add(lax.add(bits, _uint32s(bits, 0x7FFF)), odd), _uint32s(bits, 16))
+    quiet = lax.bitwise_or(lax.bitwise_and(high, _uint32s(bits, 0x8000)), _uint32s(bits, 0x7FC0))
+    return lax.convert_element_type(lax.select(nan, quiet, rounded), jnp.uint16)
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
@@ -261,7 +273,9 @@ def _rounded(source, rows, columns, code, transposed, padded_cols, out_f32):
         picked = picked if columns is None else picked[:, columns]
         padding = ((0, 0), (0, padded_cols - picked.shape[1]))
     values = picked if out_f32 else _bf16_nearest_even(picked)
-    return jnp.pad(values, padding), _nonfinite(picked)
+    if any(high for _, high in padding):
+        values = lax.pad(values, np.zeros((), values.dtype), [(low, high, 0) for low, high in padding])
+    return values, _nonfinite(picked)
 
 
 @functools.partial(jax.jit, static_argnums=1)
