@@ -351,6 +351,41 @@ def test_the_fallback_pads_rows_in_the_buffer_a_block_lies_in_when_it_has_room()
     assert np.array_equal(padded[:40], at_the_end)
 
 
+def rope_order(n_heads, head_dim):
+    """Source rows of the RoPE interleave, as the directory writer picks them (written out by hand)."""
+    order = []
+    for head in range(n_heads):
+        for i in range(head_dim // 2):
+            order += [head * head_dim + i, head * head_dim + head_dim // 2 + i]
+    return np.array(order, dtype=np.uint32)
+
+
+def test_the_fallback_tells_the_rope_interleave_of_whole_heads_from_other_orders():
+    from ttconv import fallback
+
+    assert fallback._whole_heads(rope_order(4, 16), 64) == 4
+    assert fallback._whole_heads(rope_order(1, 64), 64) == 1
+    near_miss = rope_order(4, 16)
+    near_miss[[6, 7]] = near_miss[[7, 6]]
+    assert fallback._whole_heads(near_miss, 64) == 0
+    assert fallback._whole_heads(rope_order(4, 16), 96) == 0  # not every source row
+    assert fallback._whole_heads(np.arange(64, dtype=np.uint32)[::-1].copy(), 64) == 0
+
+
+@pytest.mark.parametrize("kind", ["f32", "bf16"])
+def test_tile_rope_interleave_and_other_orders(backend, kind):
+    src = sources(64, 48, seed=12)[kind]
+    bits = f32_bits_reference(src)
+    near_miss = rope_order(4, 16)
+    near_miss[[6, 7]] = near_miss[[7, 6]]
+    for order in (rope_order(4, 16), rope_order(2, 32), near_miss):
+        out = np.zeros(64 * 64 * 2, dtype=np.uint8)
+        nonfinite = kernels.tile(src, out, 64, rows=order)
+        expected = tiled_reference(bf16_reference(bits[order]), 64, 64, np.uint16)
+        assert out.view(np.uint16).tobytes() == expected.tobytes()
+        assert nonfinite == int(np.count_nonzero((bits & 0x7F800000) == 0x7F800000))
+
+
 @pytest.mark.parametrize("kind", ["f32", "bf16"])
 def test_tile_reads_a_reused_page_aligned_source_afresh(backend, kind):
     """The fallback hands an aligned source to jax without copying it: refilling the buffer between

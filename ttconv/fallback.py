@@ -258,12 +258,16 @@ def _bf16_nearest_even(bits):
     return lax.convert_element_type(lax.select(nan, quiet, rounded), jnp.uint16)
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
-def _rounded(source, rows, columns, code, transposed, padded_cols, out_f32):
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
+def _rounded(source, rows, columns, code, transposed, padded_cols, out_f32, heads=0):
     """The picked values of source rounded (bfloat16 bits, or float32 bits), still in the source's
     orientation (output rows are source columns when transposed), the output's columns padded with
-    zeros up to padded_cols; and their NaN/Inf count."""
+    zeros up to padded_cols; and their NaN/Inf count. heads: the rows are picked as the RoPE
+    interleave of that many whole heads (see _whole_heads), by a reshape instead of a gather."""
     bits = _f32_bits(source, code)
+    if heads:
+        n_rows, cols = bits.shape
+        bits = bits.reshape(heads, 2, n_rows // heads // 2, cols).transpose(0, 2, 1, 3).reshape(n_rows, cols)
     if transposed:
         picked = bits if rows is None else bits[:, rows]
         picked = picked if columns is None else picked[columns]
@@ -290,6 +294,21 @@ def _tiles(values, transposed):
     return values.reshape(rows // 32, 2, 16, cols // 32, 2, 16).transpose(0, 3, 1, 4, 2, 5).reshape(-1)
 
 
+def _whole_heads(rows, n_source):
+    """How many heads, when rows picks all n_source rows as the RoPE interleave of whole heads (output
+    row 2i of a head of d rows is its row i, row 2i + 1 its row d/2 + i): XLA permutes them by a reshape
+    in the time it rounds them, and takes twice that to gather them. Else 0."""
+    n = rows.size
+    if n != n_source or n < 2:
+        return 0
+    half = int(rows[1])
+    if half == 0 or n % (2 * half):
+        return 0
+    head = np.arange(2 * half, dtype=rows.dtype).reshape(2, half).T.reshape(-1)
+    interleave = (head + np.arange(0, n, 2 * half, dtype=rows.dtype)[:, None]).reshape(-1)
+    return n // (2 * half) if np.array_equal(rows, interleave) else 0
+
+
 def _tiled_offsets(first_row, n_rows, padded_cols):
     """Where each value of rows first_row.. of a row-major [n_rows, padded_cols] block lands in TILE order."""
     r = np.arange(first_row, first_row + n_rows)[:, None]
@@ -303,12 +322,13 @@ def tile(array, code, rows, in_order, first_row, padded_cols, transposed, out_f3
     columns when given, rounded and placed in TILE order into out; the NaN/Inf count."""
     raw = _raw(array, code)
     n_rows = len(rows)
+    heads = 0 if in_order or transposed else _whole_heads(rows, raw.shape[0])
     if in_order:  # sliced here, not gathered by XLA: its gather is slower, and over a transpose it transposes all
         lo = int(rows[0])
         source, rows = _staged(raw[:, lo:lo + n_rows] if transposed else raw[lo:lo + n_rows]), None
     else:
-        source = _staged(raw)
-    values, bad = _rounded(source, rows, columns, code, transposed, padded_cols, out_f32)
+        source, rows = _staged(raw), None if heads else rows
+    values, bad = _rounded(source, rows, columns, code, transposed, padded_cols, out_f32, heads)
     words = out.view(np.uint32 if out_f32 else np.uint16)
     if first_row % 32 == 0 and n_rows % 32 == 0:  # whole tile rows: one contiguous stretch of out
         tiled = _tiles(values, transposed)
