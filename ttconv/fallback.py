@@ -358,8 +358,10 @@ def _f16_nearest_even(bits):
 OUT_BF16, OUT_F32, OUT_F16 = 0, 1, 2
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
-def _gather(matrix, rows, columns, code, tiled, transposed, out_code, raw16):
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8))
+def _gather(matrix, rows, columns, code, tiled, transposed, out_code, raw16, leading=None):
+    """leading: with no columns given, the number of leading columns to keep (sliced: XLA gathers an
+    index array of columns about three times slower)."""
     if tiled:
         n, cols = matrix.shape
         matrix = matrix.reshape(n // 32, cols // 32, 2, 2, 16, 16).transpose(0, 2, 4, 1, 3, 5).reshape(n, cols)
@@ -368,6 +370,8 @@ def _gather(matrix, rows, columns, code, tiled, transposed, out_code, raw16):
     picked = matrix if rows is None else matrix[rows]
     if columns is not None:
         picked = picked[:, columns]
+    elif leading is not None:
+        picked = picked[:, :leading]
     if raw16:
         return picked
     bits = _f32_bits(picked, code)
@@ -380,10 +384,8 @@ def gather(source, code, tiled, src_cols, rows, in_order, columns, cols, transpo
     """kernels.gather on jax.numpy (in_order: the rows are consecutive)."""
     raw = _raw(source, code)
     matrix = raw.reshape(-1, src_cols)
-    if columns is None and not transposed and cols != src_cols:
-        columns = np.arange(cols, dtype=np.uint32)  # the leading columns (the rest is tile padding)
-    elif columns is None and transposed:
-        columns = np.arange(cols, dtype=np.uint32)
+    # without columns: the leading ones (a transpose's source rows, or all but the tile padding)
+    leading = cols if columns is None and (transposed or cols != src_cols) else None
     raw16 = code in (F16, BF16) and (code, out_code) in ((F16, OUT_F16), (BF16, OUT_BF16))
     if not transposed:  # only the source rows (whole tile rows) the picked rows lie in
         unit = 32 if tiled else 1
@@ -392,11 +394,12 @@ def gather(source, code, tiled, src_cols, rows, in_order, columns, cols, transpo
     # source rows and picked rows padded to powers of two: chunks come in many sizes, and each new
     # shape would be a new compilation
     matrix = _staged(matrix, _power_of_two(matrix.shape[0]))
-    if in_order and not transposed:
+    if in_order:
         picked, start = None, int(rows[0])  # sliced from the whole result, not gathered (XLA's gather is slower)
     else:
         picked, start = _padded(rows, _power_of_two(rows.size), 0), 0
-    values = np.asarray(_gather(matrix, picked, columns, code, bool(tiled), bool(transposed), out_code, raw16))
+    values = np.asarray(_gather(matrix, picked, columns, code, bool(tiled), bool(transposed), out_code, raw16,
+                                leading))
     values = values[start:start + rows.size]
     nbytes = values.size * values.dtype.itemsize
     out[:nbytes] = values.reshape(-1).view(np.uint8)
