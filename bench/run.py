@@ -177,17 +177,18 @@ def bench_case(case, out_dir, repeat, backend, fmt, layout):
         remove(output)  # ttconv writes a new file or directory, as the floor does
         elapsed, peak = run_ttconv(case, folder, output, backend, fmt, layout)
         out_bytes = size_of(output)
+        file_sizes = [os.path.getsize(p) for p in files_of(output)] if os.path.isdir(output) else None
+        remove(output)  # before the floor is written: a case needs room on the disk for one output, not two
         init = os.path.join(folder, "init.msgpack")
         source = init if os.path.exists(init) else max(inputs, key=os.path.getsize)
         read, write = io_floor(inputs, out_bytes, output + ".floor", source)
-        if os.path.isdir(output):  # the same files as the directory, written and fsynced one by one
-            files = files_floor(source, [os.path.getsize(p) for p in files_of(output)], output + ".files")
+        if file_sizes is not None:  # the same files as the directory, written and fsynced one by one
+            files = files_floor(source, file_sizes, output + ".files")
             best_files = min(best_files, files)
             files_ratios.append(elapsed / (read + files))
         best_tt, best_read, best_write = min(best_tt, elapsed), min(best_read, read), min(best_write, write)
         rss = max(rss, peak)
         ratios.append(elapsed / (read + write))
-    remove(output)
     sequential, overlapped = best_read + best_write, max(best_read, best_write)
     return {
         "case": case, "format": fmt if fmt in ("msgpack", "ttml") else f"{fmt} ({layout})", "backend": backend,
@@ -276,13 +277,13 @@ def bench_export(case, out_dir, repeat, backend, fmt):
         elapsed, peak = run_command(cmd, backend)
         times.append(elapsed)
         out_bytes = size_of(output)
+        shards = len([n for n in os.listdir(output) if n.endswith(".safetensors")])
+        remove(output)  # before the floor is written: a case needs room on the disk for one output, not two
         # the largest input gives the floor's bytes (dd of a small file would pay per-call overhead instead)
         read, write = io_floor(inputs, out_bytes, output + ".floor", max(inputs, key=os.path.getsize))
         best_tt, best_read, best_write = min(best_tt, elapsed), min(best_read, read), min(best_write, write)
         rss = max(rss, peak)
         ratios.append(elapsed / (read + write))
-    shards = len([n for n in os.listdir(output) if n.endswith(".safetensors")])
-    remove(output)
     sequential, overlapped = best_read + best_write, max(best_read, best_write)
     return {
         "case": case, "format": f"to-hf from {fmt} ({shards} shard{'s' if shards > 1 else ''})", "backend": backend,
