@@ -533,7 +533,6 @@ static inline void transpose8_u16(const uint16_t *src, const size_t *offsets, ui
         _mm_storeu_si128((__m128i *)(dst + (2 * i + 1) * stride), _mm_unpackhi_epi64(u[i], u[i + 4]));
     }
 }
-
 #endif
 
 /* Where the tile row holding output row r starts in out (rows of padded_cols values of width bytes). */
