@@ -23,7 +23,7 @@ import threading
 import numpy as np
 
 from .interrupts import import_held
-from .kernels import aligned_empty
+from .kernels import aligned_empty, transpose_window
 
 CHUNK_VALUES = 1 << 18
 XLA_ALIGNMENT = 64  # a numpy argument that starts on a multiple of this is used where it lies (measured)
@@ -212,9 +212,44 @@ def encode_rope(array, code, n_heads, out):
     return _run_chunks(functools.partial(_encode_heads, code=code, head_dim=head_dim), chunks, out)
 
 
+BLOCK = 16  # the side of the square blocks a transpose moves whole first (see _blocks)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _blocks(matrix, side):
+    """matrix [R, C] as [R/side, C/side, side, side]: its square blocks in the order of its transpose's.
+    XLA on the CPU transposes a large matrix in one program 3-5x slower than in two, this one, which
+    moves whole runs of `side` values, and _transposed_blocks, which transposes each block."""
+    rows, cols = matrix.shape
+    return matrix.reshape(rows // side, side, cols // side, side).transpose(0, 2, 1, 3)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _window_blocks(matrix, first, width, side):
+    """Columns first.. first + width of matrix (first traced: one program serves every window of a
+    width), as _blocks() cuts them when side is not 0."""
+    window = lax.dynamic_slice(matrix, (np.int32(0), first), (matrix.shape[0], width))
+    return _blocks(window, side) if side else window
+
+
+def _transposed_blocks(blocks):
+    """The transpose of the matrix that _blocks() cut (inside a jit-compiled program)."""
+    block_rows, block_cols, side, _ = blocks.shape
+    return blocks.transpose(1, 3, 0, 2).reshape(block_cols * side, block_rows * side)
+
+
+def _blockable(matrix):
+    return matrix.ndim == 2 and matrix.shape[0] % BLOCK == 0 and matrix.shape[1] % BLOCK == 0
+
+
 @jax.jit
 def _transpose(bits):
-    return bits.T
+    return _transposed_blocks(bits) if bits.ndim == 4 else bits.T
+
+
+def _transposed(bits):
+    """The transpose of a matrix (a jax array), by _blocks and _transpose when its sides allow."""
+    return _transpose(_blocks(bits, BLOCK) if _blockable(bits) else bits)
 
 
 def encode_transposed(array, code, out):
@@ -225,7 +260,7 @@ def encode_transposed(array, code, out):
     raw = _raw(array, code)
     chunks = ((_padded(raw[:, first:first + width], width, 1), first * rows, min(width, cols - first) * rows)
               for first in range(0, cols, width))
-    return _run_chunks(lambda block: _encode_flat(_transpose(block), code), chunks, out)
+    return _run_chunks(lambda block: _encode_flat(_transposed(block), code), chunks, out)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -243,7 +278,7 @@ def rope_rows(matrix, n_heads, inverse):
 
 def transpose(matrix):
     """Transpose of a float32 matrix."""
-    return np.asarray(_transpose(matrix.view(np.uint32))).view(np.float32)
+    return np.asarray(_transposed(matrix.view(np.uint32))).view(np.float32)
 
 
 def _bf16_nearest_even(bits):
@@ -365,7 +400,9 @@ def _gather(matrix, rows, columns, code, tiled, transposed, out_code, raw16, lea
     if tiled:
         n, cols = matrix.shape
         matrix = matrix.reshape(n // 32, cols // 32, 2, 2, 16, 16).transpose(0, 2, 4, 1, 3, 5).reshape(n, cols)
-    if transposed:
+    if matrix.ndim == 4:  # _blocks() of the source
+        matrix = _transposed_blocks(matrix)
+    elif transposed:
         matrix = matrix.T
     picked = matrix if rows is None else matrix[rows]
     if columns is not None:
@@ -392,8 +429,13 @@ def gather(source, code, tiled, src_cols, rows, in_order, columns, cols, transpo
         first = int(rows.min()) // unit * unit
         matrix, rows = matrix[first:-(-(int(rows.max()) + 1) // unit) * unit], rows - np.uint32(first)
     # source rows and picked rows padded to powers of two: chunks come in many sizes, and each new
-    # shape would be a new compilation
-    matrix = _staged(matrix, _power_of_two(matrix.shape[0]))
+    # shape would be a new compilation (a transpose's source is all of a tensor's rows: a tile row's
+    # multiple, for the blocks, is enough)
+    matrix = _staged(matrix, -(-matrix.shape[0] // 32) * 32 if transposed else _power_of_two(matrix.shape[0]))
+    if transposed and not tiled:  # the window of columns picked, taken where the whole source lies
+        first, width = transpose_window(rows, src_cols)
+        matrix = _window_blocks(matrix, np.int32(first), width, BLOCK if width % BLOCK == 0 else 0)
+        rows = rows - np.uint32(first)
     if in_order:
         picked, start = None, int(rows[0])  # sliced from the whole result, not gathered (XLA's gather is slower)
     else:

@@ -342,16 +342,21 @@ def _msgpack_float32(source):
     return big_endian.astype(np.uint32).view(np.float32)
 
 
-def _picked_columns(source, per_value, tiled, src_cols, rows):
-    """For a transpose on the fallback (per_value: array elements a value): the source narrowed to the
-    columns the picked rows name (whole tile columns of a tiled source), as a new row-major or tiled
-    source of its own: (source, its columns, rows counted from its first column). A call picks a few
-    output rows of a matrix it is given whole, and the fallback would decode, stage and transpose all
-    of it each time. The width is a power of two, at least a tile (or all the columns), so that jax
-    compiles few programs."""
+def transpose_window(rows, src_cols, tiled=False):
+    """For a transpose on the fallback: (first, width), the source columns that the picked rows name
+    (whole tile columns of a tiled source). A call picks a few output rows of a matrix it is given
+    whole, and the fallback would decode, stage and transpose all of it each time. The width is a
+    power of two, at least a tile (or all the columns), so that jax compiles few programs."""
     first = int(rows.min()) // TILE * TILE if tiled else int(rows.min())
     span = min(src_cols, 1 << (max(int(rows.max()) + 1 - first, TILE) - 1).bit_length())
-    first = min(first, src_cols - span)  # kept inside the source; whole tiles still (both are multiples of 32)
+    return min(first, src_cols - span), span  # kept inside the source; whole tiles still (both multiples of 32)
+
+
+def _picked_columns(source, per_value, tiled, src_cols, rows):
+    """The tiled or msgpack source of a transpose on the fallback (per_value: array elements a value)
+    narrowed to its transpose_window(), as a new source of its own: (source, its columns, rows counted
+    from its first column)."""
+    first, span = transpose_window(rows, src_cols, tiled)
     if first == 0 and span == src_cols:
         return source, src_cols, rows
     if tiled:  # [tile rows, tiles a row, 32 * 32 values]: whole tiles of each tile row
@@ -417,7 +422,7 @@ def gather(source, source_dtype, src_cols, rows, out, out_dtype, *, tiled=False,
     if not rows.size or not cols:
         return True
     if _kernel is None:
-        if transposed:
+        if transposed and (tiled or source_dtype == "msgpack"):  # the fallback narrows row-major values itself
             per_value = width // np.dtype(raw_dtype).itemsize
             source, src_cols, rows = _picked_columns(source, per_value, tiled, src_cols, rows)
         if source_dtype == "msgpack":
