@@ -1,4 +1,5 @@
 """Kernel operations on both backends against plain numpy references, and the backend choice."""
+import json
 import os
 import shutil
 import subprocess
@@ -553,6 +554,50 @@ def test_gather_matches_numpy(backend, kind, out_dtype, tiled, transposed):
         chosen = matrix[picked][:, cols_of if cols_of is not None else slice(0, width)]
         expected = converted_reference(np.ascontiguousarray(chosen), "f32" if kind == "msgpack" else kind, out_dtype)
         assert out[:expected.nbytes].tobytes() == expected.tobytes()
+
+
+# Gathers on the fallback in a fresh interpreter; reports whether they matched numpy and imported jax.
+ROW_COPY_PROBE = """
+import json, sys
+import numpy as np
+from ttconv import kernels
+rng = np.random.default_rng(5)
+f32 = rng.standard_normal((64, 48)).astype(np.float32)
+bf16 = (f32.view(np.uint32) >> 16).astype(np.uint16)
+rope = np.arange(64, dtype=np.uint32).reshape(4, 2, 8).transpose(0, 2, 1).reshape(-1)  # heads of 16 rows
+columns = rope[:48] % 48
+ok = []
+for source, kind, out_dtype, width in ((f32, "f32", "bf16", 2), (bf16, "bf16", "bf16", 2), (bf16, "bf16", "f32", 4)):
+    for rows, picked in ((rope, None), (np.arange(1, 2, dtype=np.uint32), columns)):
+        out = np.zeros(64 * 48 * width, dtype=np.uint8)
+        kernels.gather(source.reshape(-1), kind, 48, rows, out, out_dtype, columns=picked, cols=48)
+        expected = source[rows][:, picked if picked is not None else slice(None)]
+        if out_dtype == "f32":
+            expected = (expected.astype(np.uint32) << 16).view(np.float32)
+        elif kind == "f32":
+            expected = ((expected.view(np.uint32) + 0x7FFF + ((expected.view(np.uint32) >> 16) & 1)) >> 16
+                        ).astype(np.uint16)
+        ok.append(out[:expected.nbytes].tobytes() == np.ascontiguousarray(expected).tobytes())
+before = "jax" in sys.modules
+if sys.argv[1] == "transposed":
+    kernels.gather(f32.reshape(-1), "f32", 48, np.arange(48, dtype=np.uint32), np.zeros(64 * 48 * 4, np.uint8),
+                   "f32", cols=64, transposed=True)
+print(json.dumps({"ok": ok, "jax_before": before, "jax_after": "jax" in sys.modules}))
+"""
+
+
+def test_the_fallback_copies_rows_without_importing_jax(tmp_path):
+    # a Llama or Qwen3 export from a ttml stream only copies rows (RoPE-permuted, or a q/k norm's columns),
+    # perhaps rounding or widening them: jax's import, about a second, would buy nothing
+    env = {**os.environ, kernels.BACKEND_ENV: "jax"}
+    reports = {}
+    for then in ("nothing", "transposed"):
+        done = subprocess.run([sys.executable, "-c", ROW_COPY_PROBE, then], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        reports[then] = json.loads(done.stdout)
+    assert reports["nothing"] == {"ok": [True] * 6, "jax_before": False, "jax_after": False}
+    assert reports["transposed"]["jax_after"]  # a transpose does take jax: the probe can see it
 
 
 @pytest.mark.parametrize("kind,tiled", GATHER_SOURCES[:-1])

@@ -368,15 +368,22 @@ def _picked_columns(source, per_value, tiled, src_cols, rows):
 
 
 def _plain_rows(source, source_dtype, src_cols, rows, in_order, out, out_dtype, tiled, columns, cols, transposed):
-    """Whole consecutive rows of a row-major source in its own dtype, or only rounded to bfloat16 or
+    """Rows of a row-major source (consecutive, or picked: a RoPE permutation of rows), whole or their
+    columns picked (a q/k norm vector's), in the source's own dtype, or only rounded to bfloat16 or
     widened from it, written without the fallback (which would import jax, about a second, for them):
     copied, or converted by ttconv.bf16's bit arithmetic, the kernel's rounding; False for any other
     gather."""
     conversion = (source_dtype, out_dtype)
-    if conversion not in _PLAIN or not in_order or tiled or transposed or columns is not None or cols != src_cols:
+    if conversion not in _PLAIN or tiled or transposed or (columns is None and cols != src_cols):
         return False
-    first = int(rows[0])
-    picked = _PLAIN[conversion](source[first * src_cols:(first + rows.size) * src_cols]).view(np.uint8)
+    if in_order:
+        first = int(rows[0])
+        picked = source[first * src_cols:(first + rows.size) * src_cols].reshape(rows.size, src_cols)
+    else:
+        picked = source.reshape(-1, src_cols).take(rows, axis=0)
+    if columns is not None:
+        picked = picked.take(columns, axis=1)
+    picked = _PLAIN[conversion](picked).view(np.uint8).reshape(-1)
     out[:picked.size] = picked
     return True
 
