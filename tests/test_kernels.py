@@ -416,6 +416,27 @@ def test_tile_transposed(backend, kind):
 
 @pytest.mark.parametrize("kind", ["f32", "bf16"])
 @pytest.mark.parametrize("transposed", [False, True])
+def test_tile_of_a_block_with_nonfinite_values_after_it(backend, kind, transposed):
+    """Consecutive rows of a larger source (as the directory writer reads them) whose further rows (of a
+    transpose: columns) are Inf and NaN: neither their values nor their count reach the result, also
+    where the fallback pads a block's rows to share a program between sizes."""
+    first, count = 32, 96  # three tile rows: the fallback pads them to four
+    whole = sources(first + count + 64, 80, seed=13)[kind].copy()
+    words = whole.view(np.uint32 if kind == "f32" else np.uint16)
+    inf, nan = (0x7F800000, 0xFFFFFFFF) if kind == "f32" else (0x7F80, 0xFFFF)
+    words[first + count:, 0::2], words[first + count:, 1::2] = inf, nan
+    words[first + 5, 7] = inf  # one among the rows tiled
+    source = whole.T.copy() if transposed else whole
+    out = np.zeros(count * 96 * 2, dtype=np.uint8)
+    nonfinite = kernels.tile(source, out, 96, rows=np.arange(first, first + count), transposed=transposed)
+    bits = f32_bits_reference(whole[first:first + count])
+    assert nonfinite == int(np.count_nonzero((bits & 0x7F800000) == 0x7F800000)) >= 1
+    expected = tiled_reference(bf16_reference(bits), count, 96, np.uint16)
+    assert out.view(np.uint16).tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("kind", ["f32", "bf16"])
+@pytest.mark.parametrize("transposed", [False, True])
 def test_tile_rounds_every_bit_pattern_in_every_lane(backend, kind, transposed):
     """Random bits (NaNs with payloads, infinities, subnormals) and ties at every position of the
     16-value groups the C kernel rounds together."""

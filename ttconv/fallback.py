@@ -294,11 +294,13 @@ def _bf16_nearest_even(bits):
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
-def _rounded(source, rows, columns, code, transposed, padded_cols, out_f32, heads=0):
+def _rounded(source, rows, columns, code, transposed, padded_cols, out_f32, heads, valid):
     """The picked values of source rounded (bfloat16 bits, or float32 bits), still in the source's
     orientation (output rows are source columns when transposed), the output's columns padded with
-    zeros up to padded_cols; and their NaN/Inf count. heads: the rows are picked as the RoPE
-    interleave of that many whole heads (see _whole_heads), by a reshape instead of a gather."""
+    zeros up to padded_cols; and the NaN/Inf count of the first `valid` output rows (traced: rows
+    after them only pad the block to a shape that a program exists for). heads: the rows are picked
+    as the RoPE interleave of that many whole heads (see _whole_heads), by a reshape instead of a
+    gather."""
     bits = _f32_bits(source, code)
     if heads:
         n_rows, cols = bits.shape
@@ -314,7 +316,9 @@ def _rounded(source, rows, columns, code, transposed, padded_cols, out_f32, head
     values = picked if out_f32 else _bf16_nearest_even(picked)
     if any(high for _, high in padding):
         values = lax.pad(values, np.zeros((), values.dtype), [(low, high, 0) for low, high in padding])
-    return values, _nonfinite(picked)
+    output_row = lax.broadcasted_iota(jnp.int32, picked.shape, 1 if transposed else 0)
+    counted = lax.select(lax.lt(output_row, lax.full(picked.shape, valid, jnp.int32)), picked, _uint32s(picked, 0))
+    return values, _nonfinite(counted)
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -352,6 +356,20 @@ def _tiled_offsets(first_row, n_rows, padded_cols):
             + (r % 16) * 16 + c % 16)
 
 
+# A consecutive block's rows, when more than a tile row, are padded up to a multiple of this many (four
+# tile rows). The directory writer's blocks come in many sizes, as the room left in its output buffer
+# allows (the two halves of a 4 MB block of a 1024-column tensor are 31 and 32 tile rows, of a
+# 3072-column one 10 and 11), and jax prepares each new shape's two programs anew (trace, lower, compile
+# or load from the cache: 20-40 ms a program, dozens of shapes a conversion); padded, nearly equal
+# blocks share them.
+ROW_GRANULE = 128
+
+
+def _granular(n_rows):
+    """n_rows rounded up to a multiple of ROW_GRANULE, when more than a tile row."""
+    return n_rows if n_rows <= 32 else -(-n_rows // ROW_GRANULE) * ROW_GRANULE
+
+
 def tile(array, code, rows, in_order, first_row, padded_cols, transposed, out_f32, out, columns=None):
     """Rows of array (or of its transpose; in_order: they are consecutive), their columns picked by
     columns when given, rounded and placed in TILE order into out; the NaN/Inf count."""
@@ -359,19 +377,23 @@ def tile(array, code, rows, in_order, first_row, padded_cols, transposed, out_f3
     n_rows = len(rows)
     heads = 0 if in_order or transposed else _whole_heads(rows, raw.shape[0])
     if in_order:  # sliced here, not gathered by XLA: its gather is slower, and over a transpose it transposes all
-        lo = int(rows[0])
-        source, rows = _staged(raw[:, lo:lo + n_rows] if transposed else raw[lo:lo + n_rows]), None
+        lo, span = int(rows[0]), _granular(n_rows)
+        if not transposed:  # the rows after the block, or a staging copy's: see _staged
+            source = _staged(raw[lo:lo + n_rows], span)
+        else:  # a strided block, copied: with the source's further columns where it has them
+            source = _staged(raw[:, lo:lo + (span if lo + span <= raw.shape[1] else n_rows)])
+        rows = None
     else:
         source, rows = _staged(raw), None if heads else rows
-    values, bad = _rounded(source, rows, columns, code, transposed, padded_cols, out_f32, heads)
+    values, bad = _rounded(source, rows, columns, code, transposed, padded_cols, out_f32, heads, np.int32(n_rows))
     words = out.view(np.uint32 if out_f32 else np.uint16)
-    if first_row % 32 == 0 and n_rows % 32 == 0:  # whole tile rows: one contiguous stretch of out
-        tiled = _tiles(values, transposed)
-        start = first_row * padded_cols
-        words[start:start + tiled.size] = np.asarray(tiled)
+    if first_row % 32 == 0 and n_rows % 32 == 0:  # whole tile rows: one contiguous stretch of out (the first
+        tiled = _tiles(values, transposed)  # tile rows of the padded block's: TILE order goes tile row by tile row)
+        start, size = first_row * padded_cols, n_rows * padded_cols
+        words[start:start + size] = np.asarray(tiled)[:size]
     else:
         values = np.asarray(values)
-        words[_tiled_offsets(first_row, n_rows, padded_cols)] = values.T if transposed else values
+        words[_tiled_offsets(first_row, n_rows, padded_cols)] = (values.T if transposed else values)[:n_rows]
     return _count(bad)
 
 
