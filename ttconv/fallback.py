@@ -441,6 +441,15 @@ def _gather(matrix, rows, columns, code, tiled, transposed, out_code, raw16, lea
 
 def gather(source, code, tiled, src_cols, rows, in_order, columns, cols, transposed, out_code, out):
     """kernels.gather on jax.numpy (in_order: the rows are consecutive)."""
+    n = rows.size
+    if transposed and not tiled and in_order and n > 32 and n & (n - 1):
+        # as runs of a power of two rows each: a window of columns is a power of two wide (few programs),
+        # and one of the next power of two would transpose up to twice the values picked
+        head, row_bytes = 1 << (n.bit_length() - 1), (len(columns) if columns is not None else cols) * (
+            4 if out_code == OUT_F32 else 2)
+        for part, place in ((rows[:head], out[:head * row_bytes]), (rows[head:], out[head * row_bytes:])):
+            gather(source, code, tiled, src_cols, part, True, columns, cols, transposed, out_code, place)
+        return True
     raw = _raw(source, code)
     matrix = raw.reshape(-1, src_cols)
     # without columns: the leading ones (a transpose's source rows, or all but the tile padding)
