@@ -445,8 +445,7 @@ def gather(source, code, tiled, src_cols, rows, in_order, columns, cols, transpo
     if transposed and not tiled and in_order and n > 32 and n & (n - 1):
         # as runs of a power of two rows each: a window of columns is a power of two wide (few programs),
         # and one of the next power of two would transpose up to twice the values picked
-        head, row_bytes = 1 << (n.bit_length() - 1), (len(columns) if columns is not None else cols) * (
-            4 if out_code == OUT_F32 else 2)
+        head, row_bytes = 1 << (n.bit_length() - 1), cols * (4 if out_code == OUT_F32 else 2)
         for part, place in ((rows[:head], out[:head * row_bytes]), (rows[head:], out[head * row_bytes:])):
             gather(source, code, tiled, src_cols, part, True, columns, cols, transposed, out_code, place)
         return True
