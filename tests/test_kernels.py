@@ -420,7 +420,7 @@ def test_tile_of_a_block_with_nonfinite_values_after_it(backend, kind, transpose
     """Consecutive rows of a larger source (as the directory writer reads them) whose further rows (of a
     transpose: columns) are Inf and NaN: neither their values nor their count reach the result, also
     where the fallback pads a block's rows to share a program between sizes."""
-    first, count = 32, 96  # three tile rows: the fallback pads them to four
+    first, count = 32, 160  # five tile rows: the fallback pads them to six
     whole = sources(first + count + 64, 80, seed=13)[kind].copy()
     words = whole.view(np.uint32 if kind == "f32" else np.uint16)
     inf, nan = (0x7F800000, 0xFFFFFFFF) if kind == "f32" else (0x7F80, 0xFFFF)

@@ -356,18 +356,19 @@ def _tiled_offsets(first_row, n_rows, padded_cols):
             + (r % 16) * 16 + c % 16)
 
 
-# A consecutive block's rows, when more than a tile row, are padded up to a multiple of this many (four
-# tile rows). The directory writer's blocks come in many sizes, as the room left in its output buffer
-# allows (the two halves of a 4 MB block of a 1024-column tensor are 31 and 32 tile rows, of a
-# 3072-column one 10 and 11), and jax prepares each new shape's two programs anew (trace, lower, compile
-# or load from the cache: 20-40 ms a program, dozens of shapes a conversion); padded, nearly equal
-# blocks share them.
-ROW_GRANULE = 128
-
-
 def _granular(n_rows):
-    """n_rows rounded up to a multiple of ROW_GRANULE, when more than a tile row."""
-    return n_rows if n_rows <= 32 else -(-n_rows // ROW_GRANULE) * ROW_GRANULE
+    """The rows a block of n_rows consecutive rows is padded to: whole tile rows, as many as the next of
+    1, 2, 3, 4, 6, 8, 12, 16, 24, 32, ... (powers of two and three times them) that holds them. The
+    directory writer's blocks come in many sizes, as the room left in its output buffer allows (the
+    halves of a 4 MB block are 31 and 32 tile rows of a 1024-column tensor, 10 and 11 of a 3072-column
+    one, 5 and 6 of a 5632-column one), and jax prepares each new shape's two programs anew (trace,
+    lower, compile or load from the cache: 20-40 ms a program, dozens of shapes a conversion); padded,
+    nearly equal blocks share them, for at most half again as many values computed (mostly far less)."""
+    if n_rows <= 32:
+        return n_rows
+    tile_rows = -(-n_rows // 32)
+    power = 1 << (tile_rows - 1).bit_length()  # the power of two that holds them; three quarters of it may too
+    return 32 * (power * 3 // 4 if power >= 4 and power * 3 // 4 >= tile_rows else power)
 
 
 def tile(array, code, rows, in_order, first_row, padded_cols, transposed, out_f32, out, columns=None):
