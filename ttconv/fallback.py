@@ -9,8 +9,9 @@ then five msgpack bytes: 0xca and the bits big-endian. Four values make exactly 
 uint32 words, so the encoding is plain shifts and ors on uint32, with no byte shuffles.
 
 XLA on the CPU moves values (a transpose, the tile order) several times faster in a program of
-its own than fused with arithmetic on them, so tiling and transposed encoding run as two programs
-each: one computes in the source's order, the other only moves. A contiguous block aligned to
+its own than fused with arithmetic on them, so tiling and transposed encoding run as separate
+programs: one computes in the source's order, the others only move (a large transpose in two of
+them itself, see _blocks). A contiguous block aligned to
 XLA_ALIGNMENT is handed to jax as it is, also when its rows are padded (to share programs between
 sizes) and the buffer it lies in has room: jax copies any other block, so _staged copies it once.
 """
@@ -219,7 +220,7 @@ BLOCK = 16  # the side of the square blocks a transpose moves whole first (see _
 def _blocks(matrix, side):
     """matrix [R, C] as [R/side, C/side, side, side]: its square blocks in the order of its transpose's.
     XLA on the CPU transposes a large matrix in one program 3-5x slower than in two, this one, which
-    moves whole runs of `side` values, and _transposed_blocks, which transposes each block."""
+    moves whole runs of `side` values, and one that transposes each block (_transposed_matrix)."""
     rows, cols = matrix.shape
     return matrix.reshape(rows // side, side, cols // side, side).transpose(0, 2, 1, 3)
 
@@ -232,19 +233,19 @@ def _window_blocks(matrix, first, width, side):
     return _blocks(window, side) if side else window
 
 
-def _transposed_blocks(blocks):
-    """The transpose of the matrix that _blocks() cut (inside a jit-compiled program)."""
-    block_rows, block_cols, side, _ = blocks.shape
-    return blocks.transpose(1, 3, 0, 2).reshape(block_cols * side, block_rows * side)
+def _transposed_matrix(matrix):
+    """The transpose of a matrix, or of the one that _blocks() cut (4 axes), inside a jit-compiled program."""
+    if matrix.ndim == 2:
+        return matrix.T
+    block_rows, block_cols, side, _ = matrix.shape
+    return matrix.transpose(1, 3, 0, 2).reshape(block_cols * side, block_rows * side)
 
 
 def _blockable(matrix):
     return matrix.ndim == 2 and matrix.shape[0] % BLOCK == 0 and matrix.shape[1] % BLOCK == 0
 
 
-@jax.jit
-def _transpose(bits):
-    return _transposed_blocks(bits) if bits.ndim == 4 else bits.T
+_transpose = jax.jit(_transposed_matrix)
 
 
 def _transposed(bits):
@@ -254,7 +255,7 @@ def _transposed(bits):
 
 def encode_transposed(array, code, out):
     """Like encode, for the transpose of a matrix: a block of whole source columns at a time, transposed
-    by one program and encoded by another (XLA runs the two about a quarter faster than one that does both)."""
+    by programs of its own and encoded by another (XLA runs them faster apart than in one program)."""
     rows, cols = array.shape
     width = min(cols, max(1, CHUNK_VALUES // max(1, rows)))
     raw = _raw(array, code)
@@ -423,10 +424,8 @@ def _gather(matrix, rows, columns, code, tiled, transposed, out_code, raw16, lea
     if tiled:
         n, cols = matrix.shape
         matrix = matrix.reshape(n // 32, cols // 32, 2, 2, 16, 16).transpose(0, 2, 4, 1, 3, 5).reshape(n, cols)
-    if matrix.ndim == 4:  # _blocks() of the source
-        matrix = _transposed_blocks(matrix)
-    elif transposed:
-        matrix = matrix.T
+    if transposed:  # the source, or _blocks() of it
+        matrix = _transposed_matrix(matrix)
     picked = matrix if rows is None else matrix[rows]
     if columns is not None:
         picked = picked[:, columns]
