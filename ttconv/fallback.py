@@ -34,6 +34,10 @@ CACHE_OFF = ("", "0", "off")
 
 jax = import_held("jax")
 jax.config.update("jax_platforms", "cpu")
+# Programs run on the calling thread: the callers are already two threads (kernels.helper, _workers), and
+# handing each call to jax's worker threads and back costs ~0.15 ms a call and, with two callers, about
+# a quarter of the throughput (a 4 MB block, measured).
+jax.config.update("jax_cpu_enable_async_dispatch", False)
 jnp = import_held("jax.numpy")
 lax = jax.lax
 
