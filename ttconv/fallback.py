@@ -128,7 +128,8 @@ def _msgpack_words(bits):
 
 
 def _uint32s(like, value):
-    """value in every place of a uint32 array shaped like `like` (lax's operators do not broadcast)."""
+    """value in every place of a uint32 array shaped like `like` (lax.select takes no scalar operand; the
+    arithmetic operators do, and a scalar constant costs no broadcast to trace and lower)."""
     return lax.full(like.shape, np.uint32(value), jnp.uint32)
 
 
@@ -136,7 +137,7 @@ def _nonfinite(bits):
     """The NaN/Inf counts of float32 bits in groups of up to 32 values; _count() adds them up. XLA on the
     CPU reduces a block to one number slower than it rounds the block: short groups take half the time.
     Written in lax, as _bf16_nearest_even."""
-    exponent = _uint32s(bits, 0x7F800000)
+    exponent = np.uint32(0x7F800000)
     flags = lax.convert_element_type(lax.eq(lax.bitwise_and(bits, exponent), exponent), jnp.int32).reshape(-1)
     group = 32
     while flags.size % group:
@@ -312,11 +313,11 @@ def _bf16_nearest_even(bits):
     """bfloat16 bits (uint16) of float32 bits, rounded to nearest even; a NaN keeps its sign, quiet.
     Written in lax, not jax.numpy: every new block shape traces the program again, and jax.numpy's
     operators take about twice as long to trace (their type promotion)."""
-    high = lax.shift_right_logical(bits, _uint32s(bits, 16))
-    nan = lax.gt(lax.bitwise_and(bits, _uint32s(bits, 0x7FFFFFFF)), _uint32s(bits, 0x7F800000))
-    odd = lax.bitwise_and(high, _uint32s(bits, 1))
-    rounded = lax.shift_right_logical(lax.add(lax.add(bits, _uint32s(bits, 0x7FFF)), odd), _uint32s(bits, 16))
-    quiet = lax.bitwise_or(lax.bitwise_and(high, _uint32s(bits, 0x8000)), _uint32s(bits, 0x7FC0))
+    high = lax.shift_right_logical(bits, np.uint32(16))
+    nan = lax.gt(lax.bitwise_and(bits, np.uint32(0x7FFFFFFF)), np.uint32(0x7F800000))
+    odd = lax.bitwise_and(high, np.uint32(1))
+    rounded = lax.shift_right_logical(lax.add(lax.add(bits, np.uint32(0x7FFF)), odd), np.uint32(16))
+    quiet = lax.bitwise_or(lax.bitwise_and(high, np.uint32(0x8000)), np.uint32(0x7FC0))
     return lax.convert_element_type(lax.select(nan, quiet, rounded), jnp.uint16)
 
 
