@@ -131,6 +131,21 @@ def test_llama_built_directory_loads_in_ttnn(cli, tmp_path, ttnn_tool, flatc, ca
     assert len(pairs["pairs"]) == len(read_metadata(out / "metadata.flatbuffer"))
 
 
+def test_tensors_across_many_output_buffers_load_in_ttnn(cli, tmp_path, ttnn_tool, backend, monkeypatch):
+    # 32 KB output buffers, 8 KB tile rows: each buffer holds a block of three tile rows after the file's
+    # header and the start of a fourth, which is tiled apart (q's rows RoPE-permuted) and copied in
+    monkeypatch.setattr("ttconv.output.BUFFER_BYTES", 32 * 1024)
+    cfg = support.llama_config(vocab=300, hidden=128, heads=4, kv_heads=2, inter=192)
+    tensors = support.llama_tensors(cfg)
+    ckpt = hf_checkpoint(tmp_path, cfg, tensors)
+    out = tmp_path / "out"
+    status, _, err = cli("llama", "--no-init", "--format", "flatbuffer", "--layout", "model", "--hf_model", ckpt,
+                         "-o", out)
+    assert status == 0, err
+    shapes = support.llama_tt_shapes(cfg, 320, tied=False)
+    assert_model_loads(ttnn_tool, out, tmp_path, "llama/llama", support.expected_llama(cfg, tensors, shapes))
+
+
 @pytest.mark.parametrize("lm_head,vocab", [(True, 100), (False, 64)])
 def test_gpt2_built_directory_loads_in_ttnn(cli, tmp_path, ttnn_tool, lm_head, vocab):
     cfg = support.gpt2_config(vocab=vocab)

@@ -150,31 +150,43 @@ class _TileWriter:
 
     def run(self, progress):
         tile_row_bytes = TILE * self.padded_cols * self.width
+        limit = max(1, MAX_BLOCK_BYTES // tile_row_bytes)
         nonfinite, row = 0, 0
         while row < self.padded_rows:
-            room = self.out.room() // tile_row_bytes
-            limit = max(1, MAX_BLOCK_BYTES // tile_row_bytes)
-            n_rows = min(self.padded_rows - row, TILE * max(1, min(room, limit)))
+            room = self.out.room()
+            n_rows = min(self.padded_rows - row, TILE * max(1, min(room // tile_row_bytes, limit)))
             nbytes = n_rows // TILE * tile_row_bytes
-            block = self.out.reserve(nbytes) if room else None
+            end = row + n_rows
+            block = self.out.reserve(nbytes) if nbytes <= room else None
             lent = block is not None
+            # The file's header shifts every tile row off the output buffers' boundaries: the tile row
+            # that straddles the end of this one is tiled apart and copied in. This thread tiles it
+            # alongside the helper's half of the block, rather than alone after the block.
+            spill = lent and 0 < room - nbytes < tile_row_bytes and end < self.padded_rows
             if not lent:
                 block = np.empty(nbytes, dtype=np.uint8)
-            if row + n_rows > self.data_rows:
+            if end > self.data_rows:
                 block[:] = 0
             middle = row + n_rows // TILE // 2 * TILE
             helper = kernels.helper() if middle > row else None
-            if helper is None:
-                nonfinite += self._fill_rows(row, row + n_rows, row, block, self.scratch[0])
-            else:
-                other = helper.submit(self._fill_rows, middle, row + n_rows, row, block, self.scratch[1])
-                nonfinite += self._fill_rows(row, middle, row, block, self.scratch[0]) + other.result()
+            other = helper.submit(self._fill_rows, middle, end, row, block, self.scratch[1]) if helper else None
+            nonfinite += self._fill_rows(row, end if other is None else middle, row, block, self.scratch[0])
+            if spill:
+                spilled = np.empty(tile_row_bytes, dtype=np.uint8)
+                if end + TILE > self.data_rows:
+                    spilled[:] = 0
+                nonfinite += self._fill_rows(end, end + TILE, end, spilled, self.scratch[0])
+            if other is not None:
+                nonfinite += other.result()
             if lent:
                 self.out.commit(nbytes)
             else:
                 self.out.write(block)
-            progress.advance(min(n_rows, max(0, self.target.param.rows - row)) * self.target.param.cols * 2)
-            row += n_rows
+            if spill:
+                self.out.write(spilled)
+                end += TILE
+            progress.advance(min(end - row, max(0, self.target.param.rows - row)) * self.target.param.cols * 2)
+            row = end
         return nonfinite
 
     def _fill_rows(self, begin, end, block_row, block, scratch):
