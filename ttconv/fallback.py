@@ -51,7 +51,7 @@ def _recycle_freed_blocks():
     """Have malloc keep freed blocks of up to RECYCLED_BYTES for reuse. jax allocates each program's
     outputs anew, and glibc gives a freed block of a few MB back to the system (it is above its mmap
     threshold, or on top of a heap that it trims), so that the next call faults every page of its
-    output in again: ~300 faults per 4 MB block, half of the fallback's throughput (measured). A no-op
+    output in again: 130-300 faults per 4 MB block, half of the fallback's throughput (measured). A no-op
     where the C library has no mallopt."""
     try:
         mallopt = ctypes.CDLL(None).mallopt

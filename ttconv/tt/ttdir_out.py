@@ -169,7 +169,8 @@ class _TileWriter:
                 block[:] = 0
             middle = row + n_rows // TILE // 2 * TILE
             helper = kernels.helper() if middle > row else None
-            other = helper.submit(self._fill_rows, middle, end, row, block, self.scratch[1]) if helper else None
+            other = None if helper is None else helper.submit(self._fill_rows, middle, end, row, block,
+                                                              self.scratch[1])
             nonfinite += self._fill_rows(row, end if other is None else middle, row, block, self.scratch[0])
             if spill:
                 spilled = np.empty(tile_row_bytes, dtype=np.uint8)
